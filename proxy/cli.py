@@ -1,0 +1,111 @@
+"""Command line: argument parsing and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from proxy import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certbound",
+        description="Sidecar proxy for OAuth 2.0 certificate-bound access tokens (RFC 8705).",
+    )
+    parser.add_argument("--version", action="version", version=f"certbound {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve traffic")
+    run.add_argument("--config", required=True, help="YAML configuration file")
+    run.add_argument(
+        "--grace-seconds", type=float, default=30.0, help="drain time on SIGTERM (default 30)"
+    )
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("file")
+
+    thumb = sub.add_parser("thumbprint", help="print the x5t#S256 of a PEM certificate")
+    thumb.add_argument("cert")
+
+    demo = sub.add_parser("demo", help="run everything on a throwaway PKI, print curl lines")
+    demo.add_argument("--dir", default="certs/demo", help="where to write the demo PKI")
+    demo.add_argument("--port", type=int, default=8443, help="mTLS port of the proxy")
+    demo.add_argument("--admin-port", type=int, default=9090)
+    demo.add_argument("--exit-after", type=float, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "thumbprint":
+        return _thumbprint(args.cert)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "run":
+        return _run(args.config, args.grace_seconds)
+    if args.command == "demo":
+        from proxy import demo
+
+        return demo.main(Path(args.dir), args.port, args.admin_port, args.exit_after)
+    return 2
+
+
+def _thumbprint(path: str) -> int:
+    from proxy.identity import thumbprint_of_pem
+
+    try:
+        print(thumbprint_of_pem(Path(path).read_bytes()))
+    except OSError as exc:
+        print(f"certbound: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ValueError:
+        print(f"certbound: {path} holds no PEM certificate", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _load(path: str) -> object:
+    from proxy.config import ConfigError, load_settings
+    from proxy.tls import TLSConfigError, build_server_context
+
+    try:
+        settings = load_settings(path)
+        build_server_context(settings.tls)  # PEM that parses but does not load is an error too
+    except ConfigError as exc:
+        print(f"certbound: invalid configuration in {path}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+    except TLSConfigError as exc:
+        print(f"certbound: invalid configuration in {path}:\n  {exc}", file=sys.stderr)
+        return None
+    return settings
+
+
+def _check_config(path: str) -> int:
+    if _load(path) is None:
+        return 2
+    print(f"{path}: config OK")
+    return 0
+
+
+def _run(path: str, grace_seconds: float) -> int:
+    from proxy import audit, server
+    from proxy.config import Settings
+
+    settings = _load(path)
+    if not isinstance(settings, Settings):
+        return 2
+    listener = audit.setup_logging(settings.log.level)
+    try:
+        asyncio.run(server.serve(settings, grace_seconds))
+    except OSError as exc:
+        print(f"certbound: cannot start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        listener.stop()
+    return 0

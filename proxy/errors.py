@@ -1,0 +1,122 @@
+"""Reasons, decisions and the one refusal type, turned into RFC 6750 responses here.
+
+Every step of the request path reports with a `Reason`; the same spelling is used in the
+error description, the audit log and the metric label.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from aiohttp import web
+
+
+class Outcome(enum.Enum):
+    FORWARDED = "forwarded"
+    REJECTED = "rejected"
+    UPSTREAM_ERROR = "upstream_error"
+
+
+class Reason(enum.Enum):
+    OK = "ok"
+    NO_CLIENT_CERT = "no_client_cert"
+    NO_TOKEN = "no_token"  # noqa: S105 - a reason name, not a secret
+    MALFORMED_REQUEST = "malformed_request"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - a reason name, not a secret
+    INVALID_SIGNATURE = "invalid_signature"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    MISSING_CLAIM = "missing_claim"
+    WRONG_ISSUER = "wrong_issuer"
+    WRONG_AUDIENCE = "wrong_audience"
+    WRONG_TYPE = "wrong_type"
+    DISALLOWED_ALGORITHM = "disallowed_algorithm"
+    UNKNOWN_KEY = "unknown_key"
+    MISSING_CNF = "missing_cnf"
+    INVALID_CNF = "invalid_cnf"
+    THUMBPRINT_MISMATCH = "thumbprint_mismatch"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    KEYS_UNAVAILABLE = "keys_unavailable"
+    UPSTREAM_CONNECT = "upstream_connect"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_RESET = "upstream_reset"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    error: str | None  # RFC 6750 §3.1 error code; None means "no error attribute"
+
+
+_INVALID_TOKEN = Refusal(401, "invalid_token")
+
+# RFC 6750 §3.1: no credentials -> bare challenge; malformed -> 400; bad token -> 401;
+# RFC 8705 §3: a thumbprint mismatch is invalid_token with 401, like any other bad token.
+REFUSALS: dict[Reason, Refusal] = {
+    Reason.NO_CLIENT_CERT: Refusal(401, "invalid_request"),
+    Reason.NO_TOKEN: Refusal(401, None),
+    Reason.MALFORMED_REQUEST: Refusal(400, "invalid_request"),
+    Reason.INVALID_TOKEN: _INVALID_TOKEN,
+    Reason.INVALID_SIGNATURE: _INVALID_TOKEN,
+    Reason.EXPIRED: _INVALID_TOKEN,
+    Reason.NOT_YET_VALID: _INVALID_TOKEN,
+    Reason.MISSING_CLAIM: _INVALID_TOKEN,
+    Reason.WRONG_ISSUER: _INVALID_TOKEN,
+    Reason.WRONG_AUDIENCE: _INVALID_TOKEN,
+    Reason.WRONG_TYPE: _INVALID_TOKEN,
+    Reason.DISALLOWED_ALGORITHM: _INVALID_TOKEN,
+    Reason.UNKNOWN_KEY: _INVALID_TOKEN,
+    Reason.MISSING_CNF: _INVALID_TOKEN,
+    Reason.INVALID_CNF: _INVALID_TOKEN,
+    Reason.THUMBPRINT_MISMATCH: _INVALID_TOKEN,
+    Reason.INSUFFICIENT_SCOPE: Refusal(403, "insufficient_scope"),
+    # Keys could not be loaded: the token may be fine, so this is our fault, not the client's.
+    Reason.KEYS_UNAVAILABLE: Refusal(503, None),
+    Reason.UPSTREAM_CONNECT: Refusal(502, None),
+    Reason.UPSTREAM_RESET: Refusal(502, None),
+    Reason.UPSTREAM_TIMEOUT: Refusal(504, None),
+}
+
+
+class AuthError(Exception):
+    """A refusal. `description` is shown to the client, so it must never contain a secret."""
+
+    def __init__(self, reason: Reason, description: str, *, scope: str | None = None) -> None:
+        super().__init__(f"{reason.value}: {description}")
+        self.reason = reason
+        self.description = description
+        self.scope = scope
+
+    @property
+    def refusal(self) -> Refusal:
+        return REFUSALS[self.reason]
+
+
+def _quote(value: str) -> str:
+    # RFC 6750 §3: error_description is restricted to %x20-21 / %x23-5B / %x5D-7E.
+    return "".join(c for c in value if 0x20 <= ord(c) <= 0x7E and c not in '"\\')
+
+
+def challenge(error: AuthError) -> str | None:
+    """The WWW-Authenticate value for a refusal, or None when the status is not 401/403."""
+    refusal = error.refusal
+    if refusal.status not in (400, 401, 403):
+        return None
+    if refusal.error is None:
+        return "Bearer"
+    parts = [f'error="{refusal.error}"', f'error_description="{_quote(error.description)}"']
+    if error.scope is not None:
+        parts.append(f'scope="{_quote(error.scope)}"')
+    return "Bearer " + ", ".join(parts)
+
+
+def error_response(error: AuthError) -> web.Response:
+    headers = {"Cache-Control": "no-store"}
+    value = challenge(error)
+    if value is not None:
+        headers["WWW-Authenticate"] = value
+    body = f"{error.refusal.status} {error.reason.value}: {_quote(error.description)}\n"
+    return web.Response(
+        status=error.refusal.status, text=body, content_type="text/plain", headers=headers
+    )

@@ -1,0 +1,64 @@
+"""Every metric, defined once. Labels come only from closed sets (enums), never from a
+subject, client id, path, token or thumbprint, so cardinality cannot be driven by clients."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from proxy import __version__
+
+# Sub-millisecond resolution at the low end: the proxy's own cost is what we are watching.
+_OVERHEAD_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+_UPSTREAM_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS = Counter(
+    "certbound_requests", "Requests by final outcome and reason.", ["outcome", "reason"]
+)
+OVERHEAD = Histogram(
+    "certbound_overhead_seconds",
+    "Time the proxy spends on a request, excluding the wait for the upstream.",
+    buckets=_OVERHEAD_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "certbound_upstream_duration_seconds",
+    "Time from sending a request upstream to receiving the response headers.",
+    buckets=_UPSTREAM_BUCKETS,
+)
+UPSTREAM_ERRORS = Counter(
+    "certbound_upstream_errors", "Failed upstream exchanges by kind.", ["kind"]
+)
+IN_FLIGHT = Gauge(
+    "certbound_in_flight_requests", "Requests being handled now.", multiprocess_mode="livesum"
+)
+OPEN_CONNECTIONS = Gauge(
+    "certbound_open_connections",
+    "Open client connections on the mTLS listener.",
+    multiprocess_mode="livesum",
+)
+JWKS_REFRESH = Counter("certbound_jwks_refresh", "Key set loads by result.", ["result"])
+JWKS_KEYS = Gauge("certbound_jwks_keys", "Signing keys loaded.", multiprocess_mode="max")
+JWKS_LAST_SUCCESS = Gauge(
+    "certbound_jwks_last_success_timestamp_seconds",
+    "Unix time of the last successful key set load.",
+    multiprocess_mode="max",
+)
+CERT_NOT_AFTER = Gauge(
+    "certbound_certificate_not_after_timestamp_seconds",
+    "Expiry of the serving certificate and of each client CA.",
+    ["role", "index"],
+    multiprocess_mode="min",
+)
+TLS_HANDSHAKE_FAILURES = Counter(
+    "certbound_tls_handshake_failures", "TLS handshakes on the mTLS listener that failed."
+)
+REPORT_ONLY = Gauge(
+    "certbound_report_only",
+    "1 when binding.mode report_only is configured anywhere (requests are not refused).",
+    multiprocess_mode="max",
+)
+BUILD_INFO = Gauge(
+    "certbound_build_info", "Build information.", ["version"], multiprocess_mode="max"
+)
+BUILD_INFO.labels(version=__version__).set(1)

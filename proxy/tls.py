@@ -1,0 +1,124 @@
+"""The mTLS server context: serving certificate, client CA bundle, protocol floor.
+
+The listener keeps one context for its whole life; `ServerTLS` lets it swap to a freshly built
+context per handshake (via the SNI callback) when the files on disk change, so Kubernetes
+secret rotation needs no restart. A broken new file is refused and the old context stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+
+from proxy import metrics
+from proxy.config import TLSSettings
+
+log = logging.getLogger("certbound.tls")
+
+_MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class TLSConfigError(Exception):
+    """A TLS file is missing or unusable; the text names the file, never its content."""
+
+
+def build_server_context(settings: TLSSettings) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _MIN_VERSIONS[settings.min_version]
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # CERT_REQUIRED: no certificate, no handshake. OpenSSL checks the chain up to the bundle,
+    # validity dates and the clientAuth purpose (a serverAuth-only cert is refused).
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    try:
+        ctx.load_cert_chain(settings.cert_file, settings.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSConfigError(
+            f"tls.cert_file/tls.key_file: cannot load {settings.cert_file}: {_why(exc)}"
+        ) from None
+    try:
+        ctx.load_verify_locations(cafile=settings.client_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSConfigError(
+            f"tls.client_ca_file: cannot load {settings.client_ca_file}: {_why(exc)}"
+        ) from None
+    if not ctx.get_ca_certs():
+        raise TLSConfigError(f"tls.client_ca_file: no CA certificate in {settings.client_ca_file}")
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _why(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+
+
+def record_expiry(settings: TLSSettings) -> None:
+    """Export not-after timestamps of the serving cert and each client CA."""
+    try:
+        serving = x509.load_pem_x509_certificates(Path(settings.cert_file).read_bytes())
+        cas = x509.load_pem_x509_certificates(Path(settings.client_ca_file).read_bytes())
+    except (OSError, ValueError):
+        return
+    metrics.CERT_NOT_AFTER.clear()
+    if serving:
+        metrics.CERT_NOT_AFTER.labels(role="serving", index="0").set(
+            serving[0].not_valid_after_utc.timestamp()
+        )
+    for index, ca in enumerate(cas):
+        metrics.CERT_NOT_AFTER.labels(role="client_ca", index=str(index)).set(
+            ca.not_valid_after_utc.timestamp()
+        )
+
+
+class ServerTLS:
+    """The listener's context plus the current one, reloaded when the files change."""
+
+    def __init__(self, settings: TLSSettings) -> None:
+        self._settings = settings
+        self.current = build_server_context(settings)
+        self._stamp = self._file_stamp()
+        self.listener = build_server_context(settings)
+        self.listener.sni_callback = self._pick_context
+        record_expiry(settings)
+
+    def _pick_context(
+        self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
+        if self.current is not self.listener:
+            sslobj.context = self.current
+        return None
+
+    def _file_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        stamps = []
+        for name in (self._settings.cert_file, self._settings.key_file,
+                     self._settings.client_ca_file):  # fmt: skip
+            try:
+                # realpath: Kubernetes swaps a ..data symlink; the target's identity changes.
+                st = os.stat(os.path.realpath(name))
+                stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append((0, 0, 0))
+        return tuple(stamps)
+
+    async def watch(self, stop: asyncio.Event, interval: float = 2.0) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            stamp = await asyncio.to_thread(self._file_stamp)
+            if stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            try:
+                self.current = await asyncio.to_thread(build_server_context, self._settings)
+            except TLSConfigError as exc:
+                log.error("TLS files changed but cannot be used; keeping the old ones: %s", exc)
+                continue
+            await asyncio.to_thread(record_expiry, self._settings)
+            log.info("TLS files reloaded: new handshakes use the new certificate and CA bundle")

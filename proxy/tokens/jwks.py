@@ -1,0 +1,188 @@
+"""The issuer's key set: fetched (or read from a file), cached, refreshed on a timer and on an
+unknown `kid` at most once per interval, so random kids cannot make us hammer the issuer.
+
+Header parameters that point at keys (`jku`, `x5u`, `jwk`, `x5c`) are never used: keys come
+only from the configured source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+
+from proxy import metrics
+from proxy.config import TokenSettings
+
+log = logging.getLogger("certbound.jwks")
+
+METADATA_PATHS = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
+MAX_JWKS_BYTES = 1 << 20
+
+
+class KeySetError(Exception):
+    """The key set could not be loaded; the text is safe to log."""
+
+
+def parse_jwks(document: object, algorithms: tuple[str, ...]) -> dict[str | None, jwt.PyJWK]:
+    """Keys by kid. Keys we cannot use (unknown kty, private parts, bad `use`) are skipped."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise KeySetError('JWKS is not a JSON object with a "keys" array')
+    keys: dict[str | None, jwt.PyJWK] = {}
+    for entry in document["keys"]:
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("use", "sig") != "sig":
+            continue
+        # A private key in a public JWKS is an issuer mistake; never hold it in memory here.
+        if any(member in entry for member in ("d", "p", "q", "dp", "dq", "qi")):
+            log.warning("skipping JWKS entry with private key material (kid=%s)", entry.get("kid"))
+            continue
+        if entry.get("kty") == "oct" and not any(a.startswith("HS") for a in algorithms):
+            continue
+        kid = entry.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            continue
+        try:
+            keys[kid] = jwt.PyJWK(entry)
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
+            log.warning("skipping unusable JWKS entry kid=%s: %s", kid, type(exc).__name__)
+    if not keys:
+        raise KeySetError("JWKS has no usable signing keys")
+    return keys
+
+
+class KeySet:
+    """Holds the current keys; `on_change` runs when a refresh brings a different set."""
+
+    def __init__(
+        self,
+        settings: TokenSettings,
+        session: aiohttp.ClientSession,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._settings = settings
+        self._session = session
+        self._on_change = on_change
+        self._keys: dict[str | None, jwt.PyJWK] = {}
+        self._fingerprint: str = ""
+        self._jwks_uri: str = settings.jwks_uri
+        self._last_kid_refetch = float("-inf")
+        self._lock = asyncio.Lock()
+        self._loaded = asyncio.Event()
+
+    @property
+    def is_loaded(self) -> bool:
+        return bool(self._keys)
+
+    async def wait_loaded(self) -> None:
+        await self._loaded.wait()
+
+    def get(self, kid: str | None) -> jwt.PyJWK | None:
+        if kid is None and len(self._keys) == 1:
+            return next(iter(self._keys.values()))
+        return self._keys.get(kid)
+
+    async def key_for(self, kid: str | None) -> jwt.PyJWK | None:
+        """The key for `kid`, refetching once per jwks_min_refetch_seconds if it is unknown."""
+        key = self.get(kid)
+        if key is not None:
+            return key
+        interval = self._settings.jwks_min_refetch_seconds
+        if time.monotonic() - self._last_kid_refetch < interval:
+            return None
+        async with self._lock:
+            # Another request may have refetched while we waited for the lock.
+            if time.monotonic() - self._last_kid_refetch >= interval:
+                self._last_kid_refetch = time.monotonic()
+                try:
+                    await self.refresh()
+                except KeySetError as exc:
+                    log.warning("key set refresh for unknown kid failed: %s", exc)
+        return self.get(kid)
+
+    async def refresh(self) -> None:
+        try:
+            document = await self._load()
+            keys = parse_jwks(document, self._settings.algorithms)
+        except KeySetError:
+            metrics.JWKS_REFRESH.labels(result="failure").inc()
+            raise
+        metrics.JWKS_REFRESH.labels(result="success").inc()
+        metrics.JWKS_LAST_SUCCESS.set(time.time())
+        metrics.JWKS_KEYS.set(len(keys))
+        fingerprint = json.dumps(document, sort_keys=True)
+        if fingerprint != self._fingerprint:
+            changed = bool(self._fingerprint)
+            self._keys, self._fingerprint = keys, fingerprint
+            self._loaded.set()
+            log.info("key set loaded: %d keys, kids=%s", len(keys), sorted(map(str, keys)))
+            if changed:
+                self._on_change()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Load now and keep the set fresh; retry failures with capped, jittered backoff."""
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except KeySetError as exc:
+                log.error("key set refresh failed: %s (retrying in %.0fs)", exc, delay)
+                wait = delay
+                delay = min(delay * 2, self._settings.jwks_refresh_seconds, 60.0)
+            else:
+                delay = 1.0
+                wait = self._settings.jwks_refresh_seconds
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait * random.uniform(0.9, 1.1))  # noqa: S311
+            except TimeoutError:
+                pass
+
+    async def _load(self) -> object:
+        if self._settings.jwks_file:
+            try:
+                text = await asyncio.to_thread(Path(self._settings.jwks_file).read_text, "utf-8")
+                return json.loads(text)
+            except (OSError, ValueError) as exc:
+                raise KeySetError(f"cannot read jwks_file: {exc}") from None
+        if not self._jwks_uri:
+            self._jwks_uri = await self._discover()
+        return await self._get_json(self._jwks_uri)
+
+    async def _discover(self) -> str:
+        issuer = self._settings.issuer.rstrip("/")
+        for path in METADATA_PATHS:
+            try:
+                metadata = await self._get_json(issuer + path)
+            except KeySetError:
+                continue
+            # RFC 8414 §3.3: metadata must name the issuer we asked, or it is not ours.
+            if isinstance(metadata, dict) and metadata.get("issuer") == self._settings.issuer:
+                uri = metadata.get("jwks_uri")
+                if isinstance(uri, str) and uri.startswith(("https://", "http://")):
+                    log.info("discovered jwks_uri %s from %s", uri, issuer + path)
+                    return uri
+        raise KeySetError(f"no jwks_uri in the metadata of issuer {self._settings.issuer}")
+
+    async def _get_json(self, url: str) -> Any:
+        timeout = aiohttp.ClientTimeout(total=10)
+        try:
+            async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise KeySetError(f"GET {url}: HTTP {resp.status}")
+                body = await resp.content.read(MAX_JWKS_BYTES + 1)
+                if len(body) > MAX_JWKS_BYTES:
+                    raise KeySetError(f"GET {url}: document larger than {MAX_JWKS_BYTES} bytes")
+                return json.loads(body)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise KeySetError(f"GET {url}: {type(exc).__name__}") from None
+        except ValueError:
+            raise KeySetError(f"GET {url}: not JSON") from None

@@ -1,0 +1,178 @@
+"""Is the JWT genuine and meant for us? Signature, algorithm, iss, aud, exp/nbf/iat, typ.
+
+Verification is PyJWT's; this module decides which key and which rules, and maps PyJWT's
+exceptions onto our reasons. Verified claims are cached by the token's SHA-256 until the
+token expires; the cache is bounded and flushed when the key set changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from proxy.config import TokenSettings
+from proxy.errors import AuthError, Reason
+from proxy.tokens.jwks import KeySet
+
+# Which JWK key types may verify which algorithm family. Stops, for example, an RSA public
+# key being used as an HMAC secret (the classic RS256 -> HS256 confusion attack).
+_KTY_FOR_ALG_PREFIX = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP", "HS": "oct"}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    issuer: str
+    subject: str
+    client_id: str
+    scope: str
+    jti: str
+    expires_at: float
+    not_before: float
+    cnf: object  # raw claim; binding.py decides what it means
+
+
+def claims_from_payload(payload: dict[str, Any]) -> TokenClaims:
+    scope = payload.get("scope", payload.get("scp", ""))
+    if isinstance(scope, list):
+        scope = " ".join(str(s) for s in scope)
+    client_id = payload.get("client_id", payload.get("azp", ""))
+    return TokenClaims(
+        issuer=str(payload.get("iss", "")),
+        subject=str(payload.get("sub", "")),
+        client_id=str(client_id),
+        scope=str(scope),
+        jti=str(payload.get("jti", "")),
+        expires_at=float(payload["exp"]),
+        not_before=float(payload.get("nbf", 0)),
+        cnf=payload.get("cnf"),
+    )
+
+
+def read_header(token: str) -> dict[str, Any]:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:  # includes unsupported `crit` extensions (RFC 7515 §4.1.11)
+        raise AuthError(Reason.INVALID_TOKEN, "token is not a well-formed JWT") from None
+    return header
+
+
+def check_header(header: dict[str, Any], settings: TokenSettings) -> str:
+    """Algorithm and type rules that need no key. Returns the algorithm."""
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in settings.algorithms:
+        raise AuthError(Reason.DISALLOWED_ALGORITHM, "token algorithm is not allowed")
+    if "crit" in header:
+        # RFC 7515 §4.1.11: we understand no extensions, so a critical one means reject.
+        raise AuthError(Reason.INVALID_TOKEN, "token has critical header extensions")
+    if settings.require_typ_at_jwt:
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
+            raise AuthError(Reason.WRONG_TYPE, "token typ must be at+jwt (RFC 9068)")
+    return alg
+
+
+def verify_with_key(
+    token: str, alg: str, key: jwt.PyJWK, settings: TokenSettings, now: float
+) -> TokenClaims:
+    """Signature and registered claims. Pure apart from reading the clock value given."""
+    if _KTY_FOR_ALG_PREFIX.get(alg[:2]) != key.key_type:
+        raise AuthError(Reason.UNKNOWN_KEY, "no key of the right type for the token algorithm")
+    try:
+        payload = jwt.decode(
+            token,
+            key=key.key,
+            algorithms=[alg],
+            audience=settings.audience,
+            issuer=settings.issuer,
+            leeway=settings.leeway_seconds,
+            options={"require": ["exp", "iss", "aud"], "verify_iat": True},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError(Reason.EXPIRED, "token has expired") from None
+    except (jwt.ImmatureSignatureError, jwt.InvalidIssuedAtError):
+        raise AuthError(Reason.NOT_YET_VALID, "token is not yet valid") from None
+    except jwt.InvalidAudienceError:
+        raise AuthError(
+            Reason.WRONG_AUDIENCE, "token audience does not include this service"
+        ) from None
+    except jwt.InvalidIssuerError:
+        raise AuthError(Reason.WRONG_ISSUER, "token issuer is not trusted") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError(Reason.MISSING_CLAIM, f"token has no {exc.claim} claim") from None
+    except jwt.InvalidSignatureError:
+        raise AuthError(Reason.INVALID_SIGNATURE, "token signature is invalid") from None
+    except jwt.InvalidAlgorithmError:
+        raise AuthError(Reason.DISALLOWED_ALGORITHM, "token algorithm is not allowed") from None
+    except jwt.InvalidTokenError:
+        raise AuthError(Reason.INVALID_TOKEN, "token is malformed") from None
+    try:
+        return claims_from_payload(payload)
+    except (TypeError, ValueError):
+        raise AuthError(Reason.INVALID_TOKEN, "token claims have the wrong types") from None
+
+
+class TokenCache:
+    """Verified claims by SHA-256 of the token; LRU-bounded; an entry dies with its token."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[bytes, TokenClaims] = OrderedDict()
+
+    def get(self, digest: bytes, now: float, leeway: float) -> TokenClaims | None:
+        claims = self._entries.get(digest)
+        if claims is None:
+            return None
+        if now >= claims.expires_at + leeway:
+            del self._entries[digest]
+            return None
+        self._entries.move_to_end(digest)
+        return claims
+
+    def put(self, digest: bytes, claims: TokenClaims) -> None:
+        if self._size == 0:
+            return
+        self._entries[digest] = claims
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class JWTVerifier:
+    def __init__(self, settings: TokenSettings, keys: KeySet, cache: TokenCache) -> None:
+        self._settings = settings
+        self._keys = keys
+        self._cache = cache
+
+    async def verify(self, token: str) -> TokenClaims:
+        now = time.time()
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        cached = self._cache.get(digest, now, self._settings.leeway_seconds)
+        if cached is not None:
+            # nbf may still lie ahead for a token cached early; recheck it cheaply.
+            if now + self._settings.leeway_seconds < cached.not_before:
+                raise AuthError(Reason.NOT_YET_VALID, "token is not yet valid")
+            return cached
+        header = read_header(token)
+        alg = check_header(header, self._settings)
+        if not self._keys.is_loaded:
+            raise AuthError(Reason.KEYS_UNAVAILABLE, "signing keys are not loaded yet")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError(Reason.UNKNOWN_KEY, "token kid is not a string")
+        key = await self._keys.key_for(kid)
+        if key is None:
+            raise AuthError(Reason.UNKNOWN_KEY, "token is signed with an unknown key")
+        claims = verify_with_key(token, alg, key, self._settings, now)
+        self._cache.put(digest, claims)
+        return claims
