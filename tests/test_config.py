@@ -1,0 +1,125 @@
+"""config: YAML + environment, every problem reported with its key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxy.config import ConfigError, load_settings
+from tests.conftest import PKI
+
+
+def write_config(tmp_path: Path, pki: PKI, **sections: dict[str, object]) -> Path:
+    cert, key = pki.files("server")
+    config: dict[str, dict[str, object]] = {
+        "tls": {"cert_file": cert, "key_file": key, "client_ca_file": pki.ca_file},
+        "tokens": {"issuer": "https://issuer.example", "audience": "api"},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    path = tmp_path / "certbound.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env or {})
+    return info.value.problems
+
+
+def test_minimal_config_loads_with_defaults(tmp_path: Path, pki: PKI) -> None:
+    s = load_settings(write_config(tmp_path, pki), {})
+    assert (s.listen.port, s.admin.port, s.tls.min_version) == (8443, 9090, "1.2")
+    assert s.tokens.algorithms == ("RS256", "PS256", "ES256", "EdDSA")
+
+
+def test_environment_overrides_every_level(tmp_path: Path, pki: PKI) -> None:
+    env = {
+        "CERTBOUND_UPSTREAM__URL": "http://127.0.0.1:9000",
+        "CERTBOUND_LISTEN__PORT": "9443",
+        "CERTBOUND_TOKENS__ALGORITHMS": "ES256,RS256",
+        "CERTBOUND_TOKENS__REQUIRE_TYP_AT_JWT": "true",
+        "OTHER_VARIABLE": "ignored",
+    }
+    s = load_settings(write_config(tmp_path, pki), env)
+    assert s.upstream.url == "http://127.0.0.1:9000"
+    assert s.listen.port == 9443
+    assert s.tokens.algorithms == ("ES256", "RS256")
+    assert s.tokens.require_typ_at_jwt is True
+
+
+def test_unknown_keys_in_file_and_environment_are_errors(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(tmp_path, pki, upstream={"urll": "x"}, bogus={"a": 1})
+    found = problems(path, {"CERTBOUND_TOKENS__AUDIENCES": "x"})
+    assert "upstream.urll: unknown key" in found
+    assert "bogus: unknown key" in found
+    assert "tokens.audiences: unknown key" in found
+
+
+def test_all_bad_values_are_reported_together(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(
+        tmp_path,
+        pki,
+        listen={"port": 70000},
+        tls={"min_version": "1.0", "client_ca_file": "/nonexistent/ca.pem"},
+        upstream={"url": "ftp://x", "timeout_seconds": 0},
+        tokens={"algorithms": ["none", "RS256"], "issuer": "", "leeway_seconds": -1},
+    )
+    found = "\n".join(problems(path))
+    for key in (
+        "listen.port",
+        "tls.min_version",
+        "tls.client_ca_file",
+        "upstream.url",
+        "upstream.timeout_seconds",
+        'tokens.algorithms: "none"',
+        "tokens.issuer: required",
+        "tokens.leeway_seconds",
+    ):
+        assert key in found, key
+
+
+def test_wrong_types_name_the_key(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(tmp_path, pki, listen={"port": "high"}, log={"audit_accepted": "yes"})
+    found = problems(path)
+    assert any(p.startswith("listen.port: expected an integer") for p in found)
+    assert any(p.startswith("log.audit_accepted: expected true or false") for p in found)
+
+
+def test_hmac_algorithms_only_when_listed(tmp_path: Path, pki: PKI) -> None:
+    s = load_settings(write_config(tmp_path, pki), {})
+    assert not any(a.startswith("HS") for a in s.tokens.algorithms)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_cli_ok_and_failure(tmp_path: Path, pki: PKI) -> None:
+    good = run_cli("check-config", str(write_config(tmp_path, pki)))
+    assert good.returncode == 0 and "config OK" in good.stdout
+    bad_path = write_config(tmp_path, pki, upstream={"url": "nope"}, tokens={"audience": ""})
+    bad = run_cli("check-config", str(bad_path))
+    assert bad.returncode == 2
+    assert "upstream.url" in bad.stderr and "tokens.audience: required" in bad.stderr
+
+
+def test_check_config_loads_tls_files(tmp_path: Path, pki: PKI) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    result = run_cli(
+        "check-config", str(write_config(tmp_path, pki, tls={"cert_file": str(garbage)}))
+    )
+    assert result.returncode == 2 and "tls.cert_file" in result.stderr
+
+
+def test_run_refuses_bad_config_before_binding(tmp_path: Path, pki: PKI) -> None:
+    result = run_cli("run", "--config", str(write_config(tmp_path, pki, bogus={"x": 1})))
+    assert result.returncode == 2 and "bogus: unknown key" in result.stderr

@@ -1,0 +1,72 @@
+"""tokens.extract: RFC 6750 §2.1 header parsing, pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.errors import AuthError, Reason
+from proxy.tokens.extract import extract_bearer, form_has_token
+
+
+def reason_of(values: list[str], query: tuple[str, ...] = ()) -> Reason:
+    with pytest.raises(AuthError) as info:
+        extract_bearer(values, query)
+    return info.value.reason
+
+
+def test_bearer_token_is_returned() -> None:
+    assert extract_bearer(["Bearer abc.DEF-_~+/="], ()) == "abc.DEF-_~+/="
+
+
+def test_scheme_is_case_insensitive() -> None:
+    assert extract_bearer(["bearer a.b.c"], ()) == "a.b.c"
+    assert extract_bearer(["BEARER a.b.c"], ()) == "a.b.c"
+
+
+def test_no_header_is_no_token() -> None:
+    assert reason_of([]) is Reason.NO_TOKEN
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Bearer",
+        "Bearer ",
+        "Bearer a b",
+        "Bearer Bearer a",
+        "Basic YTpi",
+        "Token abc",
+        "Bearer a\x00b",
+        "Bearer a,b",
+        "Bearer é",
+        "Bearer " + "a" * 8193,
+        "Bearer\ta.b.c",
+        "",
+    ],
+)
+def test_malformed_header_is_invalid_request(value: str) -> None:
+    assert reason_of([value]) is Reason.MALFORMED_REQUEST
+
+
+def test_two_headers_are_invalid_request() -> None:
+    assert reason_of(["Bearer a", "Bearer a"]) is Reason.MALFORMED_REQUEST
+
+
+def test_query_token_is_invalid_request_even_with_a_header() -> None:
+    assert reason_of(["Bearer a"], ("access_token",)) is Reason.MALFORMED_REQUEST
+    assert reason_of([], ("access_token",)) is Reason.MALFORMED_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("body", "has"),
+    [
+        (b"access_token=abc", True),
+        (b"a=1&access_token=abc", True),
+        (b"access%5Ftoken=abc", True),
+        (b"a=1&b=2", False),
+        (b"access_tokens=1", False),
+        (b"", False),
+    ],
+)
+def test_form_token_detection(body: bytes, has: bool) -> None:
+    assert form_has_token(body) is has

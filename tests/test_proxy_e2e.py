@@ -1,0 +1,331 @@
+"""The whole request path through a running proxy: real mTLS, real JWKS, real upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+
+import aiohttp
+import pytest
+
+from proxy import identity as identity_module
+from proxy.pki import issue
+from tests.conftest import Running, thumbprint
+
+
+def www(headers: dict[str, str]) -> str:
+    return headers.get("WWW-Authenticate", "")
+
+
+async def test_bound_token_with_its_certificate_is_forwarded_with_identity_headers(
+    running: Running,
+) -> None:
+    token = running.issuer.mint(running.pki.alice, sub="alice", scope="orders:read orders:write")
+    status, _, body = await running.request(path="/orders/7?x=1", token=token)
+    assert status == 200, body
+    [seen] = running.upstream.seen
+    assert seen.path == "/orders/7?x=1"
+    assert seen.headers["x-certbound-subject"] == ["alice"]
+    assert seen.headers["x-certbound-client-id"] == ["orders-app"]
+    assert seen.headers["x-certbound-scope"] == ["orders:read orders:write"]
+    assert seen.headers["x-certbound-thumbprint"] == [thumbprint(running.pki.alice)]
+    assert seen.headers["x-forwarded-proto"] == ["https"]
+    assert seen.headers["x-forwarded-for"] == ["127.0.0.1"]
+    assert "client-cert" not in seen.headers  # off unless forwarding.client_cert_header
+
+
+async def test_token_bound_to_other_cert_is_rejected_and_never_forwarded(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    status, headers, body = await running.request(who="bob", token=token)
+    assert status == 401
+    assert www(headers).startswith('Bearer error="invalid_token"')
+    assert b"thumbprint_mismatch" in body
+    assert running.upstream.seen == []
+
+
+async def test_no_token_gets_bare_bearer_challenge_and_is_not_forwarded(running: Running) -> None:
+    status, headers, _ = await running.request(token=None)
+    assert status == 401
+    assert www(headers) == "Bearer"  # RFC 6750 §3.1: no error code when no credentials
+    assert running.upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"cnf": None}, "missing_cnf"),
+        ({"cnf": "abc"}, "invalid_cnf"),
+        ({"cnf": {"jkt": "x" * 43}}, "missing_cnf"),
+        ({"cnf": {"x5t#S256": 5}}, "invalid_cnf"),
+        ({"exp": int(time.time()) - 3600}, "expired"),
+        ({"nbf": int(time.time()) + 3600}, "not_yet_valid"),
+        ({"iss": "https://evil.example"}, "wrong_issuer"),
+        ({"aud": "https://other.example"}, "wrong_audience"),
+        ({"exp": None}, "missing_claim"),
+    ],
+)
+async def test_bad_claims_are_invalid_token_and_never_forwarded(
+    running: Running, claims: dict[str, object], reason: str
+) -> None:
+    token = running.issuer.mint(running.pki.alice, **claims)
+    status, headers, body = await running.request(token=token)
+    assert status == 401, body
+    assert 'error="invalid_token"' in www(headers)
+    assert reason.encode() in body
+    assert running.upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t + "=",  # padded
+        lambda t: t.replace("-", "+").replace("_", "/"),  # standard alphabet
+        lambda t: t.swapcase(),
+        lambda t: t + " ",
+    ],
+    ids=["padded", "std-base64", "case", "trailing-space"],
+)
+async def test_thumbprint_spellings_other_than_exact_base64url_are_refused(
+    running: Running, mangle: object
+) -> None:
+    # A certificate whose thumbprint has both "-" and "_", so every spelling really differs.
+    while True:
+        cert = issue(running.pki.ca, "carol")
+        if {"-", "_"} <= set(thumbprint(cert)):
+            break
+    cert.write(running.pki.dir, "carol")
+    tp = mangle(thumbprint(cert))  # type: ignore[operator]
+    assert tp != thumbprint(cert)
+    token = running.issuer.mint(cert, cnf={"x5t#S256": tp})
+    status, headers, _ = await running.request(who="carol", token=token)
+    assert status == 401
+    assert 'error="invalid_token"' in www(headers)
+    assert running.upstream.seen == []
+
+
+async def test_signature_by_unpublished_key_is_unknown_key(running: Running) -> None:
+    running.issuer.add_key("rogue", publish=False)
+    token = running.issuer.mint(running.pki.alice, kid="rogue")
+    status, _, body = await running.request(token=token)
+    assert (status, b"unknown_key" in body) == (401, True)
+    assert running.upstream.seen == []
+
+
+async def test_tampered_signature_is_rejected(running: Running) -> None:
+    header, _, sig = running.issuer.mint(running.pki.alice).split(".")
+    forged = running.issuer.mint(running.pki.alice, sub="admin").split(".")[1]
+    status, _, body = await running.request(token=f"{header}.{forged}.{sig}")
+    assert (status, b"invalid_signature" in body) == (401, True)
+    assert running.upstream.seen == []
+
+
+async def test_alg_none_is_rejected(running: Running) -> None:
+    import base64
+    import json
+
+    def b64(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    claims = running.issuer.claims(running.pki.alice)
+    token = f"{b64({'alg': 'none', 'typ': 'at+jwt'})}.{b64(claims)}."
+    status, headers, body = await running.request(token=token)
+    assert status == 401 and b"disallowed_algorithm" in body
+    assert 'error="invalid_token"' in www(headers)
+    assert running.upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "path"),
+    [
+        ([("Authorization", "Bearer a.b.c"), ("Authorization", "Bearer a.b.c")], "/orders"),
+        ([("Authorization", "Basic YWxpY2U6cHc=")], "/orders"),
+        ([("Authorization", "Bearer")], "/orders"),
+        ([("Authorization", "Bearer a b")], "/orders"),
+        ([], "/orders?access_token=abc"),
+    ],
+    ids=["two-headers", "basic", "empty", "two-tokens", "query"],
+)
+async def test_malformed_requests_are_400_invalid_request(
+    running: Running, headers: list[tuple[str, str]], path: str
+) -> None:
+    status, hdrs, _ = await running.request(path=path, headers=headers)
+    assert status == 400
+    assert 'error="invalid_request"' in www(hdrs)
+    assert running.upstream.seen == []
+
+
+async def test_token_in_form_body_is_400(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    status, hdrs, _ = await running.request(
+        "POST", token=token, data={"access_token": token, "q": "1"}
+    )
+    assert status == 400 and 'error="invalid_request"' in www(hdrs)
+    assert running.upstream.seen == []
+
+
+async def test_plain_form_body_is_forwarded_intact(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    status, _, body = await running.request("POST", token=token, data={"q": "1", "r": "two"})
+    assert status == 200, body
+    assert running.upstream.seen[0].body_bytes == len(b"q=1&r=two")
+
+
+@pytest.mark.parametrize("who", [None, "stranger", "expired", "server_only"])
+async def test_bad_client_certificates_fail_the_handshake_and_never_reach_upstream(
+    running: Running, who: str | None
+) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        await running.request(who=who, token=token)
+    assert running.upstream.seen == []
+    await asyncio.sleep(0.05)
+    assert await running.metric("certbound_tls_handshake_failures_total") >= 1
+
+
+async def test_spoofed_identity_headers_are_replaced(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice, sub="alice")
+    spoofed = [
+        ("X-Certbound-Subject", "root"),
+        ("x-certbound-scope", "admin"),
+        ("X-Certbound-Extra", "1"),
+        ("Client-Cert", ":AAAA:"),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("Forwarded", "for=10.0.0.1"),
+    ]
+    status, _, _ = await running.request(token=token, headers=spoofed)
+    assert status == 200
+    seen = running.upstream.seen[0].headers
+    assert seen["x-certbound-subject"] == ["alice"]
+    assert seen["x-certbound-scope"] == ["orders:read"]
+    assert "x-certbound-extra" not in seen and "client-cert" not in seen
+    assert "forwarded" not in seen
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+
+
+async def test_connection_header_cannot_remove_identity_headers(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice, sub="alice")
+    headers = [
+        ("Connection", "keep-alive, X-Certbound-Subject, X-Certbound-Thumbprint, X-Secret"),
+        ("X-Secret", "hop"),
+        ("Keep-Alive", "timeout=5"),
+    ]
+    status, _, _ = await running.request(token=token, headers=headers)
+    assert status == 200
+    seen = running.upstream.seen[0].headers
+    assert seen["x-certbound-subject"] == ["alice"]
+    assert seen["x-certbound-thumbprint"] == [thumbprint(running.pki.alice)]
+    assert "x-secret" not in seen and "keep-alive" not in seen
+
+
+async def test_claims_with_newlines_cannot_inject_headers(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice, sub="eve\r\nX-Admin: 1", client_id="é")
+    status, _, _ = await running.request(token=token)
+    assert status == 200
+    seen = running.upstream.seen[0].headers
+    assert "x-admin" not in seen
+    assert seen["x-certbound-subject"] == ["eve%0D%0AX-Admin: 1"]
+    assert seen["x-certbound-client-id"] == ["%C3%A9"]
+
+
+async def test_key_rotation_accepts_tokens_from_new_kid_without_restart(running: Running) -> None:
+    running.issuer.add_key("k2")
+    token = running.issuer.mint(running.pki.alice, kid="k2")
+    status, _, body = await running.request(token=token)
+    assert status == 200, body
+    old = running.issuer.mint(running.pki.alice, kid="k1")
+    assert (await running.request(token=old))[0] == 200
+
+
+async def test_random_kids_refetch_jwks_at_most_once_per_interval(running: Running) -> None:
+    before = running.issuer.jwks_hits
+    running.issuer.add_key("late", publish=False)
+    for i in range(30):
+        token = running.issuer.mint(running.pki.alice, kid="late", headers={"kid": f"r{i}"})
+        status, _, _ = await running.request(token=token)
+        assert status == 401
+    assert running.issuer.jwks_hits - before <= 1
+    assert running.upstream.seen == []
+
+
+async def test_key_set_change_flushes_the_token_cache(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    assert (await running.request(token=token))[0] == 200
+    # The issuer withdraws k1 (compromised) and publishes k2; a refresh must drop cached k1 tokens.
+    running.issuer.served = []
+    running.issuer.add_key("k2")
+    await running.proxy.keys.refresh()
+    status, _, body = await running.request(token=token)
+    assert status == 401 and b"unknown_key" in body
+
+
+async def test_thumbprint_is_computed_once_per_connection(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy import server as server_module
+
+    calls = 0
+    real = identity_module.identity_from_der
+
+    def counting(der: bytes) -> identity_module.ClientIdentity:
+        nonlocal calls
+        calls += 1
+        return real(der)
+
+    monkeypatch.setattr(server_module, "identity_from_der", counting)
+    token = running.issuer.mint(running.pki.alice)
+    connector = aiohttp.TCPConnector(ssl=running.client_ssl("alice"), limit=1)
+    async with aiohttp.ClientSession(connector=connector) as s:
+        for _ in range(20):
+            async with s.get(running.url + "/x", headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200
+    assert calls == 1
+    assert len(running.upstream.seen) == 20
+
+
+async def test_upstream_down_is_502_and_proxy_keeps_serving(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    real = running.proxy.forwarder._base
+    running.proxy.forwarder._base = "http://127.0.0.1:1"  # nothing listens on port 1
+    status, _, body = await running.request(token=token)
+    assert status == 502 and b"Traceback" not in body
+    running.proxy.forwarder._base = real
+    assert (await running.request(token=token))[0] == 200
+    assert await running.metric('certbound_upstream_errors_total{kind="connect"}') >= 1
+
+
+async def test_slow_upstream_is_504(running: Running) -> None:
+    running.upstream.delay = 3.0  # the test settings give the upstream 2 s
+    token = running.issuer.mint(running.pki.alice)
+    status, _, body = await running.request(token=token)
+    assert status == 504 and b"upstream_timeout" in body
+    running.upstream.delay = 0
+    assert (await running.request(token=token))[0] == 200
+
+
+async def test_streaming_response_is_relayed(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    status, _, body = await running.request(path="/stream?chunks=50", token=token)
+    assert status == 200 and body == b"x" * 1024 * 50
+
+
+async def test_admin_port_serves_health_and_metrics_without_client_cert(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    await running.request(token=token)
+    await running.request(token=None)
+    async with aiohttp.ClientSession() as s:
+        for path in ("/healthz", "/readyz"):
+            async with s.get(running.admin + path) as r:
+                assert r.status == 200
+    assert await running.metric('certbound_requests_total{outcome="forwarded",reason="ok"}') >= 1
+    assert (
+        await running.metric('certbound_requests_total{outcome="rejected",reason="no_token"}') >= 1
+    )
+    assert await running.metric("certbound_jwks_keys") == 1
+
+
+async def test_metrics_are_not_served_on_the_mtls_port(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    status, _, _ = await running.request(path="/metrics", token=token)
+    assert status == 200  # forwarded to the workload like any path, never answered by us
+    assert running.upstream.seen[0].path == "/metrics"
