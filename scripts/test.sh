@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone: tools, virtual environment, lint, types, tests.
+# Installing tools (curl, openssl, promtool, helm) needs root; as another user, sudo is used.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+
+# Tools the tests drive for real; a missing tool fails its test, it is never skipped.
+if ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl openssl ca-certificates
+fi
+as_root bash .ci/install-promtool.sh
+as_root env VENV="$PWD/.venv" bash .ci/install-deploy-tools.sh
+
+echo "== ruff"
+.venv/bin/ruff check proxy tests bench
+.venv/bin/ruff format --check proxy tests bench
+echo "== mypy --strict proxy"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
