@@ -1,0 +1,115 @@
+{{/*
+Names, labels and the rendered certbound config. Every template takes its
+names and labels from here so that selectors never drift apart.
+*/}}
+
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "certbound.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name, truncated to 63 characters (DNS label limit).
+A release name that already contains the chart name is used as is.
+*/}}
+{{- define "certbound.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Chart name and version for the helm.sh/chart label. */}}
+{{- define "certbound.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "certbound.labels" -}}
+helm.sh/chart: {{ include "certbound.chart" . }}
+{{ include "certbound.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: certbound
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels that select the pods; immutable once a Deployment exists. */}}
+{{- define "certbound.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "certbound.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Name of the admin (metrics and probes) Service. */}}
+{{- define "certbound.adminServiceName" -}}
+{{- printf "%s-admin" (include "certbound.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* ServiceAccount name. */}}
+{{- define "certbound.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "certbound.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret with tls.crt, tls.key and ca.crt. */}}
+{{- define "certbound.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "certbound.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
+{{/* Proxy image reference; the tag defaults to the chart's appVersion. */}}
+{{- define "certbound.proxyImage" -}}
+{{- $tag := default .Chart.AppVersion .Values.proxy.image.tag -}}
+{{- if .Values.proxy.image.digest -}}
+{{- printf "%s@%s" .Values.proxy.image.repository .Values.proxy.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.proxy.image.repository $tag -}}
+{{- end -}}
+{{- end }}
+
+{{/* Workload image reference. */}}
+{{- define "certbound.workloadImage" -}}
+{{- if .Values.workload.image.digest -}}
+{{- printf "%s@%s" .Values.workload.image.repository .Values.workload.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.workload.image.repository .Values.workload.image.tag -}}
+{{- end -}}
+{{- end }}
+
+{{/* Directory where the TLS Secret is mounted (whole directory, no subPath,
+so that rotated files show up and the proxy's file watch sees them). */}}
+{{- define "certbound.tlsDir" -}}/etc/certbound/tls{{- end }}
+{{- define "certbound.clientCADir" -}}/etc/certbound/client-ca{{- end }}
+
+{{/*
+The certbound config file (CONTRACT.md). The chart owns listen, admin,
+tls file paths and upstream.url; everything else comes from proxy.config,
+then proxy.extraConfig is merged over it for keys newer than this chart.
+*/}}
+{{- define "certbound.config" -}}
+{{- $c := deepCopy .Values.proxy.config -}}
+{{- $_ := set $c "listen" (dict "host" "0.0.0.0" "port" (int .Values.proxy.ports.mtls)) -}}
+{{- $_ := set $c "admin" (dict "host" "0.0.0.0" "port" (int .Values.proxy.ports.admin)) -}}
+{{- $clientCA := printf "%s/ca.crt" (include "certbound.tlsDir" .) -}}
+{{- if .Values.tls.clientCA.secretName -}}
+{{- $clientCA = printf "%s/%s" (include "certbound.clientCADir" .) .Values.tls.clientCA.key -}}
+{{- end -}}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" (include "certbound.tlsDir" .)) "key_file" (printf "%s/tls.key" (include "certbound.tlsDir" .)) "client_ca_file" $clientCA -}}
+{{- $_ := set $c "tls" (merge $tls (default (dict) $c.tls)) -}}
+{{- $up := dict "url" (printf "http://127.0.0.1:%d" (int .Values.workload.port)) -}}
+{{- $_ := set $c "upstream" (merge $up (default (dict) $c.upstream)) -}}
+{{- $c = mustMergeOverwrite $c (deepCopy .Values.proxy.extraConfig) -}}
+{{- toYaml $c -}}
+{{- end }}

@@ -1,0 +1,288 @@
+"""helm/certbound: lint, render, validate every manifest offline, and check the
+promises the chart makes (security context, ports, hot reload vs restart)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from .conftest import ALL_FEATURES, CHART, RenderFn, find, run_helm
+from .crd_schemas import BY_KIND
+
+# Oldest Kubernetes the chart claims (Chart.yaml kubeVersion) and the newest bundled schemas.
+K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
+VALUE_SETS = {"defaults": (), "all-features": (ALL_FEATURES,)}
+
+
+@pytest.fixture(scope="module")
+def default_docs(render: RenderFn) -> list[dict[str, Any]]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def all_docs(render: RenderFn) -> list[dict[str, Any]]:
+    return render([ALL_FEATURES])
+
+
+def _containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    return {c["name"]: c for c in pod["containers"]}
+
+
+def _config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    cm = find(docs, "ConfigMap")
+    loaded: dict[str, Any] = yaml.safe_load(cm["data"]["config.yaml"])
+    return loaded
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_helm_lint_strict_passes(helm: str, values: tuple[Path, ...]) -> None:
+    args = ["lint", str(CHART), "--strict"]
+    for f in values:
+        args += ["-f", str(f)]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_every_rendered_manifest_matches_its_kubernetes_or_crd_schema(
+    render: RenderFn, values: tuple[Path, ...]
+) -> None:
+    docs = render(values)
+    checked = set()
+    for doc in docs:
+        crd_schema = BY_KIND.get((doc["apiVersion"], doc["kind"]))
+        if crd_schema is not None:
+            jsonschema.validate(doc, crd_schema)
+        else:
+            for version in K8S_VERSIONS:
+                kubernetes_validate.validate(doc, version, strict=True)
+        checked.add(doc["kind"])
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget"} <= checked
+
+
+def test_all_features_render_every_optional_object(all_docs: list[dict[str, Any]]) -> None:
+    kinds = sorted(d["kind"] for d in all_docs)
+    assert kinds == sorted(
+        [
+            "Certificate",
+            "ConfigMap",
+            "Deployment",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "PrometheusRule",
+            "Service",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ]
+    )
+
+
+def test_defaults_render_no_optional_crd_objects(default_docs: list[dict[str, Any]]) -> None:
+    kinds = {d["kind"] for d in default_docs}
+    assert not kinds & {"Certificate", "ServiceMonitor", "PrometheusRule", "NetworkPolicy"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("workload.port=70000", "at '/workload/port': maximum: got 70,000, want 65,535"),
+        ("proxy.config.tokens.issuer=", "at '/proxy/config/tokens/issuer': minLength"),
+        ("proxy.config.upstream.url=http://elsewhere", "additional properties 'url' not allowed"),
+        ("proxy.config.tokens.algorithms[0]=none", "at '/proxy/config/tokens/algorithms/0'"),
+        ("proxy.config.tls.min_version=1.1", "at '/proxy/config/tls/min_version'"),
+        ("proxy.config.tokens.nonsense=1", "additional properties 'nonsense' not allowed"),
+        ("certManager.enabled=true", "at '/certManager/issuerRef/name': minLength"),
+    ],
+)
+def test_values_schema_rejects_bad_value_with_clear_message(
+    helm: str, setting: str, message: str
+) -> None:
+    result = run_helm(helm, "template", "demo", str(CHART), "--set", setting)
+    assert result.returncode != 0, f"{setting} was accepted"
+    assert "don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_values_schema_is_valid_draft7(helm: str) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+
+
+def test_every_value_has_a_comment_and_a_readme_row() -> None:
+    readme = (CHART / "README.md").read_text()
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    path: list[tuple[int, str]] = []
+    undocumented, missing_rows = [], []
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("-"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if ":" not in stripped:
+            continue
+        key = stripped.split(":", 1)[0]
+        while path and path[-1][0] >= indent:
+            path.pop()
+        parents = [p for _, p in path]
+        in_default_object = any(
+            p
+            in {
+                "securityContext",
+                "podSecurityContext",
+                "resources",
+                "livenessProbe",
+                "readinessProbe",
+                "startupProbe",
+            }
+            for p in parents
+        )
+        path.append((indent, key))
+        if in_default_object:
+            continue
+        if not lines[i - 1].strip().startswith("#"):
+            undocumented.append(".".join([*parents, key]))
+        if f"`{'.'.join([*parents, key])}`" not in readme:
+            missing_rows.append(".".join([*parents, key]))
+    assert not undocumented, f"values without a comment above them: {undocumented}"
+    assert not missing_rows, f"values missing from helm/certbound/README.md: {missing_rows}"
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_both_containers_run_locked_down(render: RenderFn, values: tuple[Path, ...]) -> None:
+    docs = render(values)
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    for name, c in _containers(docs).items():
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True, name
+        assert sc["readOnlyRootFilesystem"] is True, name
+        assert sc["allowPrivilegeEscalation"] is False, name
+        assert sc["capabilities"]["drop"] == ["ALL"], name
+        assert sc["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), name
+
+
+def test_only_the_mtls_port_is_exposed_by_the_main_service(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    svc = find(default_docs, "Service", "demo-certbound")
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["mtls"]
+    containers = _containers(default_docs)
+    assert "ports" not in containers["workload"]
+    ports = {p["name"]: p["containerPort"] for p in containers["certbound"]["ports"]}
+    assert ports == {"mtls": 8443, "admin": 9090}
+    admin = find(default_docs, "Service", "demo-certbound-admin")
+    assert [p["targetPort"] for p in admin["spec"]["ports"]] == ["admin"]
+
+
+def test_probes_use_healthz_and_readyz_on_the_admin_port(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    proxy = _containers(default_docs)["certbound"]
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_config_points_at_mounted_secret_and_localhost_workload(
+    render: RenderFn, values: tuple[Path, ...]
+) -> None:
+    docs = render(values)
+    config = _config(docs)
+    source = yaml.safe_load(values[0].read_text()) if values else {}
+    workload_port = source.get("workload", {}).get("port", 8080)
+    assert config["upstream"]["url"] == f"http://127.0.0.1:{workload_port}"
+    assert config["tls"]["cert_file"] == "/etc/certbound/tls/tls.crt"
+    assert config["tls"]["key_file"] == "/etc/certbound/tls/tls.key"
+    assert config["tls"]["client_ca_file"].startswith("/etc/certbound/")
+    proxy = _containers(docs)["certbound"]
+    assert proxy["args"] == ["run", "--config", "/etc/certbound/config.yaml"]
+    mounts = {m["mountPath"]: m for m in proxy["volumeMounts"]}
+    # No subPath on the TLS mount: kubelet's update of the Secret must reach the files.
+    assert "subPath" not in mounts["/etc/certbound/tls"]
+    ca_dir = str(Path(config["tls"]["client_ca_file"]).parent)
+    assert "subPath" not in mounts[ca_dir]
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert config["listen"]["port"] == ports["mtls"]
+    assert config["admin"]["port"] == ports["admin"]
+
+
+def test_config_change_rolls_pods_but_scaling_does_not(render: RenderFn) -> None:
+    def checksum(*sets: str) -> str:
+        dep = find(render(sets=sets), "Deployment")
+        value: str = dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return value
+
+    base = checksum()
+    assert checksum("proxy.config.log.level=debug") != base
+    assert checksum("replicaCount=5") == base
+
+
+def test_prometheus_rule_embeds_the_alert_file_groups(all_docs: list[dict[str, Any]]) -> None:
+    rule = find(all_docs, "PrometheusRule")
+    alerts = yaml.safe_load((CHART / "files" / "certbound-alerts.yaml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_service_monitor_scrapes_metrics_on_the_admin_service(
+    all_docs: list[dict[str, Any]],
+) -> None:
+    monitor = find(all_docs, "ServiceMonitor")
+    admin = find(all_docs, "Service", "demo-certbound-admin")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= admin["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for p in admin["spec"]["ports"]}
+    main = find(all_docs, "Service", "demo-certbound")
+    assert not selector.items() <= main["metadata"]["labels"].items()
+
+
+def test_certificate_writes_the_mounted_secret_for_the_service_names(
+    all_docs: list[dict[str, Any]],
+) -> None:
+    cert = find(all_docs, "Certificate")
+    pod = find(all_docs, "Deployment")["spec"]["template"]["spec"]
+    tls_volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert cert["spec"]["secretName"] == tls_volume["secret"]["secretName"]
+    assert "demo-certbound.shop.svc" in cert["spec"]["dnsNames"]
+    assert "api.payments.example.org" in cert["spec"]["dnsNames"]
+    assert cert["spec"]["issuerRef"] == {
+        "name": "internal-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+
+
+def test_network_policy_admits_only_the_proxy_ports(all_docs: list[dict[str, Any]]) -> None:
+    policy = find(all_docs, "NetworkPolicy")
+    ports = sorted(p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"])
+    assert ports == [10443, 19090]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+
+def test_pdb_uses_min_available_when_set(all_docs: list[dict[str, Any]]) -> None:
+    pdb = find(all_docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 2
+    assert "maxUnavailable" not in pdb["spec"]
+
+
+def test_notes_explain_the_curl_call(helm: str) -> None:
+    result = run_helm(helm, "install", "demo", str(CHART), "--dry-run=client", "-n", "shop")
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    for fragment in ("--cert client.crt", "--key client.key", "--cacert", "Authorization: Bearer"):
+        assert fragment in notes
