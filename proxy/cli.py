@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,15 +95,35 @@ def _check_config(path: str) -> int:
 
 
 def _run(path: str, grace_seconds: float) -> int:
-    from proxy import audit, server
-    from proxy.config import Settings
+    from proxy.config import ConfigError, Settings, load_settings
+    from proxy.workers import (
+        MULTIPROC_ENV,
+        WORKER_ENV,
+        prepare_metrics_dir,
+        supervise,
+        worker_count,
+    )
 
+    is_worker = WORKER_ENV in os.environ
+    try:
+        workers = 1 if is_worker else worker_count(load_settings(path).listen.workers)
+    except ConfigError:
+        workers = 1  # _load below reports every problem
+    if workers > 1:
+        # Before prometheus_client is first imported: the supervisor and its workers must
+        # all see the same, emptied, multiprocess directory.
+        os.environ[MULTIPROC_ENV] = prepare_metrics_dir()
     settings = _load(path)
     if not isinstance(settings, Settings):
         return 2
+    if workers > 1:
+        return supervise(path, workers, grace_seconds)
+
+    from proxy import audit, server
+
     listener = audit.setup_logging(settings.log.level)
     try:
-        asyncio.run(server.serve(settings, grace_seconds))
+        asyncio.run(server.serve(settings, grace_seconds, shared_ports=is_worker))
     except OSError as exc:
         print(f"certbound: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -31,6 +31,7 @@ KNOWN_ALGORITHMS = frozenset(
 class ListenSettings:
     host: str = "0.0.0.0"  # noqa: S104 - a sidecar listens on the pod IP
     port: int = 8443
+    workers: int = 1  # 0: one per usable CPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +219,10 @@ def validate(s: Settings) -> list[str]:
 
     port("listen.port", s.listen.port)
     port("admin.port", s.admin.port)
+    if s.listen.workers < 0 or s.listen.workers > 64:
+        problems.append(f"listen.workers: must be 0 (one per CPU) to 64, got {s.listen.workers}")
+    if s.listen.workers != 1 and (s.listen.port == 0 or s.admin.port == 0):
+        problems.append("listen.workers: several workers need fixed listen.port and admin.port")
     if s.listen.port == s.admin.port and s.listen.port != 0:
         problems.append("admin.port: must differ from listen.port (metrics never on mTLS port)")
     readable("tls.cert_file", s.tls.cert_file)

@@ -3,7 +3,9 @@ subject, client id, path, token or thumbprint, so cardinality cannot be driven b
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from proxy import __version__
 
@@ -38,17 +40,17 @@ OPEN_CONNECTIONS = Gauge(
     multiprocess_mode="livesum",
 )
 JWKS_REFRESH = Counter("certbound_jwks_refresh", "Key set loads by result.", ["result"])
-JWKS_KEYS = Gauge("certbound_jwks_keys", "Signing keys loaded.", multiprocess_mode="max")
+JWKS_KEYS = Gauge("certbound_jwks_keys", "Signing keys loaded.", multiprocess_mode="livemax")
 JWKS_LAST_SUCCESS = Gauge(
     "certbound_jwks_last_success_timestamp_seconds",
     "Unix time of the last successful key set load.",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 CERT_NOT_AFTER = Gauge(
     "certbound_certificate_not_after_timestamp_seconds",
     "Expiry of the serving certificate and of each client CA.",
     ["role", "index"],
-    multiprocess_mode="min",
+    multiprocess_mode="livemin",
 )
 TLS_HANDSHAKE_FAILURES = Counter(
     "certbound_tls_handshake_failures", "TLS handshakes on the mTLS listener that failed."
@@ -56,9 +58,23 @@ TLS_HANDSHAKE_FAILURES = Counter(
 REPORT_ONLY = Gauge(
     "certbound_report_only",
     "1 when binding.mode report_only is configured anywhere (requests are not refused).",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 BUILD_INFO = Gauge(
-    "certbound_build_info", "Build information.", ["version"], multiprocess_mode="max"
+    "certbound_build_info", "Build information.", ["version"], multiprocess_mode="livemax"
 )
 BUILD_INFO.labels(version=__version__).set(1)
+# Series that alerts use with increase()/rate() must exist before their first event.
+for _result in ("success", "failure"):
+    JWKS_REFRESH.labels(result=_result)
+for _kind in ("connect", "timeout", "reset"):
+    UPSTREAM_ERRORS.labels(kind=_kind)
+
+
+def registry() -> CollectorRegistry:
+    """What /metrics serves: this process, or every worker's files in multiprocess mode."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return REGISTRY
+    aggregated = CollectorRegistry()
+    multiprocess.MultiProcessCollector(aggregated)  # type: ignore[no-untyped-call]
+    return aggregated

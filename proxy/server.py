@@ -294,7 +294,7 @@ def build_admin_app(proxy: Proxy) -> web.Application:
         return web.Response(text="ready\n")
 
     async def metrics_view(_: web.Request) -> web.Response:
-        body = generate_latest()
+        body = generate_latest(metrics.registry())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
@@ -310,7 +310,7 @@ def build_data_app(proxy: Proxy) -> web.Application:
     return app
 
 
-async def start(settings: Settings) -> Proxy:
+async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     """Bind both listeners and start background tasks. Raises TLSConfigError on bad files."""
     tls = ServerTLS(settings.tls)
     cache = TokenCache(settings.tokens.cache_size)
@@ -328,7 +328,9 @@ async def start(settings: Settings) -> Proxy:
     )
     admin_runner = web.AppRunner(build_admin_app(proxy), access_log=None)
     await admin_runner.setup()
-    admin_site = web.TCPSite(admin_runner, settings.admin.host, settings.admin.port)
+    admin_site = web.TCPSite(
+        admin_runner, settings.admin.host, settings.admin.port, reuse_port=shared_ports or None
+    )
     await admin_site.start()
     proxy.runners.append(admin_runner)
     proxy.admin_port = _bound_port(admin_site)
@@ -336,7 +338,12 @@ async def start(settings: Settings) -> Proxy:
     data_runner = web.AppRunner(build_data_app(proxy), access_log=None, handler_cancellation=True)
     await data_runner.setup()
     data_site = MTLSSite(
-        data_runner, settings.listen.host, settings.listen.port, tls.listener, proxy.identities
+        data_runner,
+        settings.listen.host,
+        settings.listen.port,
+        tls.listener,
+        proxy.identities,
+        reuse_port=shared_ports,
     )
     await data_site.start()
     proxy.runners.append(data_runner)
@@ -378,9 +385,11 @@ async def stop(proxy: Proxy, grace_seconds: float = 30.0) -> None:
     await proxy.http.close()
 
 
-async def serve(settings: Settings, grace_seconds: float = 30.0) -> None:
-    """Run until SIGTERM or SIGINT, then drain."""
-    proxy = await start(settings)
+async def serve(
+    settings: Settings, grace_seconds: float = 30.0, shared_ports: bool = False
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain. `shared_ports`: one of several workers."""
+    proxy = await start(settings, shared_ports=shared_ports)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

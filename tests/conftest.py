@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import ssl
 import time
 import uuid
@@ -33,6 +34,24 @@ from proxy.identity import compute_thumbprint
 from proxy.pki import Issued, issue, make_ca
 
 AUDIENCE = "https://orders.example"
+
+
+class _Collect(logging.Handler):
+    """Keeps every log line of the whole run, so test_zz_log_secrecy can scan them for secrets."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+LOG = _Collect()
+LOG.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+logging.getLogger().addHandler(LOG)
+logging.getLogger().setLevel(logging.DEBUG)
+MINTED: set[str] = set()  # every token the test issuers signed
 
 
 @dataclass(frozen=True)
@@ -152,7 +171,9 @@ class Issuer:
         key = self.keys[kid]
         alg = alg or ("RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256")
         hdr = {"kid": kid, "typ": "at+jwt", **(headers or {})}
-        return jwt.encode(self.claims(cert, **overrides), key, algorithm=alg, headers=hdr)
+        token = jwt.encode(self.claims(cert, **overrides), key, algorithm=alg, headers=hdr)
+        MINTED.add(token)
+        return token
 
     def app(self) -> web.Application:
         async def jwks(_: web.Request) -> web.Response:
@@ -311,6 +332,15 @@ async def running(pki: PKI, issuer: Issuer, upstream: Upstream) -> AsyncIterator
     await asyncio.wait_for(proxy.keys.wait_loaded(), 5)
     yield Running(proxy, pki, issuer, upstream)
     await server.stop(proxy, grace_seconds=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secrets_in_the_run_log() -> Iterator[None]:
+    """After the last test: no line logged in this run may hold a token the tests minted."""
+    yield
+    from tests.test_zz_log_secrecy import leaks
+
+    assert leaks("\n".join(LOG.lines), MINTED) == [], "a token reached the log"
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,7 @@ then proxy.extraConfig is merged over it for keys newer than this chart.
 */}}
 {{- define "certbound.config" -}}
 {{- $c := deepCopy .Values.proxy.config -}}
-{{- $_ := set $c "listen" (dict "host" "0.0.0.0" "port" (int .Values.proxy.ports.mtls)) -}}
+{{- $_ := set $c "listen" (dict "host" "0.0.0.0" "port" (int .Values.proxy.ports.mtls) "workers" (int .Values.proxy.workers)) -}}
 {{- $_ := set $c "admin" (dict "host" "0.0.0.0" "port" (int .Values.proxy.ports.admin)) -}}
 {{- $clientCA := printf "%s/ca.crt" (include "certbound.tlsDir" .) -}}
 {{- if .Values.tls.clientCA.secretName -}}

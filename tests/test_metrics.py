@@ -1,0 +1,202 @@
+"""Every metric, asserted after real traffic through the proxy and read from /metrics over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+
+from tests.conftest import PKI, Issuer, Running, Upstream
+from tests.process import proxy_process
+
+
+async def scrape(running: Running) -> str:
+    async with aiohttp.ClientSession() as s, s.get(running.admin + "/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+def value(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_decisions_are_counted_by_outcome_and_reason(running: Running) -> None:
+    before = await scrape(running)
+    token = running.issuer.mint(running.pki.alice)
+    await running.request(token=token)
+    await running.request(token=token, who="bob")
+    await running.request(token=None)
+    after = await scrape(running)
+    for outcome, reason in (("forwarded", "ok"), ("rejected", "thumbprint_mismatch"),
+                            ("rejected", "no_token")):  # fmt: skip
+        sample = f'certbound_requests_total{{outcome="{outcome}",reason="{reason}"}}'
+        assert value(after, sample) - value(before, sample) == 1, sample
+
+
+async def test_overhead_and_upstream_histograms_observe_each_forwarded_request(
+    running: Running,
+) -> None:
+    before = await scrape(running)
+    token = running.issuer.mint(running.pki.alice)
+    for _ in range(3):
+        assert (await running.request(token=token))[0] == 200
+    after = await scrape(running)
+    for name in ("certbound_overhead_seconds_count", "certbound_upstream_duration_seconds_count"):
+        assert value(after, name) - value(before, name) == 3, name
+    # The overhead buckets resolve sub-millisecond costs.
+    assert 'certbound_overhead_seconds_bucket{le="0.0001"}' in after
+    assert value(after, "certbound_overhead_seconds_sum") > value(
+        before, "certbound_overhead_seconds_sum"
+    )
+
+
+async def test_upstream_errors_are_counted_by_kind(running: Running) -> None:
+    before = await scrape(running)
+    token = running.issuer.mint(running.pki.alice)
+    real = running.proxy.forwarder._base
+    running.proxy.forwarder._base = "http://127.0.0.1:1"
+    assert (await running.request(token=token))[0] == 502
+    running.proxy.forwarder._base = real
+    running.upstream.delay = 3
+    assert (await running.request(token=token))[0] == 504
+    running.upstream.delay = 0
+    after = await scrape(running)
+    for kind in ("connect", "timeout"):
+        sample = f'certbound_upstream_errors_total{{kind="{kind}"}}'
+        assert value(after, sample) - value(before, sample) == 1, sample
+    sample = 'certbound_requests_total{outcome="upstream_error",reason="upstream_timeout"}'
+    assert value(after, sample) - value(before, sample) == 1
+
+
+async def test_in_flight_and_open_connections_follow_live_traffic(running: Running) -> None:
+    running.upstream.delay = 1.0
+    token = running.issuer.mint(running.pki.alice)
+    pending = [asyncio.create_task(running.request(token=token)) for _ in range(3)]
+    await asyncio.sleep(0.5)
+    during = await scrape(running)
+    await asyncio.gather(*pending)
+    running.upstream.delay = 0
+    await asyncio.sleep(0.1)
+    after = await scrape(running)
+    assert value(during, "certbound_in_flight_requests") == 3
+    assert value(during, "certbound_open_connections") == 3
+    assert value(after, "certbound_in_flight_requests") == 0
+    assert value(after, "certbound_open_connections") == 0
+
+
+async def test_key_set_metrics(running: Running) -> None:
+    before = await scrape(running)
+    running.issuer.add_key("k2")
+    await running.proxy.keys.refresh()
+    running.issuer.available = False
+    with pytest.raises(Exception, match="HTTP 503"):
+        await running.proxy.keys.refresh()
+    after = await scrape(running)
+    ok = 'certbound_jwks_refresh_total{result="success"}'
+    bad = 'certbound_jwks_refresh_total{result="failure"}'
+    assert value(after, ok) - value(before, ok) == 1
+    assert value(after, bad) - value(before, bad) == 1
+    assert value(after, "certbound_jwks_keys") == 2
+    assert abs(value(after, "certbound_jwks_last_success_timestamp_seconds") - time.time()) < 10
+
+
+async def test_certificate_expiry_and_build_info(running: Running) -> None:
+    text = await scrape(running)
+    serving = value(
+        text, 'certbound_certificate_not_after_timestamp_seconds{index="0",role="serving"}'
+    )
+    ca = value(
+        text, 'certbound_certificate_not_after_timestamp_seconds{index="0",role="client_ca"}'
+    )
+    assert serving == running.pki.server.cert.not_valid_after_utc.timestamp()
+    assert ca == running.pki.ca.cert.not_valid_after_utc.timestamp()
+    assert re.search(r'^certbound_build_info\{version="[0-9.]+"\} 1\.0$', text, re.M)
+
+
+async def test_failed_handshakes_are_counted(running: Running) -> None:
+    before = value(await scrape(running), "certbound_tls_handshake_failures_total")
+    with pytest.raises((aiohttp.ClientError, OSError)):
+        await running.request(who="stranger", token="x")
+    await asyncio.sleep(0.1)
+    after = value(await scrape(running), "certbound_tls_handshake_failures_total")
+    assert after > before
+
+
+async def test_labels_never_carry_subjects_paths_or_thumbprints(running: Running) -> None:
+    token = running.issuer.mint(running.pki.alice, sub="very-unique-subject")
+    await running.request(path="/very/unique/path", token=token)
+    text = await scrape(running)
+    for secret in ("very-unique-subject", "/very/unique/path", token, running.issuer.url):
+        assert secret not in text
+
+
+async def test_live_metrics_pass_promtool_check_metrics(running: Running) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required: run .ci/install-promtool.sh (scripts/test.sh does)"
+    token = running.issuer.mint(running.pki.alice)
+    await running.request(token=token)
+    await running.request(token=None)
+    text = await scrape(running)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def subprocess_config(
+    pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
+) -> dict[str, Any]:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    cert, key = pki.files("server")
+    return {
+        "tls": {"cert_file": cert, "key_file": key, "client_ca_file": pki.ca_file},
+        "upstream": {"url": upstream.url},
+        "tokens": {
+            "issuer": issuer.url,
+            "audience": "https://orders.example",
+            "jwks_file": str(jwks),
+        },
+    }
+
+
+async def test_counts_add_up_across_worker_processes(
+    pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    config = subprocess_config(pki, issuer, upstream, tmp_path)
+    config["listen"] = {"workers": 2}
+    metrics_dir = tmp_path / "metrics"
+    token = issuer.mint(pki.alice)
+    with proxy_process(
+        tmp_path, config, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    ) as proc:
+        ctx = Running.client_ssl(Running(None, pki, issuer, upstream), "alice")  # type: ignore[arg-type]
+        for _ in range(40):  # a new connection each time, so the kernel spreads them
+            connector = aiohttp.TCPConnector(ssl=ctx, force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as s:
+                async with s.get(
+                    proc.url + "/x", headers={"Authorization": f"Bearer {token}"}
+                ) as r:
+                    assert r.status == 200
+        served: dict[str, float] = {}
+        for path in metrics_dir.glob("counter_*.db"):
+            values = MmapedDict(str(path), read_mode=True).read_all_values()
+            served[path.name] = sum(
+                v for key, v, _ in values if '"certbound_requests_total"' in key
+            )
+        assert sum(1 for n in served.values() if n > 0) == 2, f"both workers must serve: {served}"
+        text = await asyncio.to_thread(proc.metrics)
+    assert value(text, 'certbound_requests_total{outcome="forwarded",reason="ok"}') == 40
+    assert len(upstream.seen) == 40
