@@ -21,10 +21,21 @@ import yaml
 ENV_PREFIX = "CERTBOUND_"
 KNOWN_ALGORITHMS = frozenset(
     {
-        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
-        "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512",
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "EdDSA",
+        "HS256",
+        "HS384",
+        "HS512",
     }
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +62,22 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IntrospectionSettings:
+    enabled: bool = False
+    endpoint: str = ""  # empty: the issuer metadata's introspection_endpoint
+    client_id: str = ""
+    client_secret: str = ""  # client_secret_basic; prefer client_secret_file
+    client_secret_file: str = ""
+    client_cert_file: str = ""  # RFC 8705 §2 mTLS client authentication instead of a secret
+    client_key_file: str = ""
+    ca_file: str = ""  # CAs for the endpoint's certificate; empty: the system's
+    timeout_seconds: float = 5.0
+    cache_ttl_seconds: float = 300.0
+    negative_cache_ttl_seconds: float = 10.0
+    cache_size: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
 class TokenSettings:
     issuer: str = ""
     audience: str = ""
@@ -62,6 +89,39 @@ class TokenSettings:
     jwks_refresh_seconds: float = 300.0
     jwks_min_refetch_seconds: float = 30.0
     cache_size: int = 10000
+    accept_jwt: bool = True  # false: every token is introspected (opaque-only deployments)
+    introspection: IntrospectionSettings = field(default_factory=IntrospectionSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class BindingSettings:
+    mode: str = "enforce"  # enforce | report_only
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    path: str = ""
+    methods: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    clients: tuple[str, ...] = ()
+    subjects: tuple[str, ...] = ()
+    allow_unbound_tokens: bool = False
+    public: bool = False
+    binding_mode: str = ""  # empty: binding.mode
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    unmatched: str = "deny"  # deny | allow; only consulted when routes are configured
+    routes: tuple[RouteSettings, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertSettings:
+    source: str = "tls"  # tls | header
+    header_format: str = "rfc9440"  # rfc9440 (Client-Cert) | xfcc (X-Forwarded-Client-Cert)
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs allowed to send the header
+    trusted_proxy_subjects: tuple[str, ...] = ()  # and, if set, only over mTLS with these
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +147,9 @@ class Settings:
     tls: TLSSettings = field(default_factory=TLSSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     tokens: TokenSettings = field(default_factory=TokenSettings)
+    binding: BindingSettings = field(default_factory=BindingSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    client_cert: ClientCertSettings = field(default_factory=ClientCertSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -118,8 +181,10 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
         raw = loaded
     _apply_env(raw, os.environ if environ is None else environ, problems)
     settings: Settings = _build(Settings, raw, "", problems)
-    if not problems:
-        problems.extend(validate(settings))
+    # Value checks run even after type errors, so every problem is reported in one go; a key
+    # whose value could not be read is not reported twice.
+    unreadable = {p.split(":", 1)[0] for p in problems}
+    problems.extend(p for p in validate(settings) if p.split(":", 1)[0] not in unreadable)
     if problems:
         raise ConfigError(problems)
     return settings
@@ -130,18 +195,23 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], problems: list[s
         if not name.startswith(ENV_PREFIX):
             continue
         keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
-        if len(keys) != 2 or not all(keys):
+        if len(keys) < 2 or not all(keys):
             problems.append(f"{name}: expected {ENV_PREFIX}SECTION__KEY")
             continue
         try:
             parsed = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
             parsed = value
-        section = raw.setdefault(keys[0], {})
-        if isinstance(section, dict):
-            section[keys[1]] = parsed
+        node: object = raw
+        for depth, key in enumerate(keys[:-1]):
+            assert isinstance(node, dict)
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                problems.append(f"{'.'.join(keys)}: {'.'.join(keys[: depth + 1])} is not a mapping")
+                break
         else:
-            problems.append(f"{'.'.join(keys)}: section {keys[0]} is not a mapping")
+            assert isinstance(node, dict)
+            node[keys[-1]] = parsed
 
 
 def _build(cls: type[Any], data: object, prefix: str, problems: list[str]) -> Any:
@@ -188,6 +258,11 @@ def _convert(hint: Any, value: object, key: str, problems: list[str]) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)  # `min_version: 1.2` is written without quotes by most people
         problems.append(f"{key}: expected a string, got {value!r}")
+    elif origin is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        item = typing.cast(type[Any], typing.get_args(hint)[0])
+        if isinstance(value, list):
+            return tuple(_build(item, v, f"{key}[{i}].", problems) for i, v in enumerate(value))
+        problems.append(f"{key}: expected a list of mappings, got {value!r}")
     elif origin is tuple:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
@@ -269,8 +344,106 @@ def validate(s: Settings) -> list[str]:
         problems.append("tokens.jwks_min_refetch_seconds: must be 0 or more")
     if t.cache_size < 0:
         problems.append("tokens.cache_size: must be 0 (off) or more")
+    problems.extend(_validate_introspection(t))
+    problems.extend(_validate_policy(s))
+    problems.extend(_validate_client_cert(s.client_cert))
     if s.log.level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log.level: one of debug, info, warning, error; got {s.log.level!r}")
+    return problems
+
+
+def _validate_introspection(t: TokenSettings) -> list[str]:
+    i, problems = t.introspection, []
+    if not i.enabled:
+        if not t.accept_jwt:
+            problems.append("tokens.accept_jwt: false needs tokens.introspection.enabled: true")
+        return problems
+    if i.endpoint and urlsplit(i.endpoint).scheme not in ("http", "https"):
+        problems.append(
+            f"tokens.introspection.endpoint: must be an http(s) URL, got {i.endpoint!r}"
+        )
+    if not i.client_id:
+        problems.append("tokens.introspection.client_id: required (RFC 7662 §2.1 client auth)")
+    has_secret = bool(i.client_secret or i.client_secret_file)
+    has_cert = bool(i.client_cert_file or i.client_key_file)
+    if has_secret == has_cert:
+        problems.append(
+            "tokens.introspection: set either client_secret(_file) or client_cert_file and "
+            "client_key_file (mTLS client authentication), exactly one"
+        )
+    if i.client_secret and i.client_secret_file:
+        problems.append("tokens.introspection.client_secret: set client_secret or _file, not both")
+    for key, value in (
+        ("client_secret_file", i.client_secret_file),
+        ("client_cert_file", i.client_cert_file),
+        ("client_key_file", i.client_key_file),
+        ("ca_file", i.ca_file),
+    ):
+        if value and not os.access(value, os.R_OK):
+            problems.append(f"tokens.introspection.{key}: file {value!r} is not readable")
+    if bool(i.client_cert_file) != bool(i.client_key_file):
+        problems.append("tokens.introspection.client_key_file: set together with client_cert_file")
+    for key, number in (
+        ("timeout_seconds", i.timeout_seconds),
+        ("cache_ttl_seconds", i.cache_ttl_seconds),
+    ):
+        if number <= 0:
+            problems.append(f"tokens.introspection.{key}: must be greater than 0")
+    if i.negative_cache_ttl_seconds < 0 or i.cache_size < 0:
+        problems.append("tokens.introspection: cache sizes and times must be 0 or more")
+    return problems
+
+
+BINDING_MODES = ("enforce", "report_only")
+
+
+def _validate_policy(s: Settings) -> list[str]:
+    from proxy.policy import pattern_problem
+
+    problems = []
+    if s.binding.mode not in BINDING_MODES:
+        problems.append(f"binding.mode: enforce or report_only, got {s.binding.mode!r}")
+    if s.policy.unmatched not in ("deny", "allow"):
+        problems.append(f"policy.unmatched: deny or allow, got {s.policy.unmatched!r}")
+    for index, route in enumerate(s.policy.routes):
+        key = f"policy.routes[{index}]"
+        if not route.path:
+            problems.append(f"{key}.path: required")
+        elif (problem := pattern_problem(route.path)) is not None:
+            problems.append(f"{key}.path: {route.path!r}: {problem}")
+        if route.binding_mode and route.binding_mode not in BINDING_MODES:
+            problems.append(
+                f"{key}.binding_mode: enforce or report_only, got {route.binding_mode!r}"
+            )
+        for method in route.methods:
+            if not method.isalpha():
+                problems.append(f"{key}.methods: {method!r} is not an HTTP method")
+        if route.public and (route.scopes or route.clients or route.allow_unbound_tokens):
+            problems.append(
+                f"{key}: a public route takes no token, so scopes, clients and "
+                "allow_unbound_tokens cannot apply (use subjects to restrict certificates)"
+            )
+    return problems
+
+
+def _validate_client_cert(c: ClientCertSettings) -> list[str]:
+    import ipaddress
+
+    problems = []
+    if c.source not in ("tls", "header"):
+        problems.append(f"client_cert.source: tls or header, got {c.source!r}")
+    if c.header_format not in ("rfc9440", "xfcc"):
+        problems.append(f"client_cert.header_format: rfc9440 or xfcc, got {c.header_format!r}")
+    for cidr in c.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError:
+            problems.append(f"client_cert.trusted_proxies: {cidr!r} is not a CIDR")
+    if c.source == "header" and not c.trusted_proxies:
+        problems.append(
+            "client_cert.trusted_proxies: required with source: header "
+            "(otherwise anyone could claim any certificate)"
+        )
     return problems
 
 

@@ -15,16 +15,19 @@ from aiohttp import web
 class Outcome(enum.Enum):
     FORWARDED = "forwarded"
     REJECTED = "rejected"
+    REPORT_ONLY = "report_only"  # would have been rejected; forwarded because of report_only
     UPSTREAM_ERROR = "upstream_error"
 
 
 class Reason(enum.Enum):
     OK = "ok"
     NO_CLIENT_CERT = "no_client_cert"
+    INVALID_CLIENT_CERT = "invalid_client_cert"
     NO_TOKEN = "no_token"  # noqa: S105 - a reason name, not a secret
     MALFORMED_REQUEST = "malformed_request"
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - a reason name, not a secret
     INVALID_SIGNATURE = "invalid_signature"
+    INACTIVE_TOKEN = "inactive_token"  # noqa: S105 - a reason name, not a secret
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
     MISSING_CLAIM = "missing_claim"
@@ -37,7 +40,11 @@ class Reason(enum.Enum):
     INVALID_CNF = "invalid_cnf"
     THUMBPRINT_MISMATCH = "thumbprint_mismatch"
     INSUFFICIENT_SCOPE = "insufficient_scope"
+    CLIENT_NOT_ALLOWED = "client_not_allowed"
+    SUBJECT_NOT_ALLOWED = "subject_not_allowed"
+    NO_MATCHING_ROUTE = "no_matching_route"
     KEYS_UNAVAILABLE = "keys_unavailable"
+    INTROSPECTION_UNAVAILABLE = "introspection_unavailable"
     UPSTREAM_CONNECT = "upstream_connect"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_RESET = "upstream_reset"
@@ -53,12 +60,17 @@ _INVALID_TOKEN = Refusal(401, "invalid_token")
 
 # RFC 6750 §3.1: no credentials -> bare challenge; malformed -> 400; bad token -> 401;
 # RFC 8705 §3: a thumbprint mismatch is invalid_token with 401, like any other bad token.
+_POLICY = Refusal(403, "insufficient_scope")
+
 REFUSALS: dict[Reason, Refusal] = {
-    Reason.NO_CLIENT_CERT: Refusal(401, "invalid_request"),
+    # Without a verified certificate there is nothing to bind the token to (RFC 8705 §3).
+    Reason.NO_CLIENT_CERT: _INVALID_TOKEN,
+    Reason.INVALID_CLIENT_CERT: _INVALID_TOKEN,
     Reason.NO_TOKEN: Refusal(401, None),
     Reason.MALFORMED_REQUEST: Refusal(400, "invalid_request"),
     Reason.INVALID_TOKEN: _INVALID_TOKEN,
     Reason.INVALID_SIGNATURE: _INVALID_TOKEN,
+    Reason.INACTIVE_TOKEN: _INVALID_TOKEN,
     Reason.EXPIRED: _INVALID_TOKEN,
     Reason.NOT_YET_VALID: _INVALID_TOKEN,
     Reason.MISSING_CLAIM: _INVALID_TOKEN,
@@ -70,9 +82,14 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.MISSING_CNF: _INVALID_TOKEN,
     Reason.INVALID_CNF: _INVALID_TOKEN,
     Reason.THUMBPRINT_MISMATCH: _INVALID_TOKEN,
-    Reason.INSUFFICIENT_SCOPE: Refusal(403, "insufficient_scope"),
-    # Keys could not be loaded: the token may be fine, so this is our fault, not the client's.
+    # RFC 6750 §3.1 has one code for "authenticated but not permitted".
+    Reason.INSUFFICIENT_SCOPE: _POLICY,
+    Reason.CLIENT_NOT_ALLOWED: _POLICY,
+    Reason.SUBJECT_NOT_ALLOWED: _POLICY,
+    Reason.NO_MATCHING_ROUTE: _POLICY,
+    # The token may be fine; we could not check it. Our fault, never an accept.
     Reason.KEYS_UNAVAILABLE: Refusal(503, None),
+    Reason.INTROSPECTION_UNAVAILABLE: Refusal(503, None),
     Reason.UPSTREAM_CONNECT: Refusal(502, None),
     Reason.UPSTREAM_RESET: Refusal(502, None),
     Reason.UPSTREAM_TIMEOUT: Refusal(504, None),
@@ -91,6 +108,14 @@ class AuthError(Exception):
     @property
     def refusal(self) -> Refusal:
         return REFUSALS[self.reason]
+
+    @classmethod
+    def malformed(cls, description: str) -> AuthError:
+        return cls(Reason.MALFORMED_REQUEST, description)
+
+    @classmethod
+    def no_route(cls) -> AuthError:
+        return cls(Reason.NO_MATCHING_ROUTE, "no route rule allows this request")
 
 
 def _quote(value: str) -> str:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from proxy import metrics
 from proxy.config import UpstreamSettings
@@ -27,17 +28,30 @@ log = logging.getLogger("certbound.forward")
 # RFC 9110 §7.6.1 plus the old Keep-Alive/Proxy-Connection ones.
 HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
     }
-)  # fmt: skip
+)
 # Whatever the client sends under these names is a forgery: only the proxy may set them.
 SPOOFABLE = frozenset(
     {
-        "client-cert", "client-cert-chain", "forwarded", "x-forwarded-for",
-        "x-forwarded-proto", "x-forwarded-host", "x-forwarded-client-cert", "x-real-ip",
+        "client-cert",
+        "client-cert-chain",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-client-cert",
+        "x-real-ip",
     }
-)  # fmt: skip
+)
 IDENTITY_PREFIX = "x-certbound-"
 CHUNK = 64 * 1024
 
@@ -57,8 +71,9 @@ def _header_value(value: str) -> str:
 def upstream_request_headers(
     incoming: CIMultiDictProxy[str],
     identity: ClientIdentity,
-    claims: TokenClaims,
+    claims: TokenClaims | None,
     *,
+    binding: str,
     remote: str,
     client_cert_header: bool,
 ) -> CIMultiDict[str]:
@@ -80,10 +95,13 @@ def upstream_request_headers(
     out["X-Forwarded-Proto"] = "https"
     if "Host" in incoming:
         out["X-Forwarded-Host"] = incoming["Host"]
-    out["X-Certbound-Subject"] = _header_value(claims.subject)
-    out["X-Certbound-Client-Id"] = _header_value(claims.client_id)
-    out["X-Certbound-Scope"] = _header_value(claims.scope)
+    if claims is not None:
+        out["X-Certbound-Subject"] = _header_value(claims.subject)
+        out["X-Certbound-Client-Id"] = _header_value(claims.client_id)
+        out["X-Certbound-Scope"] = _header_value(claims.scope)
     out["X-Certbound-Thumbprint"] = identity.thumbprint
+    # bound | unbound (allowed by the route) | report_only_failed | none (public route)
+    out["X-Certbound-Binding"] = binding
     if client_cert_header:
         # RFC 9440 §2.2: a structured-field byte sequence of the DER certificate.
         out["Client-Cert"] = ":" + base64.b64encode(identity.der).decode("ascii") + ":"
@@ -133,13 +151,16 @@ class Forwarder:
         request: web.Request,
         headers: CIMultiDict[str],
         *,
+        target: str,
         started: float,
         body: bytes | None = None,
     ) -> web.StreamResponse:
         """Send upstream; returns the streamed response. Raises AuthError for upstream faults
         that happen before the response started (502/504)."""
         assert self._session is not None
-        url = self._base + request.raw_path  # raw: the bytes the client sent, not re-encoded
+        # `target` is the client's request-target as sent, or its normalised form when a route
+        # policy matched on that; never re-encoded by a URL library.
+        url = URL(self._base + target, encoded=True)  # encoded: yarl would resolve ../
         data: bytes | AsyncIterator[bytes] | None = body
         if body is None and request.body_exists:
             data = _stream(request)

@@ -1,8 +1,5 @@
-"""Builds the two apps and binds them: the mTLS data plane and the plain-HTTP admin port.
-
-The data-plane handler is the request path of design.md: identity -> token -> binding ->
-forward, each a call into its own module, with one decision counted and audited at the end.
-"""
+"""Builds the two apps and binds them: the mTLS data plane and the plain-HTTP admin port;
+start-up, readiness and the drain on shutdown. The request path itself is pipeline.py."""
 
 from __future__ import annotations
 
@@ -19,20 +16,19 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy import audit, metrics
-from proxy.binding import check_binding
+from proxy import metrics
 from proxy.config import Settings
-from proxy.errors import AuthError, Outcome, Reason, error_response
-from proxy.forward import Forwarder, upstream_request_headers
+from proxy.forward import Forwarder
+from proxy.forwarded import ForwardedCertVerifier
 from proxy.identity import ClientIdentity, identity_from_der
+from proxy.pipeline import Pipeline
 from proxy.tls import ServerTLS
-from proxy.tokens.extract import extract_bearer, form_has_token
+from proxy.tokens.introspect import Introspector
 from proxy.tokens.jwks import KeySet
-from proxy.tokens.jwt import JWTVerifier, TokenCache, TokenClaims
+from proxy.tokens.jwt import JWTVerifier, TokenCache
 
 log = logging.getLogger("certbound.server")
 
-MAX_FORM_BYTES = 1 << 20
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -167,10 +163,10 @@ class Proxy:
     settings: Settings
     tls: ServerTLS
     keys: KeySet
-    verifier: JWTVerifier
     forwarder: Forwarder
+    pipeline: Pipeline
     http: aiohttp.ClientSession
-    identities: dict[object, ClientIdentity] = field(default_factory=dict)
+    introspector: Introspector | None = None
     draining: bool = False
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -180,106 +176,22 @@ class Proxy:
     data_port: int = 0
     admin_port: int = 0
 
+    @property
+    def is_ready(self) -> bool:
+        return not self.draining and (self.keys.is_loaded or not self.settings.tokens.accept_jwt)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         metrics.IN_FLIGHT.inc()
         self.in_flight += 1
         self.idle.clear()
         try:
-            return await self._decide_and_forward(request, started)
+            return await self.pipeline.handle(request, started)
         finally:
             metrics.IN_FLIGHT.dec()
             self.in_flight -= 1
             if self.in_flight == 0:
                 self.idle.set()
-
-    async def _decide_and_forward(self, request: web.Request, started: float) -> web.StreamResponse:
-        identity = self.identities.get(request.protocol)
-        claims: TokenClaims | None = None
-        body: bytes | None = None
-        try:
-            if identity is None:
-                raise AuthError(Reason.NO_CLIENT_CERT, "no client certificate")
-            token = extract_bearer(request.headers.getall("Authorization", []), request.query)
-            if request.content_type == "application/x-www-form-urlencoded":
-                body = await _read_form(request)
-                if form_has_token(body):
-                    raise AuthError(
-                        Reason.MALFORMED_REQUEST, "access tokens in a form body are not accepted"
-                    )
-            claims = await self.verifier.verify(token)
-            check_binding(claims.cnf, identity.thumbprint)
-        except AuthError as refusal:
-            return self._refuse(request, refusal, identity, claims, started)
-        headers = upstream_request_headers(
-            request.headers,
-            identity,
-            claims,
-            remote=request.remote or "",
-            client_cert_header=self.settings.forwarding.client_cert_header,
-        )
-        try:
-            response = await self.forwarder.forward(request, headers, started=started, body=body)
-        except AuthError as fault:
-            metrics.REQUESTS.labels(
-                outcome=Outcome.UPSTREAM_ERROR.value, reason=fault.reason.value
-            ).inc()
-            self._audit(request, Outcome.UPSTREAM_ERROR, fault, identity, claims)
-            return error_response(fault)
-        metrics.REQUESTS.labels(outcome=Outcome.FORWARDED.value, reason=Reason.OK.value).inc()
-        if self.settings.log.audit_accepted:
-            self._audit(request, Outcome.FORWARDED, None, identity, claims, status=response.status)
-        return response
-
-    def _refuse(
-        self,
-        request: web.Request,
-        refusal: AuthError,
-        identity: ClientIdentity | None,
-        claims: TokenClaims | None,
-        started: float,
-    ) -> web.Response:
-        metrics.REQUESTS.labels(outcome=Outcome.REJECTED.value, reason=refusal.reason.value).inc()
-        self._audit(request, Outcome.REJECTED, refusal, identity, claims)
-        metrics.OVERHEAD.observe(time.perf_counter() - started)
-        return error_response(refusal)
-
-    def _audit(
-        self,
-        request: web.Request,
-        outcome: Outcome,
-        refusal: AuthError | None,
-        identity: ClientIdentity | None,
-        claims: TokenClaims | None,
-        status: int = 200,
-    ) -> None:
-        cnf = claims.cnf if claims is not None else None
-        expected = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
-        audit.write(
-            audit.AuditRecord(
-                outcome=outcome,
-                reason=refusal.reason if refusal else Reason.OK,
-                status=refusal.refusal.status if refusal else status,
-                method=request.method,
-                path=request.path[:512],
-                remote=request.remote or "",
-                thumbprint=identity.thumbprint if identity else "",
-                cnf_thumbprint=expected[:64] if isinstance(expected, str) else "",
-                jti=claims.jti[:128] if claims else "",
-                sub=claims.subject[:256] if claims else "",
-                client_id=claims.client_id[:256] if claims else "",
-                iss=claims.issuer[:256] if claims else "",
-            )
-        )
-
-
-async def _read_form(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        raise AuthError(Reason.MALFORMED_REQUEST, "form body too large to inspect")
-    body = await request.content.read(MAX_FORM_BYTES + 1)
-    if len(body) > MAX_FORM_BYTES:
-        raise AuthError(Reason.MALFORMED_REQUEST, "form body too large to inspect")
-    return body
 
 
 def build_admin_app(proxy: Proxy) -> web.Application:
@@ -289,7 +201,7 @@ def build_admin_app(proxy: Proxy) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         if proxy.draining:
             return web.Response(status=503, text="draining\n")
-        if not proxy.keys.is_loaded:
+        if not proxy.is_ready:
             return web.Response(status=503, text="signing keys not loaded\n")
         return web.Response(text="ready\n")
 
@@ -312,20 +224,40 @@ def build_data_app(proxy: Proxy) -> web.Application:
 
 async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     """Bind both listeners and start background tasks. Raises TLSConfigError on bad files."""
-    tls = ServerTLS(settings.tls)
+    header_source = settings.client_cert.source == "header"
+    tls = ServerTLS(settings.tls, client_cert_optional=header_source)
     cache = TokenCache(settings.tokens.cache_size)
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
     keys = KeySet(settings.tokens, http, on_change=cache.clear)
     forwarder = Forwarder(settings.upstream)
     await forwarder.start()
+    introspector: Introspector | None = None
+    if settings.tokens.introspection.enabled:
+        introspector = Introspector(settings.tokens)
+        await introspector.start()
+    forwarded_verifier = None
+    if header_source:
+        forwarded_verifier = ForwardedCertVerifier(settings.tls.client_ca_file)
+        tls.on_reload.append(forwarded_verifier.reload)
+    identities: dict[object, ClientIdentity] = {}
+    pipeline = Pipeline(
+        settings=settings,
+        verifier=JWTVerifier(settings.tokens, keys, cache),
+        forwarder=forwarder,
+        introspector=introspector,
+        identities=identities,
+        forwarded_verifier=forwarded_verifier,
+    )
     proxy = Proxy(
         settings=settings,
         tls=tls,
         keys=keys,
-        verifier=JWTVerifier(settings.tokens, keys, cache),
         forwarder=forwarder,
+        pipeline=pipeline,
         http=http,
+        introspector=introspector,
     )
+    _announce(pipeline)
     admin_runner = web.AppRunner(build_admin_app(proxy), access_log=None)
     await admin_runner.setup()
     admin_site = web.TCPSite(
@@ -342,21 +274,46 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         settings.listen.host,
         settings.listen.port,
         tls.listener,
-        proxy.identities,
+        identities,
         reuse_port=shared_ports,
     )
     await data_site.start()
     proxy.runners.append(data_runner)
     proxy.data_port = data_site.port
 
-    proxy.tasks.append(asyncio.create_task(keys.run(proxy.stop_event)))
+    if settings.tokens.accept_jwt:
+        proxy.tasks.append(asyncio.create_task(keys.run(proxy.stop_event)))
     proxy.tasks.append(asyncio.create_task(tls.watch(proxy.stop_event)))
     log.info(
         "listening: mTLS on %s:%d, admin on %s:%d, upstream %s",
-        settings.listen.host, proxy.data_port, settings.admin.host, proxy.admin_port,
+        settings.listen.host,
+        proxy.data_port,
+        settings.admin.host,
+        proxy.admin_port,
         settings.upstream.url,
-    )  # fmt: skip
+    )
     return proxy
+
+
+def _announce(pipeline: Pipeline) -> None:
+    """Say loudly at start what could otherwise go unnoticed."""
+    if pipeline.is_report_only_anywhere:
+        metrics.REPORT_ONLY.set(1)
+        log.warning(
+            "REPORT-ONLY MODE: certificate binding failures are logged and counted "
+            '(outcome="report_only") but such requests ARE FORWARDED. Set binding.mode: '
+            "enforce (and remove per-route binding_mode) once the rollout is done."
+        )
+    else:
+        metrics.REPORT_ONLY.set(0)
+    if not pipeline.policy.is_enabled:
+        log.info("no route policy configured: every request with a valid bound token is forwarded")
+    if pipeline.settings.client_cert.source == "header":
+        log.warning(
+            "client certificates are taken from the %s header of peers in %s",
+            pipeline.settings.client_cert.header_format,
+            ", ".join(pipeline.settings.client_cert.trusted_proxies),
+        )
 
 
 def _bound_port(site: web.TCPSite) -> int:
@@ -382,6 +339,8 @@ async def stop(proxy: Proxy, grace_seconds: float = 30.0) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await proxy.forwarder.close()
+    if proxy.introspector is not None:
+        await proxy.introspector.close()
     await proxy.http.close()
 
 

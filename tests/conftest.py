@@ -10,7 +10,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import jwt
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from yarl import URL
 
 from proxy import server
 from proxy.config import (
@@ -314,7 +315,9 @@ class Running:
         async with aiohttp.ClientSession(
             connector=connector, skip_auto_headers=("User-Agent",)
         ) as s:
-            async with s.request(method, self.url + path, headers=hdrs, data=data) as resp:
+            # encoded=True: send the path exactly as written (yarl would resolve ../ itself).
+            url = URL(self.url + path, encoded=True)
+            async with s.request(method, url, headers=hdrs, data=data) as resp:
                 return resp.status, dict(resp.headers), await resp.read()
 
     async def metric(self, sample: str) -> float:
@@ -332,6 +335,27 @@ async def running(pki: PKI, issuer: Issuer, upstream: Upstream) -> AsyncIterator
     await asyncio.wait_for(proxy.keys.wait_loaded(), 5)
     yield Running(proxy, pki, issuer, upstream)
     await server.stop(proxy, grace_seconds=1)
+
+
+StartProxy = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_proxy(pki: PKI, issuer: Issuer, upstream: Upstream) -> AsyncIterator[StartProxy]:
+    """Start a proxy with some settings sections replaced: start_proxy(policy=PolicySettings())."""
+    started: list[server.Proxy] = []
+
+    async def start(**sections: Any) -> Running:
+        settings = replace(make_settings(pki, issuer, upstream), **sections)
+        proxy = await server.start(settings)
+        started.append(proxy)
+        if settings.tokens.accept_jwt:
+            await asyncio.wait_for(proxy.keys.wait_loaded(), 5)
+        return Running(proxy, pki, issuer, upstream)
+
+    yield start
+    for proxy in started:
+        await server.stop(proxy, grace_seconds=1)
 
 
 @pytest.fixture(scope="session", autouse=True)

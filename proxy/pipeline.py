@@ -1,0 +1,233 @@
+"""The request path of design.md, step by step: identity -> token -> binding -> policy ->
+forward. Each step is a call into its own module; this one orders them, and turns the outcome
+into one decision that is counted (metrics.py) and, for refusals, audited (audit.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from proxy import audit, metrics
+from proxy.binding import check_binding
+from proxy.config import Settings
+from proxy.errors import AuthError, Outcome, Reason, error_response
+from proxy.forward import Forwarder, upstream_request_headers
+from proxy.forwarded import ForwardedCertVerifier, is_trusted_peer, parse_client_cert, parse_xfcc
+from proxy.identity import ClientIdentity
+from proxy.policy import (
+    PathError,
+    Policy,
+    Route,
+    authorize,
+    check_subject,
+    compile_policy,
+    match_route,
+    normalize_path,
+)
+from proxy.tokens.extract import extract_bearer, form_has_token
+from proxy.tokens.introspect import Introspector
+from proxy.tokens.jwt import JWTVerifier, TokenClaims, read_header
+
+log = logging.getLogger("certbound.pipeline")
+
+MAX_FORM_BYTES = 1 << 20
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    verifier: JWTVerifier
+    forwarder: Forwarder
+    introspector: Introspector | None
+    identities: dict[object, ClientIdentity]
+    forwarded_verifier: ForwardedCertVerifier | None = None
+    policy: Policy = field(init=False)
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.policy = compile_policy(self.settings.policy, self.settings.binding.mode)
+        self.trusted_networks = tuple(
+            ipaddress.ip_network(c) for c in self.settings.client_cert.trusted_proxies
+        )
+
+    @property
+    def is_report_only_anywhere(self) -> bool:
+        return self.settings.binding.mode == "report_only" or any(
+            r.binding_mode == "report_only" for r in self.policy.routes
+        )
+
+    async def handle(self, request: web.Request, started: float) -> web.StreamResponse:
+        identity: ClientIdentity | None = None
+        claims: TokenClaims | None = None
+        body: bytes | None = None
+        target = request.raw_path
+        binding = "none"
+        reported: AuthError | None = None
+        try:
+            identity = self._identity(request)
+            if identity is None:
+                raise AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate")
+            route: Route | None = None
+            if self.policy.is_enabled:
+                target, path = _normalised_target(request)
+                route = match_route(self.policy, request.method, path)
+                if route is not None:
+                    check_subject(route, identity)
+            if route is None or not route.public:
+                token = extract_bearer(request.headers.getall("Authorization", []), request.query)
+                if request.content_type == "application/x-www-form-urlencoded":
+                    body = await _read_form(request)
+                    if form_has_token(body):
+                        raise AuthError(
+                            Reason.MALFORMED_REQUEST,
+                            "access tokens in a form body are not accepted",
+                        )
+                claims = await self._verify(token)
+                mode = route.binding_mode if route else self.settings.binding.mode
+                allow_unbound = route.allow_unbound_tokens if route else False
+                try:
+                    is_bound = check_binding(
+                        claims.cnf, identity.thumbprint, allow_unbound=allow_unbound
+                    )
+                    binding = "bound" if is_bound else "unbound"
+                except AuthError as failure:
+                    if mode != "report_only":
+                        raise
+                    # Rollout: count and log what enforce would have done, then go on.
+                    reported, binding = failure, "report_only_failed"
+                if route is not None:
+                    authorize(route, claims)
+                elif self.policy.is_enabled and not self.policy.unmatched_allowed:
+                    raise AuthError.no_route()
+        except AuthError as refusal:
+            metrics.REQUESTS.labels(
+                outcome=Outcome.REJECTED.value, reason=refusal.reason.value
+            ).inc()
+            self._audit(request, Outcome.REJECTED, refusal, identity, claims)
+            metrics.OVERHEAD.observe(time.perf_counter() - started)
+            return error_response(refusal)
+        headers = upstream_request_headers(
+            request.headers,
+            identity,
+            claims,
+            binding=binding,
+            remote=request.remote or "",
+            client_cert_header=self.settings.forwarding.client_cert_header,
+        )
+        try:
+            response = await self.forwarder.forward(
+                request, headers, target=target, started=started, body=body
+            )
+        except AuthError as fault:
+            metrics.REQUESTS.labels(
+                outcome=Outcome.UPSTREAM_ERROR.value, reason=fault.reason.value
+            ).inc()
+            self._audit(request, Outcome.UPSTREAM_ERROR, fault, identity, claims)
+            return error_response(fault)
+        if reported is not None:
+            metrics.REQUESTS.labels(
+                outcome=Outcome.REPORT_ONLY.value, reason=reported.reason.value
+            ).inc()
+            self._audit(request, Outcome.REPORT_ONLY, reported, identity, claims, response.status)
+        else:
+            metrics.REQUESTS.labels(outcome=Outcome.FORWARDED.value, reason=Reason.OK.value).inc()
+            if self.settings.log.audit_accepted:
+                self._audit(request, Outcome.FORWARDED, None, identity, claims, response.status)
+        return response
+
+    def _identity(self, request: web.Request) -> ClientIdentity | None:
+        """From the TLS session, or from a header a trusted ingress set (client_cert.source)."""
+        from_tls = self.identities.get(request.protocol)
+        cc = self.settings.client_cert
+        if cc.source == "tls":
+            return from_tls
+        if not is_trusted_peer(request.remote, self.trusted_networks):
+            return None
+        if cc.trusted_proxy_subjects and (
+            from_tls is None or from_tls.subject not in cc.trusted_proxy_subjects
+        ):
+            return None
+        assert self.forwarded_verifier is not None
+        if cc.header_format == "xfcc":
+            values = request.headers.getall("X-Forwarded-Client-Cert", [])
+            if len(values) > 1:
+                raise AuthError(Reason.MALFORMED_REQUEST, "more than one X-Forwarded-Client-Cert")
+            if not values:
+                return None
+            der, chain = parse_xfcc(values[0])
+        else:
+            values = request.headers.getall("Client-Cert", [])
+            if len(values) > 1:
+                raise AuthError(Reason.MALFORMED_REQUEST, "more than one Client-Cert header")
+            if not values:
+                return None
+            chain_values = request.headers.getall("Client-Cert-Chain", [])
+            der, chain = parse_client_cert(values[0], ",".join(chain_values) or None)
+        return self.forwarded_verifier.verify(der, chain)
+
+    async def _verify(self, token: str) -> TokenClaims:
+        """JWTs are verified locally; anything else goes to introspection when configured."""
+        if self.settings.tokens.accept_jwt:
+            try:
+                read_header(token)
+            except AuthError:
+                if self.introspector is None:
+                    raise
+            else:
+                return await self.verifier.verify(token)
+        if self.introspector is None:
+            raise AuthError(Reason.INVALID_TOKEN, "token is not a JWT")
+        return await self.introspector.introspect(token)
+
+    def _audit(
+        self,
+        request: web.Request,
+        outcome: Outcome,
+        refusal: AuthError | None,
+        identity: ClientIdentity | None,
+        claims: TokenClaims | None,
+        status: int | None = None,
+    ) -> None:
+        cnf = claims.cnf if claims is not None else None
+        expected = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+        audit.write(
+            audit.AuditRecord(
+                outcome=outcome,
+                reason=refusal.reason if refusal else Reason.OK,
+                status=status
+                if status is not None
+                else (refusal.refusal.status if refusal else 200),
+                method=request.method,
+                path=request.path[:512],
+                remote=request.remote or "",
+                thumbprint=identity.thumbprint if identity else "",
+                cnf_thumbprint=expected[:64] if isinstance(expected, str) else "",
+                jti=claims.jti[:128] if claims else "",
+                sub=claims.subject[:256] if claims else "",
+                client_id=claims.client_id[:256] if claims else "",
+                iss=claims.issuer[:256] if claims else "",
+            )
+        )
+
+
+def _normalised_target(request: web.Request) -> tuple[str, str]:
+    """(request-target to forward, path to match): the forwarded path is the matched one."""
+    raw_path, _, query = request.raw_path.partition("?")
+    try:
+        path = normalize_path(raw_path)
+    except PathError as exc:
+        raise AuthError.malformed(str(exc)) from None
+    return (path + "?" + query if query else path), path
+
+
+async def _read_form(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        raise AuthError(Reason.MALFORMED_REQUEST, "form body too large to inspect")
+    body = await request.content.read(MAX_FORM_BYTES + 1)
+    if len(body) > MAX_FORM_BYTES:
+        raise AuthError(Reason.MALFORMED_REQUEST, "form body too large to inspect")
+    return body
