@@ -157,9 +157,9 @@ def test_token_cache_is_bounded_and_expires_entries() -> None:
     cache = TokenCache(2)
     token = jwt.encode(claims(), EC_KEY, algorithm="ES256")
     c = verify(token, jwk_of(EC_KEY, "k"))
-    cache.put(b"1", c)
-    cache.put(b"2", c)
-    cache.put(b"3", c)
-    assert len(cache) == 2 and cache.get(b"1", time.time(), 0) is None
-    assert cache.get(b"3", c.expires_at + 1, 0) is None  # dies with its token
+    cache.put(b"1", c, c.expires_at)
+    cache.put(b"2", c, c.expires_at)
+    cache.put(b"3", c, c.expires_at)
+    assert len(cache) == 2 and cache.get(b"1", time.time()) is None
+    assert cache.get(b"3", c.expires_at + 1) is None  # dies with its token
     assert len(cache) == 1

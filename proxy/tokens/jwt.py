@@ -8,8 +8,8 @@ token expires; the cache is bounded and flushed when the key set changes.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import jwt
 
 from proxy.config import TokenSettings
 from proxy.errors import AuthError, Reason
+from proxy.tokens.cache import ExpiringCache
 from proxy.tokens.jwks import KeySet
 
 # Which JWK key types may verify which algorithm family. Stops, for example, an RSA public
@@ -111,41 +112,17 @@ def verify_with_key(
     except jwt.InvalidTokenError:
         raise AuthError(Reason.INVALID_TOKEN, "token is malformed") from None
     try:
-        return claims_from_payload(payload)
-    except (TypeError, ValueError):
+        claims = claims_from_payload(payload)
+    except (TypeError, ValueError, OverflowError):
         raise AuthError(Reason.INVALID_TOKEN, "token claims have the wrong types") from None
+    # exp/nbf must be finite; PyJWT takes any integer, float() can give inf for huge ones.
+    if not (math.isfinite(claims.expires_at) and math.isfinite(claims.not_before)):
+        raise AuthError(Reason.INVALID_TOKEN, "token claims have the wrong types")
+    return claims
 
 
-class TokenCache:
-    """Verified claims by SHA-256 of the token; LRU-bounded; an entry dies with its token."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: OrderedDict[bytes, TokenClaims] = OrderedDict()
-
-    def get(self, digest: bytes, now: float, leeway: float) -> TokenClaims | None:
-        claims = self._entries.get(digest)
-        if claims is None:
-            return None
-        if now >= claims.expires_at + leeway:
-            del self._entries[digest]
-            return None
-        self._entries.move_to_end(digest)
-        return claims
-
-    def put(self, digest: bytes, claims: TokenClaims) -> None:
-        if self._size == 0:
-            return
-        self._entries[digest] = claims
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
+class TokenCache(ExpiringCache[TokenClaims]):
+    """Verified claims by SHA-256 of the token; an entry dies with its token."""
 
 
 class JWTVerifier:
@@ -157,7 +134,7 @@ class JWTVerifier:
     async def verify(self, token: str) -> TokenClaims:
         now = time.time()
         digest = hashlib.sha256(token.encode("ascii")).digest()
-        cached = self._cache.get(digest, now, self._settings.leeway_seconds)
+        cached = self._cache.get(digest, now)
         if cached is not None:
             # nbf may still lie ahead for a token cached early; recheck it cheaply.
             if now + self._settings.leeway_seconds < cached.not_before:
@@ -174,5 +151,5 @@ class JWTVerifier:
         if key is None:
             raise AuthError(Reason.UNKNOWN_KEY, "token is signed with an unknown key")
         claims = verify_with_key(token, alg, key, self._settings, now)
-        self._cache.put(digest, claims)
+        self._cache.put(digest, claims, claims.expires_at + self._settings.leeway_seconds)
         return claims
