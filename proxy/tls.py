@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -27,13 +28,17 @@ class TLSConfigError(Exception):
     """A TLS file is missing or unusable; the text names the file, never its content."""
 
 
-def build_server_context(settings: TLSSettings) -> ssl.SSLContext:
+def build_server_context(
+    settings: TLSSettings, client_cert_optional: bool = False
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _MIN_VERSIONS[settings.min_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     # CERT_REQUIRED: no certificate, no handshake. OpenSSL checks the chain up to the bundle,
     # validity dates and the clientAuth purpose (a serverAuth-only cert is refused).
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    # With client_cert.source: header the certificate comes from a trusted ingress instead, and
+    # the ingress may or may not present its own (checked against trusted_proxy_subjects).
+    ctx.verify_mode = ssl.CERT_OPTIONAL if client_cert_optional else ssl.CERT_REQUIRED
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     try:
         ctx.load_cert_chain(settings.cert_file, settings.key_file)
@@ -78,11 +83,13 @@ def record_expiry(settings: TLSSettings) -> None:
 class ServerTLS:
     """The listener's context plus the current one, reloaded when the files change."""
 
-    def __init__(self, settings: TLSSettings) -> None:
+    def __init__(self, settings: TLSSettings, client_cert_optional: bool = False) -> None:
         self._settings = settings
-        self.current = build_server_context(settings)
+        self._optional = client_cert_optional
+        self.current = build_server_context(settings, client_cert_optional)
         self._stamp = self._file_stamp()
-        self.listener = build_server_context(settings)
+        self.listener = build_server_context(settings, client_cert_optional)
+        self.on_reload: list[Callable[[], None]] = []
         self.listener.sni_callback = self._pick_context
         record_expiry(settings)
 
@@ -95,8 +102,11 @@ class ServerTLS:
 
     def _file_stamp(self) -> tuple[tuple[int, int, int], ...]:
         stamps = []
-        for name in (self._settings.cert_file, self._settings.key_file,
-                     self._settings.client_ca_file):  # fmt: skip
+        for name in (
+            self._settings.cert_file,
+            self._settings.key_file,
+            self._settings.client_ca_file,
+        ):
             try:
                 # realpath: Kubernetes swaps a ..data symlink; the target's identity changes.
                 st = os.stat(os.path.realpath(name))
@@ -116,9 +126,13 @@ class ServerTLS:
                 continue
             self._stamp = stamp
             try:
-                self.current = await asyncio.to_thread(build_server_context, self._settings)
+                self.current = await asyncio.to_thread(
+                    build_server_context, self._settings, self._optional
+                )
             except TLSConfigError as exc:
                 log.error("TLS files changed but cannot be used; keeping the old ones: %s", exc)
                 continue
             await asyncio.to_thread(record_expiry, self._settings)
+            for callback in self.on_reload:
+                await asyncio.to_thread(callback)
             log.info("TLS files reloaded: new handshakes use the new certificate and CA bundle")
