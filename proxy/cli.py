@@ -32,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     thumb = sub.add_parser("thumbprint", help="print the x5t#S256 of a PEM certificate")
     thumb.add_argument("cert")
 
+    explain = sub.add_parser(
+        "explain", help="walk a certificate and token through the decision, step by step"
+    )
+    explain.add_argument("--config", required=True)
+    explain.add_argument("--cert", required=True, help="the client's PEM certificate")
+    explain.add_argument("--token", default="-", help="the access token, or - for stdin")
+    explain.add_argument("--method", default="GET")
+    explain.add_argument("--path", default="/")
+
     demo = sub.add_parser("demo", help="run everything on a throwaway PKI, print curl lines")
     demo.add_argument("--dir", default="certs/demo", help="where to write the demo PKI")
     demo.add_argument("--port", type=int, default=8443, help="mTLS port of the proxy")
@@ -48,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "run":
         return _run(args.config, args.grace_seconds)
+    if args.command == "explain":
+        return _explain(args.config, args.cert, args.token, args.method, args.path)
     if args.command == "demo":
         from proxy import demo
 
@@ -85,6 +96,30 @@ def _load(path: str) -> object:
         print(f"certbound: invalid configuration in {path}:\n  {exc}", file=sys.stderr)
         return None
     return settings
+
+
+def _explain(config: str, cert: str, token: str, method: str, path: str) -> int:
+    from proxy.config import Settings
+    from proxy.explain import explain
+
+    settings = _load(config)
+    if not isinstance(settings, Settings):
+        return 2
+    try:
+        cert_pem = Path(cert).read_bytes()
+    except OSError as exc:
+        print(f"certbound: cannot read {cert}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if token == "-":  # noqa: S105 - "-" means stdin, not a password
+        token = sys.stdin.read()
+    token = token.strip()
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    try:
+        return asyncio.run(explain(settings, cert_pem, token, method, path, print))
+    except ValueError:
+        print(f"certbound: {cert} holds no PEM certificate", file=sys.stderr)
+        return 2
 
 
 def _check_config(path: str) -> int:

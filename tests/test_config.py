@@ -123,3 +123,57 @@ def test_check_config_loads_tls_files(tmp_path: Path, pki: PKI) -> None:
 def test_run_refuses_bad_config_before_binding(tmp_path: Path, pki: PKI) -> None:
     result = run_cli("run", "--config", str(write_config(tmp_path, pki, bogus={"x": 1})))
     assert result.returncode == 2 and "bogus: unknown key" in result.stderr
+
+
+def test_route_list_errors_name_the_route_index(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(
+        tmp_path,
+        pki,
+        policy={
+            "unmatched": "maybe",
+            "routes": [
+                {"path": "/ok/**", "scopes": ["a"]},
+                {"path": "/a/../b"},
+                {"path": "/x", "public": True, "scopes": ["s"]},
+                {"path": "/y", "binding_mode": "lax", "colour": "red"},
+            ],
+        },
+    )
+    found = "\n".join(problems(path))
+    assert "policy.unmatched" in found
+    assert "policy.routes[1].path: '/a/../b': dot segment" in found
+    assert "policy.routes[2]: a public route takes no token" in found
+    assert "policy.routes[3].colour: unknown key" in found
+
+
+def test_nested_environment_overrides(tmp_path: Path, pki: PKI) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    env = {
+        "CERTBOUND_TOKENS__INTROSPECTION__ENABLED": "true",
+        "CERTBOUND_TOKENS__INTROSPECTION__CLIENT_ID": "rs",
+        "CERTBOUND_TOKENS__INTROSPECTION__CLIENT_SECRET_FILE": str(secret),
+        "CERTBOUND_POLICY__ROUTES": "[{path: /a/**, scopes: [x]}]",
+        "CERTBOUND_BINDING__MODE": "report_only",
+    }
+    s = load_settings(write_config(tmp_path, pki), env)
+    assert s.tokens.introspection.enabled and s.tokens.introspection.client_id == "rs"
+    assert s.policy.routes[0].path == "/a/**" and s.policy.routes[0].scopes == ("x",)
+    assert s.binding.mode == "report_only"
+
+
+def test_header_source_without_trusted_proxies_is_refused(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(
+        tmp_path, pki, client_cert={"source": "header", "trusted_proxies": ["nope"]}
+    )
+    found = "\n".join(problems(path))
+    assert "client_cert.trusted_proxies: 'nope' is not a CIDR" in found
+    path = write_config(tmp_path, pki, client_cert={"source": "header"})
+    assert any("trusted_proxies: required" in p for p in problems(path))
+
+
+def test_introspection_needs_exactly_one_client_authentication(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(
+        tmp_path, pki, tokens={"introspection": {"enabled": True, "client_id": "rs"}}
+    )
+    assert any("exactly one" in p for p in problems(path))

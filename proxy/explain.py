@@ -1,0 +1,143 @@
+"""`certbound explain`: walk one certificate and token through the decision, step by step.
+
+For the day a client swears its token is right. No network traffic except fetching the keys;
+opaque tokens are not introspected (that would spend the token at the authorization server).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import aiohttp
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from proxy.binding import check_binding
+from proxy.config import Settings
+from proxy.errors import AuthError
+from proxy.identity import identity_from_der
+from proxy.policy import (
+    PathError,
+    authorize,
+    check_subject,
+    compile_policy,
+    match_route,
+    normalize_path,
+)
+from proxy.tokens.jwks import KeySet, KeySetError
+from proxy.tokens.jwt import JWTVerifier, TokenCache, TokenClaims, read_header
+
+
+async def explain(
+    settings: Settings,
+    cert_pem: bytes,
+    token: str,
+    method: str,
+    path: str,
+    out: Callable[[str], None],
+) -> int:
+    """Print each step; return 0 if the request would be forwarded, 1 if refused."""
+
+    def refused(step: str, error: AuthError) -> int:
+        refusal = error.refusal
+        code = f' error="{refusal.error}"' if refusal.error else ""
+        out(f"  -> refused at {step}: {error.reason.value}: {error.description}")
+        out(f"outcome: REFUSE {refusal.status}{code} (reason {error.reason.value})")
+        return 1
+
+    certificate = x509.load_pem_x509_certificate(cert_pem)
+    identity = identity_from_der(certificate.public_bytes(Encoding.DER))
+    out("1. client certificate")
+    out(f"   subject     {identity.subject}")
+    out(f"   URI SANs    {', '.join(identity.uris) or '-'}")
+    out(f"   not after   {certificate.not_valid_after_utc.isoformat()}")
+    out(f"   x5t#S256    {identity.thumbprint}")
+
+    out("2. route policy")
+    policy = compile_policy(settings.policy, settings.binding.mode)
+    route = None
+    if not policy.is_enabled:
+        out("   no routes configured: any valid bound token is allowed")
+    else:
+        try:
+            normalised = normalize_path(path.partition("?")[0])
+        except PathError as exc:
+            return refused("path normalisation", AuthError.malformed(str(exc)))
+        route = match_route(policy, method.upper(), normalised)
+        if route is None:
+            out(f"   {method.upper()} {normalised}: no rule matches")
+            out(f"   unmatched requests: {settings.policy.unmatched}")
+        else:
+            out(
+                f"   {method.upper()} {normalised}: matches rule path={route.path} "
+                f"methods={sorted(route.methods) or 'any'} scopes={sorted(route.scopes)} "
+                f"clients={sorted(route.clients) or 'any'} public={route.public}"
+            )
+            try:
+                check_subject(route, identity)
+            except AuthError as error:
+                return refused("certificate subject", error)
+            if route.public:
+                out("outcome: FORWARD (public route: mTLS only, no token)")
+                return 0
+
+    out("3. token")
+    try:
+        header = read_header(token)
+    except AuthError:
+        out("   not a JWT: an opaque token would be introspected (RFC 7662); explain does not")
+        out("   call the introspection endpoint, so it cannot say more")
+        return 1
+    out(f"   header      {json.dumps(header, sort_keys=True)}")
+    try:
+        payload = jwt.decode(token, options={"verify_signature": False})
+        out(f"   claims      {json.dumps(payload, sort_keys=True)}  (signature not shown)")
+    except jwt.InvalidTokenError:
+        out("   claims      (unreadable: the payload is not a JSON object)")
+
+    out("4. signature and claims (keys fetched from the configured source)")
+    async with aiohttp.ClientSession() as session:
+        keys = KeySet(settings.tokens, session)
+        try:
+            await keys.refresh()
+        except KeySetError as exc:
+            out(f"   cannot load keys: {exc}")
+            out("outcome: REFUSE 503 (reason keys_unavailable)")
+            return 1
+        verifier = JWTVerifier(settings.tokens, keys, TokenCache(0))
+        try:
+            claims: TokenClaims = await verifier.verify(token)
+        except AuthError as error:
+            return refused("token verification", error)
+    out(f"   ok: iss={claims.issuer} sub={claims.subject} client_id={claims.client_id or '-'}")
+
+    out("5. certificate binding (RFC 8705)")
+    cnf = claims.cnf
+    expected = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+    out(f"   token cnf.x5t#S256    {expected if expected is not None else '(none)'}")
+    out(f"   presented x5t#S256    {identity.thumbprint}")
+    mode = route.binding_mode if route else settings.binding.mode
+    try:
+        check_binding(
+            cnf, identity.thumbprint, allow_unbound=route.allow_unbound_tokens if route else False
+        )
+        out("   bound to this certificate" if expected is not None else "   unbound (allowed)")
+    except AuthError as error:
+        if mode != "report_only":
+            return refused("binding", error)
+        out(f"   {error.reason.value}: would be refused, but binding.mode is report_only")
+
+    if policy.is_enabled:
+        out("6. permission")
+        try:
+            if route is not None:
+                authorize(route, claims)
+            elif not policy.unmatched_allowed:
+                return refused("policy", AuthError.no_route())
+        except AuthError as error:
+            return refused("policy", error)
+        out("   allowed")
+    out("outcome: FORWARD")
+    return 0
