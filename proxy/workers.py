@@ -62,8 +62,16 @@ def supervise(config: str, workers: int, grace_seconds: float) -> int:
     """Run `workers` worker processes until SIGTERM/SIGINT; restart any that die."""
     metrics_dir = os.environ.get(MULTIPROC_ENV) or prepare_metrics_dir()
     env = dict(os.environ, **{MULTIPROC_ENV: metrics_dir, WORKER_ENV: "1"})
-    command = [sys.executable, "-m", "proxy", "run", "--config", config,
-               "--grace-seconds", str(grace_seconds)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "run",
+        "--config",
+        config,
+        "--grace-seconds",
+        str(grace_seconds),
+    ]
     stopping = False
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

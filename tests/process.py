@@ -56,8 +56,11 @@ def proxy_process(
     env: dict[str, str] | None = None,
 ) -> Iterator[ProxyProcess]:
     port, admin = free_port(), free_port()
-    config = {**config, "listen": {"host": "127.0.0.1", "port": port, **config.get("listen", {})},
-              "admin": {"host": "127.0.0.1", "port": admin}}  # fmt: skip
+    config = {
+        **config,
+        "listen": {"host": "127.0.0.1", "port": port, **config.get("listen", {})},
+        "admin": {"host": "127.0.0.1", "port": admin},
+    }
     path = tmp_path / f"certbound-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     log_path = tmp_path / f"certbound-{port}.log"
@@ -66,8 +69,11 @@ def proxy_process(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "run", "--config", str(path), "--grace-seconds", "5"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     running = ProxyProcess(proc, port, admin, log_path)
     try:
         deadline = time.monotonic() + ready_timeout

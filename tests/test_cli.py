@@ -29,8 +29,10 @@ def test_thumbprint_matches_openssl(pki: PKI) -> None:
     expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
     out = subprocess.run(
         [sys.executable, "-m", "proxy", "thumbprint", str(cert)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == expected == thumbprint(pki.alice)
 
 
@@ -55,10 +57,22 @@ def test_demo_prints_curl_lines_that_work_when_pasted(tmp_path: Path) -> None:
     assert shutil.which("curl"), "curl is required (scripts/test.sh installs it)"
     port, admin = _free_port(), _free_port()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "demo", "--dir", str(tmp_path / "demo"),
-         "--port", str(port), "--admin-port", str(admin)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "demo",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert demo.stdout is not None
         lines: list[str] = []

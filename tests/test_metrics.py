@@ -39,8 +39,11 @@ async def test_decisions_are_counted_by_outcome_and_reason(running: Running) -> 
     await running.request(token=token, who="bob")
     await running.request(token=None)
     after = await scrape(running)
-    for outcome, reason in (("forwarded", "ok"), ("rejected", "thumbprint_mismatch"),
-                            ("rejected", "no_token")):  # fmt: skip
+    for outcome, reason in (
+        ("forwarded", "ok"),
+        ("rejected", "thumbprint_mismatch"),
+        ("rejected", "no_token"),
+    ):
         sample = f'certbound_requests_total{{outcome="{outcome}",reason="{reason}"}}'
         assert value(after, sample) - value(before, sample) == 1, sample
 
@@ -182,6 +185,11 @@ async def test_counts_add_up_across_worker_processes(
     with proxy_process(
         tmp_path, config, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     ) as proc:
+        # /readyz answered from one worker; wait until the other is listening too.
+        deadline = time.monotonic() + 15
+        while proc.output().count('"listening: mTLS') < 2:
+            assert time.monotonic() < deadline, proc.output()
+            await asyncio.sleep(0.1)
         ctx = Running.client_ssl(Running(None, pki, issuer, upstream), "alice")  # type: ignore[arg-type]
         for _ in range(40):  # a new connection each time, so the kernel spreads them
             connector = aiohttp.TCPConnector(ssl=ctx, force_close=True)
