@@ -43,6 +43,8 @@ class ListenSettings:
     host: str = "0.0.0.0"  # noqa: S104 - a sidecar listens on the pod IP
     port: int = 8443
     workers: int = 1  # 0: one per usable CPU
+    max_connections: int = 10000  # per worker; further connections are closed at once
+    idle_timeout_seconds: float = 30.0  # to complete a request, and between kept-alive ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +296,8 @@ def validate(s: Settings) -> list[str]:
 
     port("listen.port", s.listen.port)
     port("admin.port", s.admin.port)
+    positive("listen.max_connections", s.listen.max_connections)
+    positive("listen.idle_timeout_seconds", s.listen.idle_timeout_seconds)
     if s.listen.workers < 0 or s.listen.workers > 64:
         problems.append(f"listen.workers: must be 0 (one per CPU) to 64, got {s.listen.workers}")
     if s.listen.workers != 1 and (s.listen.port == 0 or s.admin.port == 0):

@@ -50,6 +50,10 @@ OPEN_CONNECTIONS = Gauge(
     "Open client connections on the mTLS listener.",
     multiprocess_mode="livesum",
 )
+CONNECTIONS_REFUSED = Counter(
+    "certbound_connections_refused",
+    "Client connections closed at once because listen.max_connections were open.",
+)
 JWKS_REFRESH = Counter("certbound_jwks_refresh", "Key set loads by result.", ["result"])
 JWKS_KEYS = Gauge("certbound_jwks_keys", "Signing keys loaded.", multiprocess_mode="livemax")
 JWKS_LAST_SUCCESS = Gauge(

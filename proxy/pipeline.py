@@ -68,6 +68,10 @@ class Pipeline:
         binding = "none"
         reported: AuthError | None = None
         try:
+            if not request.raw_path.startswith("/"):
+                # Only origin-form means anything to a sidecar: an absolute-form target would be
+                # glued onto the upstream URL (a 500, or a 502 counted as an upstream fault).
+                raise AuthError.malformed("the request target must be an absolute path")
             identity = self._identity(request)
             if identity is None:
                 raise AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate")

