@@ -109,7 +109,8 @@ def echo_app() -> web.Application:
     return app
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+async def serve_locally(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve `app` on a free loopback port; returns the runner and the port."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -146,9 +147,9 @@ def make_pki(directory: Path) -> DemoPKI:
 async def _run(pki: DemoPKI, port: int, admin_port: int, exit_after: float | None) -> None:
     directory, alice = pki.directory, pki.alice
 
-    upstream_runner, upstream_port = await _serve(echo_app())
+    upstream_runner, upstream_port = await serve_locally(echo_app())
     issuer = Issuer(key=ec.generate_private_key(ec.SECP256R1()), kid=ISSUER_KID, url="")
-    issuer_runner, issuer_port = await _serve(issuer_app(issuer))
+    issuer_runner, issuer_port = await serve_locally(issuer_app(issuer))
     issuer.url = issuer_url = f"http://127.0.0.1:{issuer_port}"
 
     audience = "https://demo.certbound.local"

@@ -31,6 +31,7 @@ from proxy.config import (
     TokenSettings,
     UpstreamSettings,
 )
+from proxy.demo import serve_locally
 from proxy.identity import compute_thumbprint
 from proxy.pki import Issued, issue, make_ca
 
@@ -234,12 +235,20 @@ class Upstream:
         return app
 
 
-async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, server._bound_port(site)
+serve_app = serve_locally
+
+
+def process_config(pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path) -> dict[str, Any]:
+    """Config for a `certbound run` subprocess: keys from a file, so the process needs no
+    network to become ready while the test's event loop is busy waiting for it."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    cert, key = pki.files("server")
+    return {
+        "tls": {"cert_file": cert, "key_file": key, "client_ca_file": pki.ca_file},
+        "upstream": {"url": upstream.url},
+        "tokens": {"issuer": issuer.url, "audience": AUDIENCE, "jwks_file": str(jwks)},
+    }
 
 
 @pytest.fixture

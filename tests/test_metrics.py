@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.conftest import PKI, Issuer, Running, Upstream
+from tests.conftest import PKI, Issuer, Running, Upstream, process_config
 from tests.process import proxy_process
 
 
@@ -158,27 +156,10 @@ async def test_live_metrics_pass_promtool_check_metrics(running: Running) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def subprocess_config(
-    pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
-) -> dict[str, Any]:
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps(issuer.jwks()))
-    cert, key = pki.files("server")
-    return {
-        "tls": {"cert_file": cert, "key_file": key, "client_ca_file": pki.ca_file},
-        "upstream": {"url": upstream.url},
-        "tokens": {
-            "issuer": issuer.url,
-            "audience": "https://orders.example",
-            "jwks_file": str(jwks),
-        },
-    }
-
-
 async def test_counts_add_up_across_worker_processes(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    config = subprocess_config(pki, issuer, upstream, tmp_path)
+    config = process_config(pki, issuer, upstream, tmp_path)
     config["listen"] = {"workers": 2}
     metrics_dir = tmp_path / "metrics"
     token = issuer.mint(pki.alice)

@@ -3,13 +3,12 @@ here; the log output of the whole test run is scanned by the session fixture in 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import LOG, MINTED, PKI, Issuer, Upstream
+from tests.conftest import LOG, MINTED, PKI, Issuer, Upstream, process_config
 from tests.process import proxy_process
 
 JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
@@ -41,19 +40,8 @@ def test_the_run_log_is_being_collected() -> None:
 async def test_process_stdout_holds_no_token_under_hostile_traffic(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps(issuer.jwks()))
-    cert, key = pki.files("server")
-    config = {
-        "tls": {"cert_file": cert, "key_file": key, "client_ca_file": pki.ca_file},
-        "upstream": {"url": upstream.url},
-        "tokens": {
-            "issuer": issuer.url,
-            "audience": "https://orders.example",
-            "jwks_file": str(jwks),
-        },
-        "log": {"level": "debug", "audit_accepted": True},
-    }
+    config = process_config(pki, issuer, upstream, tmp_path)
+    config["log"] = {"level": "debug", "audit_accepted": True}
     tokens = {
         issuer.mint(pki.alice),
         issuer.mint(pki.alice, exp=1),

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -116,22 +113,3 @@ async def admin_get(admin_url: str, path: str) -> int:
     async with aiohttp.ClientSession() as s, s.get(admin_url + path) as resp:
         await resp.read()
         return resp.status
-
-
-def write_jwks(issuer: Issuer, path: Path) -> str:
-    path.write_text(json.dumps(issuer.jwks()))
-    return str(path)
-
-
-def base_config(pki: PKI, issuer: Issuer, upstream: Upstream, jwks_file: str) -> dict[str, Any]:
-    cert, key = pki.files("server")
-    return {
-        "tls": {"cert_file": cert, "key_file": key, "client_ca_file": pki.ca_file},
-        "upstream": {"url": upstream.url},
-        "tokens": {
-            "issuer": issuer.url,
-            "audience": "https://orders.example",
-            "jwks_file": jwks_file,
-        },
-        "log": {"level": "info"},
-    }

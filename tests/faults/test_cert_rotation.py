@@ -16,8 +16,7 @@ from pathlib import Path
 from cryptography import x509
 
 from proxy.pki import Issued, issue
-from tests.conftest import PKI, Issuer, Upstream
-from tests.faults.conftest import base_config, write_jwks
+from tests.conftest import PKI, Issuer, Upstream, process_config
 from tests.hostile.rawhttp import raw_exchange
 from tests.process import proxy_process
 
@@ -116,7 +115,7 @@ async def test_k8s_style_symlink_swap_rotates_the_serving_cert_without_failed_re
     assert old.key_pem != new.key_pem
     k8s_secret_dir(secret, old, pki.ca.cert_pem, "2026_a")
 
-    config = base_config(pki, issuer, upstream, write_jwks(issuer, tmp_path / "jwks.json"))
+    config = process_config(pki, issuer, upstream, tmp_path)
     config["tls"] = {
         "cert_file": str(secret / "tls.crt"),
         "key_file": str(secret / "tls.key"),

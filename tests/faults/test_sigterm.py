@@ -11,8 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import PKI, Issuer, Upstream
-from tests.faults.conftest import base_config, write_jwks
+from tests.conftest import PKI, Issuer, Upstream, process_config
 from tests.process import ProxyProcess, proxy_process
 
 STREAM = "/stream?chunks=50&pause=0.05"  # 50 KiB over ~2.5 s
@@ -54,7 +53,7 @@ async def short_requests(proc: ProxyProcess, pki: PKI, token: str, log: list[str
 
 
 def config(pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path) -> dict[str, object]:
-    return base_config(pki, issuer, upstream, write_jwks(issuer, tmp_path / "jwks.json"))
+    return process_config(pki, issuer, upstream, tmp_path)
 
 
 async def test_sigterm_drains_in_flight_streams_and_exits_zero(
