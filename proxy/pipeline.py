@@ -176,11 +176,14 @@ class Pipeline:
     async def _verify(self, token: str) -> TokenClaims:
         """JWTs are verified locally; anything else goes to introspection when configured."""
         if self.settings.tokens.accept_jwt:
+            if self.introspector is None:
+                # verify() reads the header itself on a cache miss (same refusal for a
+                # malformed token) and skips it on a hit: no second decode per request.
+                return await self.verifier.verify(token)
             try:
                 read_header(token)
             except AuthError:
-                if self.introspector is None:
-                    raise
+                pass
             else:
                 return await self.verifier.verify(token)
         if self.introspector is None:
