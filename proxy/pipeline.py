@@ -138,7 +138,7 @@ class Pipeline:
             ).inc()
             self._audit(request, Outcome.REPORT_ONLY, reported, identity, claims, response.status)
         else:
-            metrics.REQUESTS.labels(outcome=Outcome.FORWARDED.value, reason=Reason.OK.value).inc()
+            metrics.FORWARDED_OK.inc()
             if self.settings.log.audit_accepted:
                 self._audit(request, Outcome.FORWARDED, None, identity, claims, response.status)
         return response
