@@ -21,7 +21,7 @@ COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 # Wheels only: a dependency that would need a compiler fails the build here
 # rather than pulling build tools into the image.
-RUN /opt/certbound/bin/pip install --no-cache-dir --only-binary=:all: ".[fast]" \
+RUN /opt/certbound/bin/pip install --no-cache-dir --only-binary=:all: . \
     && /opt/certbound/bin/certbound --help > /dev/null \
     && /opt/certbound/bin/pip uninstall --yes pip setuptools
 

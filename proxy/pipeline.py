@@ -21,7 +21,6 @@ from proxy.identity import ClientIdentity
 from proxy.policy import (
     PathError,
     Policy,
-    Route,
     authorize,
     check_subject,
     compile_policy,
@@ -35,6 +34,25 @@ from proxy.tokens.jwt import JWTVerifier, TokenClaims, read_header
 log = logging.getLogger("certbound.pipeline")
 
 MAX_FORM_BYTES = 1 << 20
+
+
+@dataclass
+class _Seen:
+    """What the checks learnt before deciding, for the audit line of any outcome."""
+
+    identity: ClientIdentity | None = None
+    claims: TokenClaims | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request the checks let through, and what the forwarder needs to know about it."""
+
+    identity: ClientIdentity
+    target: str  # the request-target to send: as received, or the normalised matched path
+    binding: str  # bound | unbound | report_only_failed | none (X-Certbound-Binding)
+    body: bytes | None = None  # a form body already read to look for a token
+    reported: AuthError | None = None  # a binding failure that report_only let through
 
 
 @dataclass
@@ -61,87 +79,90 @@ class Pipeline:
         )
 
     async def handle(self, request: web.Request, started: float) -> web.StreamResponse:
-        identity: ClientIdentity | None = None
-        claims: TokenClaims | None = None
-        body: bytes | None = None
-        target = request.raw_path
-        binding = "none"
-        reported: AuthError | None = None
+        """Decide, then forward or refuse; exactly one decision is counted per request."""
+        seen = _Seen()
         try:
-            if not request.raw_path.startswith("/"):
-                # Only origin-form means anything to a sidecar: an absolute-form target would be
-                # glued onto the upstream URL (a 500, or a 502 counted as an upstream fault).
-                raise AuthError.malformed("the request target must be an absolute path")
-            identity = self._identity(request)
-            if identity is None:
-                raise AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate")
-            route: Route | None = None
-            if self.policy.is_enabled:
-                target, path = _normalised_target(request)
-                route = match_route(self.policy, request.method, path)
-                if route is not None:
-                    check_subject(route, identity)
-            if route is None or not route.public:
-                token = extract_bearer(request.headers.getall("Authorization", []), request.query)
-                if request.content_type == "application/x-www-form-urlencoded":
-                    body = await _read_form(request)
-                    if form_has_token(body):
-                        raise AuthError(
-                            Reason.MALFORMED_REQUEST,
-                            "access tokens in a form body are not accepted",
-                        )
-                claims = await self._verify(token)
-                mode = route.binding_mode if route else self.settings.binding.mode
-                allow_unbound = route.allow_unbound_tokens if route else False
-                try:
-                    is_bound = check_binding(
-                        claims.cnf, identity.thumbprint, allow_unbound=allow_unbound
-                    )
-                    binding = "bound" if is_bound else "unbound"
-                except AuthError as failure:
-                    if mode != "report_only":
-                        raise
-                    # Rollout: count and log what enforce would have done, then go on.
-                    reported, binding = failure, "report_only_failed"
-                if route is not None:
-                    authorize(route, claims)
-                elif self.policy.is_enabled and not self.policy.unmatched_allowed:
-                    raise AuthError.no_route()
+            admitted = await self._admit(request, seen)
         except AuthError as refusal:
             metrics.REQUESTS.labels(
                 outcome=Outcome.REJECTED.value, reason=refusal.reason.value
             ).inc()
-            self._audit(request, Outcome.REJECTED, refusal, identity, claims)
+            self._audit(request, Outcome.REJECTED, refusal, seen)
             metrics.OVERHEAD.observe(time.perf_counter() - started)
             return error_response(refusal)
         headers = upstream_request_headers(
             request.headers,
-            identity,
-            claims,
-            binding=binding,
+            admitted.identity,
+            seen.claims,
+            binding=admitted.binding,
             remote=request.remote or "",
             client_cert_header=self.settings.forwarding.client_cert_header,
         )
         try:
             response = await self.forwarder.forward(
-                request, headers, target=target, started=started, body=body
+                request, headers, target=admitted.target, started=started, body=admitted.body
             )
         except AuthError as fault:
             metrics.REQUESTS.labels(
                 outcome=Outcome.UPSTREAM_ERROR.value, reason=fault.reason.value
             ).inc()
-            self._audit(request, Outcome.UPSTREAM_ERROR, fault, identity, claims)
+            self._audit(request, Outcome.UPSTREAM_ERROR, fault, seen)
             return error_response(fault)
-        if reported is not None:
+        if admitted.reported is not None:
             metrics.REQUESTS.labels(
-                outcome=Outcome.REPORT_ONLY.value, reason=reported.reason.value
+                outcome=Outcome.REPORT_ONLY.value, reason=admitted.reported.reason.value
             ).inc()
-            self._audit(request, Outcome.REPORT_ONLY, reported, identity, claims, response.status)
+            self._audit(request, Outcome.REPORT_ONLY, admitted.reported, seen, response.status)
         else:
             metrics.FORWARDED_OK.inc()
             if self.settings.log.audit_accepted:
-                self._audit(request, Outcome.FORWARDED, None, identity, claims, response.status)
+                self._audit(request, Outcome.FORWARDED, None, seen, response.status)
         return response
+
+    async def _admit(self, request: web.Request, seen: _Seen) -> Admitted:
+        """The checks, in the order of design.md. Raises AuthError for a refusal; records
+        what it learnt in `seen`, so a refusal can still be audited with it."""
+        if not request.raw_path.startswith("/"):
+            # Only origin-form means anything to a sidecar: an absolute-form target would be
+            # glued onto the upstream URL (a 500, or a 502 counted as an upstream fault).
+            raise AuthError.malformed("the request target must be an absolute path")
+        identity = seen.identity = self._identity(request)
+        if identity is None:
+            raise AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate")
+        target, route = request.raw_path, None
+        if self.policy.is_enabled:
+            target, path = _normalised_target(request)
+            route = match_route(self.policy, request.method, path)
+            if route is not None:
+                check_subject(route, identity)
+                if route.public:
+                    return Admitted(identity, target, binding="none")
+        token = extract_bearer(request.headers.getall("Authorization", []), request.query)
+        body = None
+        if request.content_type == "application/x-www-form-urlencoded":
+            body = await _read_form(request)
+            if form_has_token(body):
+                raise AuthError.malformed("access tokens in a form body are not accepted")
+        claims = seen.claims = await self._verify(token)
+        mode = route.binding_mode if route else self.settings.binding.mode
+        reported = None
+        try:
+            is_bound = check_binding(
+                claims.cnf,
+                identity.thumbprint,
+                allow_unbound=route.allow_unbound_tokens if route else False,
+            )
+            binding = "bound" if is_bound else "unbound"
+        except AuthError as failure:
+            if mode != "report_only":
+                raise
+            # Rollout: count and log what enforce would have done, then go on.
+            reported, binding = failure, "report_only_failed"
+        if route is not None:
+            authorize(route, claims)
+        elif self.policy.is_enabled and not self.policy.unmatched_allowed:
+            raise AuthError.no_route()
+        return Admitted(identity, target, binding, body, reported)
 
     def _identity(self, request: web.Request) -> ClientIdentity | None:
         """From the TLS session, or from a header a trusted ingress set (client_cert.source)."""
@@ -195,10 +216,10 @@ class Pipeline:
         request: web.Request,
         outcome: Outcome,
         refusal: AuthError | None,
-        identity: ClientIdentity | None,
-        claims: TokenClaims | None,
+        seen: _Seen,
         status: int | None = None,
     ) -> None:
+        identity, claims = seen.identity, seen.claims
         cnf = claims.cnf if claims is not None else None
         expected = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
         audit.write(
