@@ -262,7 +262,7 @@ async def test_key_set_change_flushes_the_token_cache(running: Running) -> None:
 async def test_thumbprint_is_computed_once_per_connection(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proxy import server as server_module
+    from proxy import listener as listener_module
 
     calls = 0
     real = identity_module.identity_from_der
@@ -272,7 +272,7 @@ async def test_thumbprint_is_computed_once_per_connection(
         calls += 1
         return real(der)
 
-    monkeypatch.setattr(server_module, "identity_from_der", counting)
+    monkeypatch.setattr(listener_module, "identity_from_der", counting)
     token = running.issuer.mint(running.pki.alice)
     connector = aiohttp.TCPConnector(ssl=running.client_ssl("alice"), limit=1)
     async with aiohttp.ClientSession(connector=connector) as s:
