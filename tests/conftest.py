@@ -220,6 +220,15 @@ class Upstream:
             self.seen.append(Seen(request.method, request.raw_path, headers, size))
             if self.delay:
                 await asyncio.sleep(self.delay)
+            if request.path == "/big":  # a large response, streamed in 64 KiB chunks
+                resp = web.StreamResponse()
+                resp.content_length = int(request.query["bytes"])
+                await resp.prepare(request)
+                chunk = b"y" * 65536
+                for _ in range(resp.content_length // len(chunk)):
+                    await resp.write(chunk)
+                await resp.write_eof()
+                return resp
             if request.path == "/stream":
                 resp = web.StreamResponse()
                 await resp.prepare(request)

@@ -286,3 +286,23 @@ def test_notes_explain_the_curl_call(helm: str) -> None:
     notes = result.stdout.split("NOTES:", 1)[1]
     for fragment in ("--cert client.crt", "--key client.key", "--cacert", "Authorization: Bearer"):
         assert fragment in notes
+
+
+def test_readme_values_example_for_a_legacy_service_renders(
+    render: RenderFn, tmp_path: Path
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("a values file (`helm install orders ./helm/certbound -f orders.yaml`)")
+    block = readme[
+        readme.index("```yaml\n", start) + 8 : readme.index(
+            "```", readme.index("```yaml\n", start) + 8
+        )
+    ]
+    values = tmp_path / "orders.yaml"
+    values.write_text(block)
+    docs = render([values], release="orders")
+    config = yaml.safe_load(find(docs, "ConfigMap")["data"]["config.yaml"])
+    assert config["policy"]["routes"][0] == {"path": "/health", "public": True}
+    assert config["upstream"]["url"] == "http://127.0.0.1:8080"
+    find(docs, "ServiceMonitor")
+    find(docs, "PrometheusRule")

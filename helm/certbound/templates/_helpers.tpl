@@ -94,7 +94,7 @@ so that rotated files show up and the proxy's file watch sees them). */}}
 {{- define "certbound.clientCADir" -}}/etc/certbound/client-ca{{- end }}
 
 {{/*
-The certbound config file (CONTRACT.md). The chart owns listen, admin,
+The certbound config file (see the main README). The chart owns listen, admin,
 tls file paths and upstream.url; everything else comes from proxy.config,
 then proxy.extraConfig is merged over it for keys newer than this chart.
 */}}
