@@ -122,6 +122,19 @@ def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
+def upstream_fault(exc: BaseException) -> AuthError:
+    """Count a failed upstream exchange by kind and say what the client gets: 504 for a
+    timeout (aiohttp's read and connect timeouts are TimeoutErrors too), 502 otherwise."""
+    if isinstance(exc, TimeoutError):
+        metrics.UPSTREAM_ERRORS.labels(kind="timeout").inc()
+        return AuthError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        metrics.UPSTREAM_ERRORS.labels(kind="connect").inc()
+        return AuthError(Reason.UPSTREAM_CONNECT, "upstream is unreachable")
+    metrics.UPSTREAM_ERRORS.labels(kind="reset").inc()
+    return AuthError(Reason.UPSTREAM_RESET, "upstream closed the connection")
+
+
 class Forwarder:
     def __init__(self, settings: UpstreamSettings) -> None:
         self._base = settings.url.rstrip("/")
@@ -179,16 +192,11 @@ class Forwarder:
                 compress=None,
                 auto_decompress=False,
             )
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            metrics.UPSTREAM_ERRORS.labels(kind="timeout").inc()
-            raise AuthError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer in time") from None
-        except aiohttp.ClientConnectorError:
-            metrics.UPSTREAM_ERRORS.labels(kind="connect").inc()
-            raise AuthError(Reason.UPSTREAM_CONNECT, "upstream is unreachable") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            metrics.UPSTREAM_ERRORS.labels(kind="reset").inc()
-            log.warning("upstream exchange failed: %s", type(exc).__name__)
-            raise AuthError(Reason.UPSTREAM_RESET, "upstream closed the connection") from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            fault = upstream_fault(exc)
+            if fault.reason is Reason.UPSTREAM_RESET:
+                log.warning("upstream exchange failed: %s", type(exc).__name__)
+            raise fault from None
         headers_at = time.perf_counter()
         metrics.UPSTREAM_DURATION.observe(headers_at - sent)
         try:
@@ -208,8 +216,7 @@ class Forwarder:
                 async for chunk in upstream.content.iter_chunked(CHUNK):
                     await response.write(chunk)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                kind = "timeout" if isinstance(exc, TimeoutError) else "reset"
-                metrics.UPSTREAM_ERRORS.labels(kind=kind).inc()
+                upstream_fault(exc)
                 log.warning("upstream failed mid-response: %s", type(exc).__name__)
                 # The status line is gone already; cut the connection so the client sees a
                 # truncated response instead of a complete-looking short one.
@@ -228,12 +235,8 @@ class Forwarder:
         half the TLS records, and a short upstream body becomes a clean 502, not a cut-off."""
         try:
             body = await upstream.content.readexactly(length)
-        except (asyncio.IncompleteReadError, aiohttp.ClientError, OSError):
-            metrics.UPSTREAM_ERRORS.labels(kind="reset").inc()
-            raise AuthError(Reason.UPSTREAM_RESET, "upstream closed the connection") from None
-        except TimeoutError:
-            metrics.UPSTREAM_ERRORS.labels(kind="timeout").inc()
-            raise AuthError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer in time") from None
+        except (asyncio.IncompleteReadError, TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise upstream_fault(exc) from None
         response = web.Response(
             status=upstream.status,
             reason=upstream.reason,
