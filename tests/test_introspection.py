@@ -203,3 +203,34 @@ async def test_mtls_client_authentication_to_the_endpoint(
         assert endpoint.hits == 1
     finally:
         await runner.cleanup()
+
+
+async def test_endpoint_is_discovered_from_the_issuer_metadata(
+    start_proxy: StartProxy, endpoint: Introspection, tmp_path: Path
+) -> None:
+    # The authorization server publishes RFC 8414 metadata naming its introspection endpoint.
+    metadata = web.Application()
+
+    async def oauth_metadata(request: web.Request) -> web.Response:
+        issuer = str(request.url.origin())  # metadata names the issuer it was fetched from
+        return web.json_response({"issuer": issuer, "introspection_endpoint": endpoint.url})
+
+    metadata.router.add_get("/.well-known/oauth-authorization-server", oauth_metadata)
+    runner, port = await serve_app(metadata)
+    try:
+        secret_file = tmp_path / "secret"
+        secret_file.write_text(SECRET)
+        probe = await start_proxy()
+        issuer = f"http://127.0.0.1:{port}"
+        settings = tokens_with(
+            replace(probe.proxy.settings.tokens, issuer=issuer),
+            client_id=CLIENT_ID,
+            client_secret_file=str(secret_file),
+        )
+        running = await start_proxy(tokens=settings)
+        token = endpoint.opaque(running.pki, iss=issuer)
+        status, _, body = await running.request(token=token)
+        assert status == 200, body
+        assert endpoint.hits == 1
+    finally:
+        await runner.cleanup()

@@ -24,8 +24,8 @@ import aiohttp
 from proxy.config import TokenSettings
 from proxy.errors import AuthError, Reason
 from proxy.tokens.cache import ExpiringCache
-from proxy.tokens.jwks import METADATA_PATHS
 from proxy.tokens.jwt import TokenClaims
+from proxy.tokens.metadata import discover
 
 log = logging.getLogger("certbound.introspect")
 
@@ -153,22 +153,17 @@ class Introspector:
 
     async def _discover(self) -> str:
         assert self._session is not None
-        issuer = self._tokens.issuer.rstrip("/")
-        for path in METADATA_PATHS:
-            try:
-                async with self._session.get(issuer + path, allow_redirects=False) as resp:
-                    if resp.status != 200:
-                        continue
-                    metadata = await resp.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-                continue
-            if isinstance(metadata, dict) and metadata.get("issuer") == self._tokens.issuer:
-                endpoint = metadata.get("introspection_endpoint")
-                if isinstance(endpoint, str) and endpoint.startswith(("https://", "http://")):
-                    self._endpoint = endpoint
-                    return endpoint
-        log.warning("no introspection_endpoint in the metadata of %s", self._tokens.issuer)
-        raise _unavailable()
+        endpoint = await discover(
+            self._session,
+            self._tokens.issuer,
+            "introspection_endpoint",
+            time_limit=self._settings.timeout_seconds,
+        )
+        if endpoint is None:
+            log.warning("no introspection_endpoint in the metadata of %s", self._tokens.issuer)
+            raise _unavailable()
+        self._endpoint = endpoint
+        return endpoint
 
 
 def _unavailable() -> AuthError:

@@ -14,18 +14,15 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import jwt
 
 from proxy import metrics
 from proxy.config import TokenSettings
+from proxy.tokens.metadata import FetchError, discover, get_json
 
 log = logging.getLogger("certbound.jwks")
-
-METADATA_PATHS = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
-MAX_JWKS_BYTES = 1 << 20
 
 
 class KeySetError(Exception):
@@ -154,35 +151,11 @@ class KeySet:
             except (OSError, ValueError) as exc:
                 raise KeySetError(f"cannot read jwks_file: {exc}") from None
         if not self._jwks_uri:
-            self._jwks_uri = await self._discover()
-        return await self._get_json(self._jwks_uri)
-
-    async def _discover(self) -> str:
-        issuer = self._settings.issuer.rstrip("/")
-        for path in METADATA_PATHS:
-            try:
-                metadata = await self._get_json(issuer + path)
-            except KeySetError:
-                continue
-            # RFC 8414 §3.3: metadata must name the issuer we asked, or it is not ours.
-            if isinstance(metadata, dict) and metadata.get("issuer") == self._settings.issuer:
-                uri = metadata.get("jwks_uri")
-                if isinstance(uri, str) and uri.startswith(("https://", "http://")):
-                    log.info("discovered jwks_uri %s from %s", uri, issuer + path)
-                    return uri
-        raise KeySetError(f"no jwks_uri in the metadata of issuer {self._settings.issuer}")
-
-    async def _get_json(self, url: str) -> Any:
-        timeout = aiohttp.ClientTimeout(total=10)
+            uri = await discover(self._session, self._settings.issuer, "jwks_uri", time_limit=10)
+            if uri is None:
+                raise KeySetError(f"no jwks_uri in the metadata of issuer {self._settings.issuer}")
+            self._jwks_uri = uri
         try:
-            async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise KeySetError(f"GET {url}: HTTP {resp.status}")
-                body = await resp.content.read(MAX_JWKS_BYTES + 1)
-                if len(body) > MAX_JWKS_BYTES:
-                    raise KeySetError(f"GET {url}: document larger than {MAX_JWKS_BYTES} bytes")
-                return json.loads(body)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise KeySetError(f"GET {url}: {type(exc).__name__}") from None
-        except ValueError:
-            raise KeySetError(f"GET {url}: not JSON") from None
+            return await get_json(self._session, self._jwks_uri, time_limit=10)
+        except FetchError as exc:
+            raise KeySetError(str(exc)) from None
