@@ -449,7 +449,3 @@ def _validate_client_cert(c: ClientCertSettings) -> list[str]:
             "(otherwise anyone could claim any certificate)"
         )
     return problems
-
-
-def settings_as_dict(s: Settings) -> dict[str, Any]:
-    return dataclasses.asdict(s)

@@ -26,6 +26,7 @@ from proxy.config import (
     UpstreamSettings,
 )
 from proxy.identity import compute_thumbprint
+from proxy.listener import bound_port
 from proxy.pki import Issued, issue, make_ca
 
 ISSUER_KID = "demo-1"
@@ -115,7 +116,7 @@ async def serve_locally(app: web.Application) -> tuple[web.AppRunner, int]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    return runner, server._bound_port(site)
+    return runner, bound_port(site)
 
 
 @dataclass(frozen=True)

@@ -191,8 +191,9 @@ class MTLSSite(web.BaseSite):
             reuse_port=self._reuse_port or None,
         )
 
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        sockets = getattr(self._server, "sockets", None) or ()
-        return int(sockets[0].getsockname()[1]) if sockets else self._port
+
+def bound_port(site: web.BaseSite) -> int:
+    """The port a started site listens on (port 0 asks the kernel for a free one)."""
+    server = site._server  # aiohttp exposes no public accessor for the bound port
+    sockets = getattr(server, "sockets", None) or ()
+    return int(sockets[0].getsockname()[1]) if sockets else 0

@@ -19,7 +19,7 @@ from proxy.config import Settings
 from proxy.forward import Forwarder
 from proxy.forwarded import ForwardedCertVerifier
 from proxy.identity import ClientIdentity
-from proxy.listener import ConnectionLimit, MTLSSite
+from proxy.listener import ConnectionLimit, MTLSSite, bound_port
 from proxy.pipeline import Pipeline
 from proxy.tls import ServerTLS
 from proxy.tokens.introspect import Introspector
@@ -50,8 +50,9 @@ class Proxy:
     admin_port: int = 0
 
     @property
-    def is_ready(self) -> bool:
-        return not self.draining and (self.keys.is_loaded or not self.settings.tokens.accept_jwt)
+    def has_keys(self) -> bool:
+        """Signing keys are loaded, or not needed (every token is introspected)."""
+        return self.keys.is_loaded or not self.settings.tokens.accept_jwt
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -74,7 +75,7 @@ def build_admin_app(proxy: Proxy) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         if proxy.draining:
             return web.Response(status=503, text="draining\n")
-        if not proxy.is_ready:
+        if not proxy.has_keys:
             return web.Response(status=503, text="signing keys not loaded\n")
         return web.Response(text="ready\n")
 
@@ -138,7 +139,7 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     )
     await admin_site.start()
     proxy.runners.append(admin_runner)
-    proxy.admin_port = _bound_port(admin_site)
+    proxy.admin_port = bound_port(admin_site)
 
     data_runner = web.AppRunner(
         build_data_app(proxy),
@@ -160,7 +161,7 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     )
     await data_site.start()
     proxy.runners.append(data_runner)
-    proxy.data_port = data_site.port
+    proxy.data_port = bound_port(data_site)
 
     if settings.tokens.accept_jwt:
         proxy.tasks.append(asyncio.create_task(keys.run(proxy.stop_event)))
@@ -195,12 +196,6 @@ def _announce(pipeline: Pipeline) -> None:
             pipeline.settings.client_cert.header_format,
             ", ".join(pipeline.settings.client_cert.trusted_proxies),
         )
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp exposes no public accessor for the bound port
-    sockets = getattr(server, "sockets", None) or ()
-    return int(sockets[0].getsockname()[1]) if sockets else 0
 
 
 async def stop(proxy: Proxy, grace_seconds: float = 30.0) -> None:
