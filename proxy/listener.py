@@ -133,9 +133,7 @@ class _DataRequestHandler(RequestHandler):
             return super().handle_error(request, status, exc, message)
         # The exception text quotes request bytes: log only its type.
         log.info("malformed HTTP request from %s: %s", request.remote, type(exc).__name__)
-        metrics.REQUESTS.labels(
-            outcome=Outcome.REJECTED.value, reason=Reason.MALFORMED_REQUEST.value
-        ).inc()
+        metrics.count(Outcome.REJECTED, Reason.MALFORMED_REQUEST)
         response = error_response(AuthError.malformed("the request is not valid HTTP/1.1"))
         response.force_close()
         return response

@@ -84,9 +84,7 @@ class Pipeline:
         try:
             admitted = await self._admit(request, seen)
         except AuthError as refusal:
-            metrics.REQUESTS.labels(
-                outcome=Outcome.REJECTED.value, reason=refusal.reason.value
-            ).inc()
+            metrics.count(Outcome.REJECTED, refusal.reason)
             self._audit(request, Outcome.REJECTED, refusal, seen)
             metrics.OVERHEAD.observe(time.perf_counter() - started)
             return error_response(refusal)
@@ -103,15 +101,11 @@ class Pipeline:
                 request, headers, target=admitted.target, started=started, body=admitted.body
             )
         except AuthError as fault:
-            metrics.REQUESTS.labels(
-                outcome=Outcome.UPSTREAM_ERROR.value, reason=fault.reason.value
-            ).inc()
+            metrics.count(Outcome.UPSTREAM_ERROR, fault.reason)
             self._audit(request, Outcome.UPSTREAM_ERROR, fault, seen)
             return error_response(fault)
         if admitted.reported is not None:
-            metrics.REQUESTS.labels(
-                outcome=Outcome.REPORT_ONLY.value, reason=admitted.reported.reason.value
-            ).inc()
+            metrics.count(Outcome.REPORT_ONLY, admitted.reported.reason)
             self._audit(request, Outcome.REPORT_ONLY, admitted.reported, seen, response.status)
         else:
             metrics.FORWARDED_OK.inc()
