@@ -8,8 +8,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy import __version__
+
+if TYPE_CHECKING:
+    from proxy.config import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +84,8 @@ def _thumbprint(path: str) -> int:
     return 0
 
 
-def _load(path: str) -> object:
+def _load(path: str) -> Settings | None:
+    """Settings with the TLS files loaded once to prove they work, or None (problems printed)."""
     from proxy.config import ConfigError, load_settings
     from proxy.tls import TLSConfigError, build_server_context
 
@@ -99,27 +104,27 @@ def _load(path: str) -> object:
 
 
 def _explain(config: str, cert: str, token: str, method: str, path: str) -> int:
-    from proxy.config import Settings
+    from cryptography import x509
+
     from proxy.explain import explain
 
     settings = _load(config)
-    if not isinstance(settings, Settings):
+    if settings is None:
         return 2
     try:
-        cert_pem = Path(cert).read_bytes()
+        certificate = x509.load_pem_x509_certificate(Path(cert).read_bytes())
     except OSError as exc:
         print(f"certbound: cannot read {cert}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ValueError:
+        print(f"certbound: {cert} holds no PEM certificate", file=sys.stderr)
         return 2
     if token == "-":  # noqa: S105 - "-" means stdin, not a password
         token = sys.stdin.read()
     token = token.strip()
     if token.lower().startswith("bearer "):
         token = token[7:].strip()
-    try:
-        return asyncio.run(explain(settings, cert_pem, token, method, path, print))
-    except ValueError:
-        print(f"certbound: {cert} holds no PEM certificate", file=sys.stderr)
-        return 2
+    return asyncio.run(explain(settings, certificate, token, method, path, print))
 
 
 def _check_config(path: str) -> int:
@@ -130,7 +135,7 @@ def _check_config(path: str) -> int:
 
 
 def _run(path: str, grace_seconds: float) -> int:
-    from proxy.config import ConfigError, Settings, load_settings
+    from proxy.config import ConfigError, load_settings
     from proxy.workers import (
         MULTIPROC_ENV,
         WORKER_ENV,
@@ -149,7 +154,7 @@ def _run(path: str, grace_seconds: float) -> int:
         # all see the same, emptied, multiprocess directory.
         os.environ[MULTIPROC_ENV] = prepare_metrics_dir()
     settings = _load(path)
-    if not isinstance(settings, Settings):
+    if settings is None:
         return 2
     if workers > 1:
         return supervise(path, workers, grace_seconds)

@@ -32,7 +32,7 @@ from proxy.tokens.jwt import JWTVerifier, TokenCache, TokenClaims, read_header
 
 async def explain(
     settings: Settings,
-    cert_pem: bytes,
+    certificate: x509.Certificate,
     token: str,
     method: str,
     path: str,
@@ -47,7 +47,6 @@ async def explain(
         out(f"outcome: REFUSE {refusal.status}{code} (reason {error.reason.value})")
         return 1
 
-    certificate = x509.load_pem_x509_certificate(cert_pem)
     identity = identity_from_der(certificate.public_bytes(Encoding.DER))
     out("1. client certificate")
     out(f"   subject     {identity.subject}")

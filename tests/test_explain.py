@@ -106,3 +106,18 @@ def test_expired_token_and_garbage(tmp_path: Path, pki: PKI) -> None:
     garbage = explain(tmp_path, pki, issuer, "alice", "opaque-token-value")
     assert garbage.returncode == 1 and "not a JWT" in garbage.stdout
     assert "Traceback" not in garbage.stderr + expired.stderr
+
+
+def test_a_file_that_is_not_a_certificate_is_a_clear_error(tmp_path: Path, pki: PKI) -> None:
+    issuer = Issuer(url="https://issuer.invalid")
+    issuer.add_key("k1")
+    explain(tmp_path, pki, issuer, "alice", "x")  # writes config.yaml
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "explain", "--config", str(tmp_path / "config.yaml"),
+         "--cert", str(not_pem), "--token", "x"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "holds no PEM certificate" in result.stderr and "Traceback" not in result.stderr
