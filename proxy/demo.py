@@ -176,7 +176,7 @@ async def _run(pki: DemoPKI, port: int, admin_port: int, exit_after: float | Non
         if exit_after is not None:
             await asyncio.sleep(exit_after)
         else:
-            await asyncio.Event().wait()
+            await server.until_signalled()
     finally:
         await server.stop(proxy, grace_seconds=1)
         await issuer_runner.cleanup()

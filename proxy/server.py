@@ -224,16 +224,21 @@ async def stop(proxy: Proxy, grace_seconds: float = 30.0) -> None:
     await proxy.http.close()
 
 
-async def serve(
-    settings: Settings, grace_seconds: float = 30.0, shared_ports: bool = False
-) -> None:
-    """Run until SIGTERM or SIGINT, then drain. `shared_ports`: one of several workers."""
-    proxy = await start(settings, shared_ports=shared_ports)
+async def until_signalled() -> None:
+    """Return on SIGTERM or SIGINT (also when a parent shell started us with SIGINT ignored)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
+
+
+async def serve(
+    settings: Settings, grace_seconds: float = 30.0, shared_ports: bool = False
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain. `shared_ports`: one of several workers."""
+    proxy = await start(settings, shared_ports=shared_ports)
+    await until_signalled()
     log.info("signal received: draining for up to %.0fs", grace_seconds)
     await stop(proxy, grace_seconds)
     log.info("stopped")
