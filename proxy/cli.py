@@ -163,7 +163,8 @@ def _run(path: str, grace_seconds: float) -> int:
 
     listener = audit.setup_logging(settings.log.level)
     try:
-        asyncio.run(server.serve(settings, grace_seconds, shared_ports=is_worker))
+        with asyncio.Runner(loop_factory=server.loop_factory(settings.listen.event_loop)) as runner:
+            runner.run(server.serve(settings, grace_seconds, shared_ports=is_worker))
     except OSError as exc:
         print(f"certbound: cannot start: {exc}", file=sys.stderr)
         return 1

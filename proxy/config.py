@@ -7,6 +7,7 @@ Validation collects every problem with its key path, so an operator fixes them i
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import types
 import typing
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 ENV_PREFIX = "CERTBOUND_"
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 KNOWN_ALGORITHMS = frozenset(
     {
         "RS256",
@@ -45,6 +47,8 @@ class ListenSettings:
     workers: int = 1  # 0: one per usable CPU
     max_connections: int = 10000  # per worker; further connections are closed at once
     idle_timeout_seconds: float = 30.0  # to complete a request, and between kept-alive ones
+    max_header_bytes: int = 65536  # request line + headers; over it: 431
+    event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,7 @@ class UpstreamSettings:
     timeout_seconds: float = 30.0
     connect_timeout_seconds: float = 5.0
     max_connections: int = 100
+    upgrade_idle_timeout_seconds: float = 3600.0  # an upgraded (WebSocket) connection, idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +140,7 @@ class AdminSettings:
 @dataclass(frozen=True, slots=True)
 class ForwardingSettings:
     client_cert_header: bool = False
+    upgrade_protocols: tuple[str, ...] = ("websocket",)  # what an Upgrade request may ask for
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +304,16 @@ def validate(s: Settings) -> list[str]:
     port("admin.port", s.admin.port)
     positive("listen.max_connections", s.listen.max_connections)
     positive("listen.idle_timeout_seconds", s.listen.idle_timeout_seconds)
+    if not 1024 <= s.listen.max_header_bytes <= 1048576:
+        problems.append(
+            f"listen.max_header_bytes: must be 1024 to 1048576, got {s.listen.max_header_bytes}"
+        )
+    if s.listen.event_loop not in EVENT_LOOPS:
+        problems.append(
+            f"listen.event_loop: one of {', '.join(EVENT_LOOPS)}, got {s.listen.event_loop!r}"
+        )
+    elif s.listen.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        problems.append("listen.event_loop: uvloop is not installed (use auto or asyncio)")
     if s.listen.workers < 0 or s.listen.workers > 64:
         problems.append(f"listen.workers: must be 0 (one per CPU) to 64, got {s.listen.workers}")
     if s.listen.workers != 1 and (s.listen.port == 0 or s.admin.port == 0):
@@ -318,6 +334,12 @@ def validate(s: Settings) -> list[str]:
     positive("upstream.timeout_seconds", s.upstream.timeout_seconds)
     positive("upstream.connect_timeout_seconds", s.upstream.connect_timeout_seconds)
     positive("upstream.max_connections", s.upstream.max_connections)
+    positive("upstream.upgrade_idle_timeout_seconds", s.upstream.upgrade_idle_timeout_seconds)
+    for protocol in s.forwarding.upgrade_protocols:
+        if not protocol or not all(c.isalnum() or c in "-._" for c in protocol):
+            problems.append(
+                f"forwarding.upgrade_protocols: {protocol!r} is not a protocol name (RFC 9110 §7.8)"
+            )
 
     t = s.tokens
     if not t.issuer:

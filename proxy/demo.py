@@ -26,7 +26,6 @@ from proxy.config import (
     UpstreamSettings,
 )
 from proxy.identity import compute_thumbprint
-from proxy.listener import bound_port
 from proxy.pki import Issued, issue, make_ca
 
 ISSUER_KID = "demo-1"
@@ -116,7 +115,7 @@ async def serve_locally(app: web.Application) -> tuple[web.AppRunner, int]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    return runner, bound_port(site)
+    return runner, int(runner.addresses[0][1])
 
 
 @dataclass(frozen=True)
@@ -228,7 +227,8 @@ def _instructions(directory: Path, port: int, admin_port: int) -> str:
 def main(directory: Path, port: int, admin_port: int, exit_after: float | None) -> int:
     listener = audit.setup_logging("info")
     try:
-        asyncio.run(_run(make_pki(directory), port, admin_port, exit_after))
+        with asyncio.Runner(loop_factory=server.loop_factory("auto")) as runner:
+            runner.run(_run(make_pki(directory), port, admin_port, exit_after))
     except KeyboardInterrupt:
         pass
     except OSError as exc:

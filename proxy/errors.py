@@ -9,8 +9,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from aiohttp import web
-
 
 class Outcome(enum.Enum):
     FORWARDED = "forwarded"
@@ -25,6 +23,8 @@ class Reason(enum.Enum):
     INVALID_CLIENT_CERT = "invalid_client_cert"
     NO_TOKEN = "no_token"  # noqa: S105 - a reason name, not a secret
     MALFORMED_REQUEST = "malformed_request"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    UPGRADE_NOT_ALLOWED = "upgrade_not_allowed"
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - a reason name, not a secret
     INVALID_SIGNATURE = "invalid_signature"
     INACTIVE_TOKEN = "inactive_token"  # noqa: S105 - a reason name, not a secret
@@ -48,6 +48,7 @@ class Reason(enum.Enum):
     UPSTREAM_CONNECT = "upstream_connect"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_RESET = "upstream_reset"
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,9 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.INVALID_CLIENT_CERT: _INVALID_TOKEN,
     Reason.NO_TOKEN: Refusal(401, None),
     Reason.MALFORMED_REQUEST: Refusal(400, "invalid_request"),
+    # RFC 6585 §5; not an authentication problem, so no challenge.
+    Reason.HEADERS_TOO_LARGE: Refusal(431, None),
+    Reason.UPGRADE_NOT_ALLOWED: Refusal(400, "invalid_request"),
     Reason.INVALID_TOKEN: _INVALID_TOKEN,
     Reason.INVALID_SIGNATURE: _INVALID_TOKEN,
     Reason.INACTIVE_TOKEN: _INVALID_TOKEN,
@@ -93,6 +97,7 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.UPSTREAM_CONNECT: Refusal(502, None),
     Reason.UPSTREAM_RESET: Refusal(502, None),
     Reason.UPSTREAM_TIMEOUT: Refusal(504, None),
+    Reason.INTERNAL_ERROR: Refusal(500, None),
 }
 
 
@@ -112,6 +117,10 @@ class AuthError(Exception):
     @classmethod
     def malformed(cls, description: str) -> AuthError:
         return cls(Reason.MALFORMED_REQUEST, description)
+
+    @classmethod
+    def internal(cls) -> AuthError:
+        return cls(Reason.INTERNAL_ERROR, "the proxy failed; the request was not forwarded")
 
     @classmethod
     def no_route(cls) -> AuthError:
@@ -136,12 +145,11 @@ def challenge(error: AuthError) -> str | None:
     return "Bearer " + ", ".join(parts)
 
 
-def error_response(error: AuthError) -> web.Response:
-    headers = {"Cache-Control": "no-store"}
+def error_parts(error: AuthError) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and body of the answer to a refusal; framing is the caller's job."""
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
     value = challenge(error)
     if value is not None:
-        headers["WWW-Authenticate"] = value
+        headers.append(("WWW-Authenticate", value))
     body = f"{error.refusal.status} {error.reason.value}: {_quote(error.description)}\n"
-    return web.Response(
-        status=error.refusal.status, text=body, content_type="text/plain", headers=headers
-    )
+    return error.refusal.status, headers, body.encode("ascii")

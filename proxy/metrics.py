@@ -61,6 +61,11 @@ OPEN_CONNECTIONS = Gauge(
     "Open client connections on the mTLS listener.",
     multiprocess_mode="livesum",
 )
+UPGRADED_CONNECTIONS = Gauge(
+    "certbound_upgraded_connections",
+    "Client connections upgraded (WebSocket) and relaying bytes both ways now.",
+    multiprocess_mode="livesum",
+)
 CONNECTIONS_REFUSED = Counter(
     "certbound_connections_refused",
     "Client connections closed at once because listen.max_connections were open.",

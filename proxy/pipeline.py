@@ -1,43 +1,47 @@
-"""The request path of design.md, step by step: identity -> token -> binding -> policy ->
-forward. Each step is a call into its own module; this one orders them, and turns the outcome
-into one decision that is counted (metrics.py) and, for refusals, audited (audit.py)."""
+"""The checks of design.md, step by step: identity -> token -> binding -> policy. Each step
+is a call into its own module; this one orders them, and turns the outcome into one decision
+that is counted (metrics.py) and, for refusals, audited (audit.py).
+
+It takes a plain `Request` value and never learns which server parsed it. A request whose
+token is already in the verified-token cache is decided synchronously (no task, no await);
+only a cache miss returns a coroutine.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-
-from aiohttp import web
+from typing import Any
+from urllib.parse import parse_qsl
 
 from proxy import audit, metrics
 from proxy.binding import check_binding
 from proxy.config import Settings
-from proxy.errors import AuthError, Outcome, Reason, error_response
-from proxy.forward import Forwarder, upstream_request_headers
+from proxy.errors import AuthError, Outcome, Reason
 from proxy.forwarded import ForwardedCertVerifier, is_trusted_peer, parse_client_cert, parse_xfcc
 from proxy.identity import ClientIdentity
 from proxy.policy import (
     PathError,
     Policy,
+    Route,
     authorize,
     check_subject,
     compile_policy,
     match_route,
     normalize_path,
 )
-from proxy.tokens.extract import extract_bearer, form_has_token
+from proxy.request import Request
+from proxy.tokens.extract import extract_bearer
 from proxy.tokens.introspect import Introspector
 from proxy.tokens.jwt import JWTVerifier, TokenClaims, read_header
 
 log = logging.getLogger("certbound.pipeline")
 
-MAX_FORM_BYTES = 1 << 20
 
-
-@dataclass
-class _Seen:
+@dataclass(slots=True)
+class Seen:
     """What the checks learnt before deciding, for the audit line of any outcome."""
 
     identity: ClientIdentity | None = None
@@ -51,17 +55,18 @@ class Admitted:
     identity: ClientIdentity
     target: str  # the request-target to send: as received, or the normalised matched path
     binding: str  # bound | unbound | report_only_failed | none (X-Certbound-Binding)
-    body: bytes | None = None  # a form body already read to look for a token
+    claims: TokenClaims | None = None
     reported: AuthError | None = None  # a binding failure that report_only let through
+
+
+Decision = Admitted | Coroutine[Any, Any, Admitted]
 
 
 @dataclass
 class Pipeline:
     settings: Settings
     verifier: JWTVerifier
-    forwarder: Forwarder
     introspector: Introspector | None
-    identities: dict[object, ClientIdentity]
     forwarded_verifier: ForwardedCertVerifier | None = None
     policy: Policy = field(init=False)
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(init=False)
@@ -78,66 +83,50 @@ class Pipeline:
             r.binding_mode == "report_only" for r in self.policy.routes
         )
 
-    async def handle(self, request: web.Request, started: float) -> web.StreamResponse:
-        """Decide, then forward or refuse; exactly one decision is counted per request."""
-        seen = _Seen()
-        try:
-            admitted = await self._admit(request, seen)
-        except AuthError as refusal:
-            metrics.count(Outcome.REJECTED, refusal.reason)
-            self._audit(request, Outcome.REJECTED, refusal, seen)
-            metrics.OVERHEAD.observe(time.perf_counter() - started)
-            return error_response(refusal)
-        headers = upstream_request_headers(
-            request.headers,
-            admitted.identity,
-            seen.claims,
-            binding=admitted.binding,
-            remote=request.remote or "",
-            client_cert_header=self.settings.forwarding.client_cert_header,
-        )
-        try:
-            response = await self.forwarder.forward(
-                request, headers, target=admitted.target, started=started, body=admitted.body
-            )
-        except AuthError as fault:
-            metrics.count(Outcome.UPSTREAM_ERROR, fault.reason)
-            self._audit(request, Outcome.UPSTREAM_ERROR, fault, seen)
-            return error_response(fault)
-        if admitted.reported is not None:
-            metrics.count(Outcome.REPORT_ONLY, admitted.reported.reason)
-            self._audit(request, Outcome.REPORT_ONLY, admitted.reported, seen, response.status)
-        else:
-            metrics.FORWARDED_OK.inc()
-            if self.settings.log.audit_accepted:
-                self._audit(request, Outcome.FORWARDED, None, seen, response.status)
-        return response
-
-    async def _admit(self, request: web.Request, seen: _Seen) -> Admitted:
-        """The checks, in the order of design.md. Raises AuthError for a refusal; records
-        what it learnt in `seen`, so a refusal can still be audited with it."""
-        if not request.raw_path.startswith("/"):
+    def admit(self, request: Request, from_tls: ClientIdentity | None, seen: Seen) -> Decision:
+        """The checks, in the order of design.md. Returns Admitted, or a coroutine resolving
+        to it when the token must be verified with I/O. Raises AuthError for a refusal and
+        records what it learnt in `seen`, so a refusal can still be audited with it."""
+        if not request.target.startswith("/"):
             # Only origin-form means anything to a sidecar: an absolute-form target would be
-            # glued onto the upstream URL (a 500, or a 502 counted as an upstream fault).
+            # glued onto the upstream URL, and `*` or authority-form name no resource of it.
             raise AuthError.malformed("the request target must be an absolute path")
-        identity = seen.identity = self._identity(request)
+        identity = seen.identity = self._identity(request, from_tls)
         if identity is None:
             raise AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate")
-        target, route = request.raw_path, None
+        target, route = request.target, None
         if self.policy.is_enabled:
-            target, path = _normalised_target(request)
+            target, path = _normalised_target(request.target)
             route = match_route(self.policy, request.method, path)
             if route is not None:
                 check_subject(route, identity)
                 if route.public:
                     return Admitted(identity, target, binding="none")
-        token = extract_bearer(request.headers.getall("Authorization", []), request.query)
-        body = None
-        if request.content_type == "application/x-www-form-urlencoded":
-            body = await _read_form(request)
-            if form_has_token(body):
-                raise AuthError.malformed("access tokens in a form body are not accepted")
+        query = request.query
+        token = extract_bearer(
+            request.values(b"authorization"),
+            [name for name, _ in parse_qsl(query, keep_blank_values=True)] if query else (),
+        )
+        claims = self._cached(token)
+        if claims is None:
+            return self._admit_verified(token, identity, target, route, seen)
+        seen.claims = claims
+        return self._bind_and_authorize(claims, identity, target, route)
+
+    async def _admit_verified(
+        self,
+        token: str,
+        identity: ClientIdentity,
+        target: str,
+        route: Route | None,
+        seen: Seen,
+    ) -> Admitted:
         claims = seen.claims = await self._verify(token)
+        return self._bind_and_authorize(claims, identity, target, route)
+
+    def _bind_and_authorize(
+        self, claims: TokenClaims, identity: ClientIdentity, target: str, route: Route | None
+    ) -> Admitted:
         mode = route.binding_mode if route else self.settings.binding.mode
         reported = None
         try:
@@ -156,11 +145,10 @@ class Pipeline:
             authorize(route, claims)
         elif self.policy.is_enabled and not self.policy.unmatched_allowed:
             raise AuthError.no_route()
-        return Admitted(identity, target, binding, body, reported)
+        return Admitted(identity, target, binding, claims, reported)
 
-    def _identity(self, request: web.Request) -> ClientIdentity | None:
+    def _identity(self, request: Request, from_tls: ClientIdentity | None) -> ClientIdentity | None:
         """From the TLS session, or from a header a trusted ingress set (client_cert.source)."""
-        from_tls = self.identities.get(request.protocol)
         cc = self.settings.client_cert
         if cc.source == "tls":
             return from_tls
@@ -172,21 +160,27 @@ class Pipeline:
             return None
         assert self.forwarded_verifier is not None
         if cc.header_format == "xfcc":
-            values = request.headers.getall("X-Forwarded-Client-Cert", [])
+            values = request.values(b"x-forwarded-client-cert")
             if len(values) > 1:
                 raise AuthError(Reason.MALFORMED_REQUEST, "more than one X-Forwarded-Client-Cert")
             if not values:
                 return None
             der, chain = parse_xfcc(values[0])
         else:
-            values = request.headers.getall("Client-Cert", [])
+            values = request.values(b"client-cert")
             if len(values) > 1:
                 raise AuthError(Reason.MALFORMED_REQUEST, "more than one Client-Cert header")
             if not values:
                 return None
-            chain_values = request.headers.getall("Client-Cert-Chain", [])
+            chain_values = request.values(b"client-cert-chain")
             der, chain = parse_client_cert(values[0], ",".join(chain_values) or None)
         return self.forwarded_verifier.verify(der, chain)
+
+    def _cached(self, token: str) -> TokenClaims | None:
+        """Claims of a token verified before, when no I/O can be needed to decide."""
+        if self.settings.tokens.accept_jwt and self.introspector is None:
+            return self.verifier.cached(token)
+        return None
 
     async def _verify(self, token: str) -> TokenClaims:
         """JWTs are verified locally; anything else goes to introspection when configured."""
@@ -205,12 +199,30 @@ class Pipeline:
             raise AuthError(Reason.INVALID_TOKEN, "token is not a JWT")
         return await self.introspector.introspect(token)
 
+    def refused(self, request: Request, refusal: AuthError, seen: Seen) -> None:
+        """Count and audit a refusal, by the checks or by the framing step."""
+        metrics.count(Outcome.REJECTED, refusal.reason)
+        self._audit(request, Outcome.REJECTED, refusal, seen)
+
+    def upstream_failed(self, request: Request, fault: AuthError, seen: Seen) -> None:
+        metrics.count(Outcome.UPSTREAM_ERROR, fault.reason)
+        self._audit(request, Outcome.UPSTREAM_ERROR, fault, seen)
+
+    def forwarded(self, request: Request, admitted: Admitted, seen: Seen, status: int) -> None:
+        if admitted.reported is not None:
+            metrics.count(Outcome.REPORT_ONLY, admitted.reported.reason)
+            self._audit(request, Outcome.REPORT_ONLY, admitted.reported, seen, status)
+        else:
+            metrics.FORWARDED_OK.inc()
+            if self.settings.log.audit_accepted:
+                self._audit(request, Outcome.FORWARDED, None, seen, status)
+
     def _audit(
         self,
-        request: web.Request,
+        request: Request,
         outcome: Outcome,
         refusal: AuthError | None,
-        seen: _Seen,
+        seen: Seen,
         status: int | None = None,
     ) -> None:
         identity, claims = seen.identity, seen.claims
@@ -225,7 +237,7 @@ class Pipeline:
                 else (refusal.refusal.status if refusal else 200),
                 method=request.method,
                 path=request.path[:512],
-                remote=request.remote or "",
+                remote=request.remote,
                 thumbprint=identity.thumbprint if identity else "",
                 cnf_thumbprint=expected[:64] if isinstance(expected, str) else "",
                 jti=claims.jti[:128] if claims else "",
@@ -236,20 +248,11 @@ class Pipeline:
         )
 
 
-def _normalised_target(request: web.Request) -> tuple[str, str]:
+def _normalised_target(raw_target: str) -> tuple[str, str]:
     """(request-target to forward, path to match): the forwarded path is the matched one."""
-    raw_path, _, query = request.raw_path.partition("?")
+    raw_path, _, query = raw_target.partition("?")
     try:
         path = normalize_path(raw_path)
     except PathError as exc:
         raise AuthError.malformed(str(exc)) from None
     return (path + "?" + query if query else path), path
-
-
-async def _read_form(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        raise AuthError(Reason.MALFORMED_REQUEST, "form body too large to inspect")
-    body = await request.content.read(MAX_FORM_BYTES + 1)
-    if len(body) > MAX_FORM_BYTES:
-        raise AuthError(Reason.MALFORMED_REQUEST, "form body too large to inspect")
-    return body

@@ -1,5 +1,5 @@
-"""Builds the two apps and binds them: the mTLS data plane and the plain-HTTP admin port;
-start-up, readiness and the drain on shutdown. The request path itself is pipeline.py."""
+"""Builds and binds the two listeners: the mTLS data plane (proxy/dataplane/) and the
+plain-HTTP admin port (aiohttp); start-up, readiness and the drain on shutdown."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -16,10 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import metrics
 from proxy.config import Settings
-from proxy.forward import Forwarder
+from proxy.dataplane.listener import DataPlane
+from proxy.dataplane.upstream import UpstreamPool
 from proxy.forwarded import ForwardedCertVerifier
-from proxy.identity import ClientIdentity
-from proxy.listener import ConnectionLimit, MTLSSite, bound_port
 from proxy.pipeline import Pipeline
 from proxy.tls import ServerTLS
 from proxy.tokens.introspect import Introspector
@@ -36,36 +35,29 @@ class Proxy:
     settings: Settings
     tls: ServerTLS
     keys: KeySet
-    forwarder: Forwarder
-    pipeline: Pipeline
+    plane: DataPlane
     http: aiohttp.ClientSession
     introspector: Introspector | None = None
     draining: bool = False
-    in_flight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    runners: list[web.AppRunner] = field(default_factory=list)
+    admin: web.AppRunner | None = None
     data_port: int = 0
     admin_port: int = 0
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.plane.pipeline
 
     @property
     def has_keys(self) -> bool:
         """Signing keys are loaded, or not needed (every token is introspected)."""
         return self.keys.is_loaded or not self.settings.tokens.accept_jwt
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        metrics.IN_FLIGHT.inc()
-        self.in_flight += 1
-        self.idle.clear()
-        try:
-            return await self.pipeline.handle(request, started)
-        finally:
-            metrics.IN_FLIGHT.dec()
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
+
+async def _no_server_header(_: web.Request, response: web.StreamResponse) -> None:
+    # Our own answers name no software or version an attacker could look up.
+    response.headers.popall("Server", None)
 
 
 def build_admin_app(proxy: Proxy) -> web.Application:
@@ -84,15 +76,10 @@ def build_admin_app(proxy: Proxy) -> web.Application:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
+    app.on_response_prepare.append(_no_server_header)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
-    return app
-
-
-def build_data_app(proxy: Proxy) -> web.Application:
-    app = web.Application(client_max_size=0)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
 
 
@@ -103,8 +90,6 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     cache = TokenCache(settings.tokens.cache_size)
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
     keys = KeySet(settings.tokens, http, on_change=cache.clear)
-    forwarder = Forwarder(settings.upstream)
-    await forwarder.start()
     introspector: Introspector | None = None
     if settings.tokens.introspection.enabled:
         introspector = Introspector(settings.tokens)
@@ -113,66 +98,38 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     if header_source:
         forwarded_verifier = ForwardedCertVerifier(settings.tls.client_ca_file)
         tls.on_reload.append(forwarded_verifier.reload)
-    identities: dict[object, ClientIdentity] = {}
     pipeline = Pipeline(
         settings=settings,
         verifier=JWTVerifier(settings.tokens, keys, cache),
-        forwarder=forwarder,
         introspector=introspector,
-        identities=identities,
         forwarded_verifier=forwarded_verifier,
     )
+    plane = DataPlane(settings, tls, pipeline, UpstreamPool(settings.upstream))
     proxy = Proxy(
-        settings=settings,
-        tls=tls,
-        keys=keys,
-        forwarder=forwarder,
-        pipeline=pipeline,
-        http=http,
-        introspector=introspector,
+        settings=settings, tls=tls, keys=keys, plane=plane, http=http, introspector=introspector
     )
     _announce(pipeline)
-    admin_runner = web.AppRunner(build_admin_app(proxy), access_log=None)
-    await admin_runner.setup()
+    proxy.admin = web.AppRunner(build_admin_app(proxy), access_log=None)
+    await proxy.admin.setup()
     admin_site = web.TCPSite(
-        admin_runner, settings.admin.host, settings.admin.port, reuse_port=shared_ports or None
+        proxy.admin, settings.admin.host, settings.admin.port, reuse_port=shared_ports or None
     )
     await admin_site.start()
-    proxy.runners.append(admin_runner)
-    proxy.admin_port = bound_port(admin_site)
-
-    data_runner = web.AppRunner(
-        build_data_app(proxy),
-        access_log=None,
-        handler_cancellation=True,
-        # Also the time a connection has to deliver a complete request: aiohttp's default
-        # (3630 s) lets a slowloris client dribbling header bytes hold a connection for an hour.
-        keepalive_timeout=settings.listen.idle_timeout_seconds,
+    proxy.admin_port = int(proxy.admin.addresses[0][1])
+    proxy.data_port = await plane.listen(
+        settings.listen.host, settings.listen.port, reuse_port=shared_ports
     )
-    await data_runner.setup()
-    data_site = MTLSSite(
-        data_runner,
-        settings.listen.host,
-        settings.listen.port,
-        tls.listener,
-        identities,
-        ConnectionLimit(settings.listen.max_connections),
-        reuse_port=shared_ports,
-    )
-    await data_site.start()
-    proxy.runners.append(data_runner)
-    proxy.data_port = bound_port(data_site)
-
     if settings.tokens.accept_jwt:
         proxy.tasks.append(asyncio.create_task(keys.run(proxy.stop_event)))
     proxy.tasks.append(asyncio.create_task(tls.watch(proxy.stop_event)))
     log.info(
-        "listening: mTLS on %s:%d, admin on %s:%d, upstream %s",
+        "listening: mTLS on %s:%d, admin on %s:%d, upstream %s, event loop %s",
         settings.listen.host,
         proxy.data_port,
         settings.admin.host,
         proxy.admin_port,
         settings.upstream.url,
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     return proxy
 
@@ -202,26 +159,36 @@ async def stop(proxy: Proxy, grace_seconds: float = 30.0) -> None:
     """Drain: report not-ready, stop accepting, let in-flight requests finish, then close."""
     proxy.draining = True
     proxy.stop_event.set()
-    # Stop accepting on the data plane only. The admin port (runners[0], see start) stays up
-    # through the drain, so probes get /readyz 503 rather than connection refused, and the
-    # drain can still be scraped from /metrics.
-    admin, data = proxy.runners[:1], proxy.runners[1:]
-    for runner in data:
-        for site in list(runner.sites):
-            await site.stop()
-    if proxy.in_flight:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proxy.idle.wait(), timeout=grace_seconds)
-    for runner in data + admin:
-        await runner.cleanup()
+    # Stop accepting on the data plane only. The admin port stays up through the drain, so
+    # probes get /readyz 503 rather than connection refused, and the drain can be scraped.
+    proxy.plane.stop_accepting()
+    proxy.plane.drain()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proxy.plane.idle.wait(), timeout=grace_seconds)
+    proxy.plane.close()
+    if proxy.admin is not None:
+        await proxy.admin.cleanup()
     for task in proxy.tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    await proxy.forwarder.close()
     if proxy.introspector is not None:
         await proxy.introspector.close()
     await proxy.http.close()
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """listen.event_loop: uvloop when asked for, or when installed and `auto`; None means
+    asyncio's own loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":  # check-config refuses this; say it again if it got here
+            raise
+        return None
+    return uvloop.new_event_loop
 
 
 async def until_signalled() -> None:

@@ -1,8 +1,8 @@
 """The mTLS server context: serving certificate, client CA bundle, protocol floor.
 
-The listener keeps one context for its whole life; `ServerTLS` lets it swap to a freshly built
-context per handshake (via the SNI callback) when the files on disk change, so Kubernetes
-secret rotation needs no restart. A broken new file is refused and the old context stays.
+`ServerTLS.current` is the context every new connection's handshake uses; it is rebuilt when
+the files on disk change, so Kubernetes secret rotation needs no restart. A broken new file
+is refused and the old context stays.
 """
 
 from __future__ import annotations
@@ -81,24 +81,15 @@ def record_expiry(settings: TLSSettings) -> None:
 
 
 class ServerTLS:
-    """The listener's context plus the current one, reloaded when the files change."""
+    """The context new handshakes use, reloaded when the files change."""
 
     def __init__(self, settings: TLSSettings, client_cert_optional: bool = False) -> None:
         self._settings = settings
         self._optional = client_cert_optional
         self.current = build_server_context(settings, client_cert_optional)
         self._stamp = self._file_stamp()
-        self.listener = build_server_context(settings, client_cert_optional)
         self.on_reload: list[Callable[[], None]] = []
-        self.listener.sni_callback = self._pick_context
         record_expiry(settings)
-
-    def _pick_context(
-        self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
-    ) -> None:
-        if self.current is not self.listener:
-            sslobj.context = self.current
-        return None
 
     def _file_stamp(self) -> tuple[tuple[int, int, int], ...]:
         stamps = []

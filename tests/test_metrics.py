@@ -66,10 +66,10 @@ async def test_overhead_and_upstream_histograms_observe_each_forwarded_request(
 async def test_upstream_errors_are_counted_by_kind(running: Running) -> None:
     before = await scrape(running)
     token = running.issuer.mint(running.pki.alice)
-    real = running.proxy.forwarder._base
-    running.proxy.forwarder._base = "http://127.0.0.1:1"
+    pool = running.proxy.plane.pool  # fresh: no kept-alive connection to the real upstream
+    real, pool.port = pool.port, 1  # nothing listens on port 1
     assert (await running.request(token=token))[0] == 502
-    running.proxy.forwarder._base = real
+    pool.port = real
     running.upstream.delay = 3
     assert (await running.request(token=token))[0] == 504
     running.upstream.delay = 0

@@ -155,12 +155,23 @@ async def test_malformed_requests_are_400_invalid_request(
     assert running.upstream.seen == []
 
 
-async def test_token_in_form_body_is_400(running: Running) -> None:
+async def test_form_body_is_never_read_for_a_token_and_streams_intact(running: Running) -> None:
+    """RFC 6750 §2.2 form tokens are not accepted, and bodies are never buffered to look for
+    one: an access_token field is data for the workload; the token comes from Authorization."""
     token = running.issuer.mint(running.pki.alice)
-    status, hdrs, _ = await running.request(
-        "POST", token=token, data={"access_token": token, "q": "1"}
+    status, _, body = await running.request(
+        "POST", token=token, data={"access_token": "opaque-data", "q": "1"}
     )
-    assert status == 400 and 'error="invalid_request"' in www(hdrs)
+    assert status == 200, body
+    assert running.upstream.seen[0].body_bytes == len(b"access_token=opaque-data&q=1")
+
+
+async def test_form_token_without_authorization_is_401_and_never_forwarded(
+    running: Running,
+) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    status, hdrs, _ = await running.request("POST", data={"access_token": token, "q": "1"})
+    assert status == 401 and www(hdrs) == "Bearer"
     assert running.upstream.seen == []
 
 
@@ -262,7 +273,7 @@ async def test_key_set_change_flushes_the_token_cache(running: Running) -> None:
 async def test_thumbprint_is_computed_once_per_connection(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proxy import listener as listener_module
+    from proxy.dataplane import connection as connection_module
 
     calls = 0
     real = identity_module.identity_from_der
@@ -272,7 +283,7 @@ async def test_thumbprint_is_computed_once_per_connection(
         calls += 1
         return real(der)
 
-    monkeypatch.setattr(listener_module, "identity_from_der", counting)
+    monkeypatch.setattr(connection_module, "identity_from_der", counting)
     token = running.issuer.mint(running.pki.alice)
     connector = aiohttp.TCPConnector(ssl=running.client_ssl("alice"), limit=1)
     async with aiohttp.ClientSession(connector=connector) as s:
@@ -285,11 +296,11 @@ async def test_thumbprint_is_computed_once_per_connection(
 
 async def test_upstream_down_is_502_and_proxy_keeps_serving(running: Running) -> None:
     token = running.issuer.mint(running.pki.alice)
-    real = running.proxy.forwarder._base
-    running.proxy.forwarder._base = "http://127.0.0.1:1"  # nothing listens on port 1
+    pool = running.proxy.plane.pool  # fresh: no kept-alive connection to the real upstream
+    real, pool.port = pool.port, 1  # nothing listens on port 1
     status, _, body = await running.request(token=token)
     assert status == 502 and b"Traceback" not in body
-    running.proxy.forwarder._base = real
+    pool.port = real
     assert (await running.request(token=token))[0] == 200
     assert await running.metric('certbound_upstream_errors_total{kind="connect"}') >= 1
 

@@ -140,15 +140,21 @@ class JWTVerifier:
         self._keys = keys
         self._cache = cache
 
+    def cached(self, token: str) -> TokenClaims | None:
+        """Claims of a token verified before and not yet expired; no I/O, no signature."""
+        now = time.time()
+        cached = self._cache.get(hashlib.sha256(token.encode("ascii")).digest(), now)
+        # nbf may still lie ahead for a token cached early; recheck it cheaply.
+        if cached is not None and now + self._settings.leeway_seconds < cached.not_before:
+            raise AuthError(Reason.NOT_YET_VALID, "token is not yet valid")
+        return cached
+
     async def verify(self, token: str) -> TokenClaims:
+        cached = self.cached(token)
+        if cached is not None:
+            return cached
         now = time.time()
         digest = hashlib.sha256(token.encode("ascii")).digest()
-        cached = self._cache.get(digest, now)
-        if cached is not None:
-            # nbf may still lie ahead for a token cached early; recheck it cheaply.
-            if now + self._settings.leeway_seconds < cached.not_before:
-                raise AuthError(Reason.NOT_YET_VALID, "token is not yet valid")
-            return cached
         header = read_header(token)
         alg = check_header(header, self._settings)
         if not self._keys.is_loaded:

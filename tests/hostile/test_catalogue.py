@@ -319,9 +319,11 @@ CASES: list[Case] = [
     Case("blank-access-token-in-query",
          lambda e: {"path": "/orders?x=1&access_token", "token": e.mint()},
          400, INVALID_REQUEST, "malformed_request"),
-    Case("token-in-form-body",
-         lambda e: {"method": "POST", "token": e.mint(), "data": {"access_token": e.mint()}},
-         400, INVALID_REQUEST, "malformed_request"),
+    # RFC 6750 §2.2 form tokens are never looked for: bodies stream unread. Without an
+    # Authorization header the request simply has no token.
+    Case("token-only-in-form-body",
+         lambda e: {"method": "POST", "data": {"access_token": e.mint()}},
+         401, None, "no_token"),
     # --- spoofing: identity headers without a good token never get anywhere ------------------
     Case("spoofed-identity-headers-no-token",
          lambda e: {"headers": [("X-Certbound-Subject", "root"), ("X-Certbound-Scope", "admin"),

@@ -66,14 +66,25 @@ PARSER_CASES = [
     RawCase("non-ascii-in-header-name", _req("X-Namé: a\r\n".encode(), method=b"GET")),
     RawCase("space-before-colon-authorization",
             b"GET /orders HTTP/1.1\r\nHost: x\r\nAuthorization : Bearer @TOKEN@\r\n\r\n"),
-    RawCase("oversize-header-20k", _req(b"X-Big: " + b"a" * 20000 + b"\r\n", method=b"GET")),
-    RawCase("oversize-token-9000",
-            b"GET /orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer @TOKEN@" + b"A" * 9000
-            + b"\r\n\r\n"),
-    RawCase("too-many-headers",
-            _req(b"".join(b"X-H%d: v\r\n" % i for i in range(300)), method=b"GET")),
+    RawCase("two-host-headers", _req(b"Host: evil.example\r\n", method=b"GET")),
+    RawCase("http10-chunked", b"POST /orders HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer @TOKEN@"
+            b"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED),
+    RawCase("te-gzip-chunked", _req(b"Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n")),
     RawCase("bare-lf-line-endings",
             b"GET /orders HTTP/1.1\nHost: x\nAuthorization: Bearer @TOKEN@\n\n"),
+]  # fmt: skip
+
+# Over listen.max_header_bytes (64 KiB by default) or 100 fields: 431, never forwarded.
+OVERSIZE_CASES = [
+    RawCase("oversize-header-70k", _req(b"X-Big: " + b"a" * 70000 + b"\r\n", method=b"GET")),
+    RawCase("oversize-token-70k",
+            b"GET /orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer @TOKEN@" + b"A" * 70000
+            + b"\r\n\r\n"),
+    RawCase("oversize-url-70k", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+    RawCase("many-small-headers-70k",
+            _req(b"".join(b"X-H: %s\r\n" % (b"v" * 1000) for _ in range(70)), method=b"GET")),
+    RawCase("too-many-headers",
+            _req(b"".join(b"X-H%d: v\r\n" % i for i in range(300)), method=b"GET")),
 ]  # fmt: skip
 
 
@@ -100,6 +111,21 @@ async def test_unparseable_request_is_400_and_nothing_reaches_upstream(
     assert len(STATUS_LINE.findall(response.raw)) == 1, response.raw[:300]
     await asyncio.sleep(0.2)  # a smuggled request would have arrived by now
     assert running.upstream.seen == []
+
+
+@pytest.mark.parametrize("case", OVERSIZE_CASES, ids=[c.id for c in OVERSIZE_CASES])
+async def test_oversize_head_is_431_and_nothing_reaches_upstream(
+    running: Running, case: RawCase
+) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    response = await _send(running, case.payload, token)
+    assert response.status == 431, response.raw[:300]
+    assert response.body.startswith(b"431 headers_too_large:")
+    assert response.header("Connection") == "close"
+    await asyncio.sleep(0.2)
+    assert running.upstream.seen == []
+    metric = 'certbound_requests_total{outcome="rejected",reason="headers_too_large"}'
+    assert await running.metric(metric) >= 1
 
 
 @pytest.mark.parametrize(
@@ -161,7 +187,7 @@ async def test_raw_harness_control_valid_chunked_pipelined_requests_are_forwarde
 # /work/contract/patches/parser-error-response.diff). Checked on a real process: its stdout is
 # the log a shipper would collect. The in-process cases above are scanned by the session-wide
 # secrecy check in tests/conftest.py.
-LEAKY = ["oversize-token-9000", "space-before-colon-authorization", "bare-lf-line-endings"]
+LEAKY = ["oversize-token-70k", "space-before-colon-authorization", "bare-lf-line-endings"]
 
 
 async def test_parser_error_is_rfc6750_and_never_echoes_or_logs_the_token(
@@ -181,19 +207,19 @@ async def test_parser_error_is_rfc6750_and_never_echoes_or_logs_the_token(
     problems: list[str] = []
     with proxy_process(tmp_path, config) as proc:
         for case_id in LEAKY:
-            case = next(c for c in PARSER_CASES if c.id == case_id)
+            case = next(c for c in PARSER_CASES + OVERSIZE_CASES if c.id == case_id)
             token = issuer.mint(pki.alice)
             first = token.split(".")[0]
             response = await raw_exchange(
                 proc.port, ctx, case.payload.replace(TOKEN, token.encode()), timeout=3
             )
-            if response.status != 400:
+            expected = 431 if case in OVERSIZE_CASES else 400
+            if response.status != expected:
                 problems.append(f"{case_id}: status {response.status}")
             if first.encode() in response.raw:
                 problems.append(f"{case_id}: token echoed in the response")
-            if response.header("WWW-Authenticate") is None or not response.header(
-                "WWW-Authenticate"
-            ).startswith('Bearer error="invalid_request"'):
+            challenge = response.header("WWW-Authenticate") or ""
+            if expected == 400 and not challenge.startswith('Bearer error="invalid_request"'):
                 problems.append(f"{case_id}: no invalid_request challenge")
             await asyncio.sleep(0.3)
             if first in proc.output():
@@ -201,13 +227,14 @@ async def test_parser_error_is_rfc6750_and_never_echoes_or_logs_the_token(
     assert problems == []
 
 
-async def test_asterisk_form_is_not_forwarded(running: Running) -> None:
-    """`OPTIONS *` matches no route of the data app: aiohttp's router answers 404 itself."""
+async def test_asterisk_form_is_400_and_not_forwarded(running: Running) -> None:
+    """`OPTIONS *` names no resource of the workload: 400 invalid_request from the checks."""
     token = running.issuer.mint(running.pki.alice)
     payload = (
         b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
     )
     response = await _send(running, payload, token)
-    assert response.status == 404, response.raw[:300]
+    assert response.status == 400, response.raw[:300]
+    assert_challenge(response.header("WWW-Authenticate"), "invalid_request")
     assert running.upstream.seen == []

@@ -1,0 +1,523 @@
+"""One client connection: TLS, identity, HTTP/1.1 requests in order, flow control, timers.
+
+TLS runs here over memory BIOs rather than in the event loop's own TLS transport, for three
+reasons: every failed handshake is seen and counted (asyncio's server hides them), the same
+code runs on asyncio's loop and on uvloop, and a request costs one decrypt and one encrypt
+call with nothing layered between them and the parser. The client certificate is read once,
+when the handshake completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+import time
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from proxy import metrics
+from proxy.dataplane.exchange import Exchange
+from proxy.dataplane.http1 import MAX_HEADER_COUNT, error_response, read_head, too_large
+from proxy.errors import AuthError
+from proxy.identity import ClientIdentity, identity_from_der
+from proxy.pipeline import Seen
+from proxy.request import Request
+
+if TYPE_CHECKING:
+    from proxy.dataplane.listener import DataPlane
+    from proxy.dataplane.upstream import UpstreamConnection
+
+log = logging.getLogger("certbound.dataplane")
+
+HANDSHAKE_TIMEOUT = 10.0
+READ_SIZE = 64 * 1024
+TLS_HANDSHAKE_RECORD = 0x16
+NOT_TLS_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: 85\r\n\r\n"
+    b"This port speaks HTTPS with a client certificate (mutual TLS); plain HTTP was sent.\r\n"
+)
+
+_HANDSHAKE, _OPEN, _UPGRADING, _TUNNEL, _CLOSED = range(5)
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing; the reason is kept on the connection."""
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.identity: ClientIdentity | None = None
+        self.tunnel: UpstreamConnection | None = None
+        self._transport: asyncio.Transport | None = None
+        self._state = _HANDSHAKE
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl: ssl.SSLObject | None = None
+        self._parser: httptools.HttpRequestParser | None = None
+        self._remote = ""
+        self._active: Exchange | None = None
+        self._receiving: Exchange | None = None
+        self._queue: collections.deque[Exchange] = collections.deque()
+        self._paused_by: set[str] = set()
+        self._is_write_paused = False
+        self._cork: list[bytes] | None = None
+        self._is_closing = False
+        self._peer_done = False
+        self._broken: AuthError | None = None  # a framing refusal, answered in turn
+        self._stop_reason: AuthError | None = None
+        self._tunnel_buffer: list[bytes] = []
+        self._opened = self._last = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._got_bytes = False
+        self._counted = False
+        # The head being parsed.
+        self._in_head = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0  # counted in the parser's callbacks: exact
+        self._head_fed = 0  # fed to the parser while in a head: an upper bound
+        self._head_started = 0.0
+
+    @property
+    def is_draining(self) -> bool:
+        return self.plane.draining
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        if len(self.plane.connections) >= self.plane.max_connections:
+            # Over the cap: close before spending a handshake on it.
+            metrics.CONNECTIONS_REFUSED.inc()
+            transport.abort()
+            return
+        self.plane.connections.add(self)
+        self._counted = True
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if peer else ""
+        self._ssl = self.plane.tls.current.wrap_bio(self._in, self._out, server_side=True)
+        self._arm(HANDSHAKE_TIMEOUT)
+
+    def data_received(self, data: bytes) -> None:
+        self._last = time.monotonic()
+        state = self._state
+        if state == _OPEN:
+            plaintext = self._decrypt(data)
+            if plaintext:
+                self._feed(plaintext)
+        elif state == _HANDSHAKE:
+            self._handshake(data)
+        elif state == _TUNNEL:
+            plaintext = self._decrypt(data)
+            if plaintext and self.tunnel is not None:
+                self.tunnel.write(plaintext)
+        elif state == _UPGRADING:
+            plaintext = self._decrypt(data)
+            if plaintext:
+                self._tunnel_buffer.append(plaintext)
+                self.pause_reading("upgrade")
+
+    def eof_received(self) -> bool:
+        self._peer_finished()
+        return True  # keep our side open to finish a response; close() ends it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_open = self._state != _HANDSHAKE
+        self._state = _CLOSED
+        self._is_closing = True
+        self._cancel_timer()
+        if not self._counted:
+            return
+        self._counted = False
+        self.plane.connections.discard(self)
+        if not was_open:
+            if self._got_bytes:  # a TCP probe that never spoke TLS is not a failed handshake
+                metrics.TLS_HANDSHAKE_FAILURES.inc()
+            return
+        metrics.OPEN_CONNECTIONS.dec()
+        for exchange in (self._active, *self._queue):
+            if exchange is not None:
+                exchange.client_lost()
+        self._active = None
+        self._queue.clear()
+        if self.tunnel is not None:
+            metrics.UPGRADED_CONNECTIONS.dec()
+            self.tunnel.close()
+            self.tunnel = None
+
+    def pause_writing(self) -> None:
+        self._is_write_paused = True
+        upstream = self.tunnel or (self._active.upstream if self._active else None)
+        if upstream is not None:
+            upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._is_write_paused = False
+        self._last = time.monotonic()
+        upstream = self.tunnel or (self._active.upstream if self._active else None)
+        if upstream is not None:
+            upstream.resume_reading()
+
+    # -- TLS -----------------------------------------------------------------------------
+
+    def _handshake(self, data: bytes) -> None:
+        assert self._ssl is not None and self._transport is not None
+        if not self._got_bytes:
+            self._got_bytes = True
+            if data[0] != TLS_HANDSHAKE_RECORD:
+                self._not_tls(data)
+                return
+        self._in.write(data)
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except ssl.SSLError as exc:
+            self._flush()  # the alert tells the client why
+            metrics.TLS_HANDSHAKE_FAILURES.inc()
+            log.debug("TLS handshake failed: %s", exc.reason or type(exc).__name__)
+            self._counted_failure_close()
+            return
+        self._flush()
+        self._established()
+        if self._in.pending:  # the first request can arrive with the client's Finished
+            plaintext = self._decrypt(b"")
+            if plaintext:
+                self._feed(plaintext)
+
+    def _counted_failure_close(self) -> None:
+        self._got_bytes = False  # counted already; connection_lost must not count it again
+        assert self._transport is not None
+        self._transport.close()
+
+    def _not_tls(self, data: bytes) -> None:
+        assert self._transport is not None
+        metrics.TLS_HANDSHAKE_FAILURES.inc()
+        if data[:1].isalpha():  # looks like a request line: say what went wrong, as nginx does
+            self._transport.write(NOT_TLS_ANSWER)
+        log.debug("plain text on the mTLS port from %s", self._remote)
+        self._counted_failure_close()
+
+    def _established(self) -> None:
+        assert self._ssl is not None
+        der = self._ssl.getpeercert(binary_form=True)
+        if der:
+            try:
+                self.identity = identity_from_der(der)
+            except ValueError:
+                # OpenSSL verified it, but it does not parse here: no identity, no binding.
+                log.warning("client certificate from %s could not be read", self._remote)
+        self._state = _OPEN
+        self._parser = httptools.HttpRequestParser(self)
+        metrics.OPEN_CONNECTIONS.inc()
+        self._cancel_timer()
+        self._arm(self.plane.idle_timeout)
+
+    def _decrypt(self, data: bytes) -> bytes:
+        assert self._ssl is not None
+        if data:
+            self._in.write(data)
+        sslobj, pieces = self._ssl, []
+        try:
+            while True:
+                piece = sslobj.read(READ_SIZE)
+                if not piece:  # close_notify
+                    self._peer_finished()
+                    break
+                pieces.append(piece)
+                if not self._in.pending and not sslobj.pending():
+                    break
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            log.debug("TLS error from %s: %s", self._remote, exc.reason or type(exc).__name__)
+            self.abort()
+            return b""
+        if self._out.pending:  # TLS 1.3 key updates and the like
+            self._flush()
+        if len(pieces) == 1:
+            return pieces[0]
+        return b"".join(pieces)
+
+    def _flush(self) -> None:
+        if self._out.pending and self._transport is not None:
+            self._transport.write(self._out.read())
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._cork is not None:
+            self._cork.append(data)
+        elif not self._is_closing:
+            assert self._ssl is not None and self._transport is not None
+            self._ssl.write(data)
+            self._transport.write(self._out.read())
+
+    def cork(self) -> None:
+        """Collect writes until uncork(): a small response's head and body in one record."""
+        if self._cork is None:
+            self._cork = []
+
+    def uncork(self) -> None:
+        pieces, self._cork = self._cork, None
+        if pieces:
+            self.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+
+    def tunnel_write(self, data: bytes) -> None:
+        self._last = time.monotonic()
+        self.write(data)
+
+    # -- flow control --------------------------------------------------------------------
+
+    def pause_reading(self, why: str) -> None:
+        if not self._paused_by and self._transport is not None and not self._is_closing:
+            self._transport.pause_reading()
+        self._paused_by.add(why)
+
+    def resume_reading(self, why: str) -> None:
+        if why in self._paused_by:
+            self._paused_by.discard(why)
+            if not self._paused_by and self._transport is not None and not self._is_closing:
+                self._transport.resume_reading()
+
+    # -- HTTP/1.1 ------------------------------------------------------------------------
+
+    def _feed(self, plaintext: bytes) -> None:
+        assert self._parser is not None
+        if self._in_head:
+            # httptools keeps a partial header line to itself; count it here so a head that
+            # never ends cannot grow without bound.
+            self._head_fed += len(plaintext)
+        try:
+            self._parser.feed_data(plaintext)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrading(plaintext[upgrade.args[0] :])
+            return
+        except httptools.HttpParserCallbackError as exc:
+            reason, self._stop_reason = self._stop_reason, None
+            if reason is not None:
+                self._framing_failed(reason)
+            elif not self._is_closing:
+                log.error("internal error on the request path", exc_info=exc.__context__)
+                self._framing_failed(AuthError.internal())
+            return
+        except httptools.HttpParserError as exc:
+            # llhttp's messages name the rule, never the bytes: safe to pass on.
+            self._framing_failed(AuthError.malformed(f"the request is not valid HTTP/1.1: {exc}"))
+            return
+        if self._in_head and self._head_fed > self.plane.max_header_bytes:
+            self._framing_failed(too_large(self.plane.max_header_bytes))
+
+    def _framing_failed(self, refusal: AuthError) -> None:
+        """A request the framing step refuses: nothing after it on this connection is read."""
+        self.pause_reading("broken")
+        self._in_head = False
+        request = Request("", self._url.decode("latin-1")[:512], (), (), self._remote)
+        self.plane.pipeline.refused(request, refusal, Seen())
+        receiving = self._receiving
+        if receiving is not None and not receiving.is_request_done and not receiving.is_finished:
+            # The body of a request already on its way went wrong.
+            if receiving is self._active:
+                receiving.answer_broken(refusal)
+                return
+            self._queue.remove(receiving)
+        if self._active is None:
+            self.write(error_response(refusal, close=True))
+            self.close()
+        else:
+            self._broken = refusal
+
+    def _upgrading(self, rest: bytes) -> None:
+        """The upgrade request is parsed; what follows belongs to the new protocol."""
+        if self._is_closing:
+            return
+        self._state = _UPGRADING
+        if rest:
+            self._tunnel_buffer.append(rest)
+        self.pause_reading("upgrade")
+
+    def on_message_begin(self) -> None:
+        if self._is_closing:
+            raise _Stop
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+        self._head_bytes = self._head_fed = 0
+        self._head_started = time.monotonic()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer: never forwarded
+        self._headers.append((name, value))
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        limit = self.plane.max_header_bytes
+        if self._head_bytes > limit or len(self._headers) > MAX_HEADER_COUNT:
+            self._stop_reason = too_large(limit)
+            raise _Stop
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        assert parser is not None
+        try:
+            head = read_head(
+                parser.get_method(),
+                self._url,
+                parser.get_http_version(),
+                self._headers,
+                self._remote,
+                self.plane.upgrade_protocols,
+            )
+        except AuthError as refusal:
+            self._stop_reason = refusal
+            raise _Stop from None
+        exchange = Exchange(self, head)
+        self._receiving = exchange
+        if self._active is None and self._broken is None:
+            self._active = exchange
+            exchange.start()
+        else:
+            self._queue.append(exchange)
+            self.pause_reading("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        if self._receiving is not None:
+            self._receiving.request_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._receiving is not None:
+            self._receiving.request_complete()
+
+    def exchange_finished(self, exchange: Exchange, *, close: bool, abort: bool) -> None:
+        if exchange is self._active:
+            self._active = None
+        if abort:
+            self.abort()
+        elif close or self._is_closing or self.plane.draining:
+            self.close()
+        elif self._queue:
+            # Pipelined: the next request starts after this one's answer, from the loop (a
+            # long run of refusals would otherwise recurse).
+            asyncio.get_running_loop().call_soon(self._start_next)
+        elif self._broken is not None:
+            refusal, self._broken = self._broken, None
+            self.write(error_response(refusal, close=True))
+            self.close()
+        elif self._peer_done:
+            self.close()
+        else:
+            self._last = time.monotonic()
+
+    def _start_next(self) -> None:
+        if self._is_closing or self._active is not None or not self._queue:
+            return
+        self._active = self._queue.popleft()
+        if not self._queue:
+            self.resume_reading("pipeline")
+        self._active.start()
+
+    def _peer_finished(self) -> None:
+        """The client sent close_notify or FIN: answer what is in progress, then close."""
+        self._peer_done = True
+        if self._active is None and not self._queue and self._state != _UPGRADING:
+            self.close()
+
+    # -- upgraded connections ------------------------------------------------------------
+
+    def start_tunnel(self, upstream: UpstreamConnection, rest: bytes) -> None:
+        """The 101 is relayed: from now on bytes go through unchanged, both ways."""
+        self._active = None
+        self.tunnel = upstream
+        self._state = _TUNNEL
+        metrics.UPGRADED_CONNECTIONS.inc()
+        if rest:
+            self.write(rest)
+        if self._tunnel_buffer:
+            upstream.write(b"".join(self._tunnel_buffer))
+            self._tunnel_buffer = []
+        self.resume_reading("upgrade")
+        self._cancel_timer()
+        self._arm(self.plane.upgrade_idle_timeout)
+
+    # -- closing and timers --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close after what is written: close_notify, then FIN."""
+        if self._is_closing or self._transport is None:
+            return
+        self.uncork()
+        self._is_closing = True
+        self._cancel_timer()
+        if self._ssl is not None and self._state != _HANDSHAKE:
+            try:
+                self._ssl.unwrap()
+            except (ssl.SSLError, ValueError):
+                pass  # the peer's close_notify is not awaited
+            self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._is_closing = True
+        self._cancel_timer()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def drain(self) -> None:
+        """Shutting down: an idle connection closes now, a busy one after its answer."""
+        if self._state == _HANDSHAKE or (self._active is None and not self._in_head):
+            if self._state != _TUNNEL:
+                self.close()
+
+    def _arm(self, delay: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        """One timer per connection, re-armed lazily: activity only moves a timestamp."""
+        self._timer = None
+        if self._is_closing:
+            return
+        now = time.monotonic()
+        idle = self.plane.idle_timeout
+        active = self._active
+        if self._state == _HANDSHAKE:
+            deadline = self._opened + HANDSHAKE_TIMEOUT
+        elif self._state == _TUNNEL:
+            deadline = self._last + self.plane.upgrade_idle_timeout
+        elif self._in_head:
+            # From the head's first byte, not the last: a slowloris client dribbling one
+            # byte a second never looks idle.
+            deadline = self._head_started + idle
+        elif self._state == _UPGRADING or (
+            active is not None and active.is_request_done and not self._is_write_paused
+        ):
+            deadline = now + idle  # waiting on the workload: the upstream timeout governs
+        else:
+            deadline = self._last + idle
+        if now < deadline:
+            self._arm(deadline - now)
+            return
+        if self._state == _HANDSHAKE:
+            metrics.TLS_HANDSHAKE_FAILURES.inc()
+            self._got_bytes = False
+            self.abort()
+        else:
+            self.close()

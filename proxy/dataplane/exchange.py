@@ -1,0 +1,372 @@
+"""One request and its response: checks, then the rebuilt head and the body to a pooled
+upstream connection, then the response relayed to the client with its own framing.
+
+Driven entirely by callbacks (parser events from both sides). A request whose token is
+cached runs without a task or an await; only a JWKS fetch, an introspection call or a new
+upstream connection goes through a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from proxy import metrics
+from proxy.dataplane.http1 import (
+    CONTINUE,
+    LAST_CHUNK,
+    RequestHead,
+    chunk,
+    error_response,
+    response_head,
+    upstream_head,
+)
+from proxy.dataplane.upstream import UpstreamConnection, UpstreamFault
+from proxy.errors import AuthError
+from proxy.headers import identity_headers, kept_request_headers, kept_response_headers
+from proxy.pipeline import Admitted, Seen
+
+if TYPE_CHECKING:
+    from proxy.dataplane.connection import ClientConnection
+
+log = logging.getLogger("certbound.dataplane")
+
+# Body bytes held while the checks run or a connection is made, before reading pauses.
+MAX_PENDING_BODY = 256 * 1024
+
+# How the response body reaches the client.
+_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+
+
+class Exchange:
+    __slots__ = (
+        "_close_after",
+        "_relay",
+        "_retried",
+        "_sent_at",
+        "_task",
+        "admitted",
+        "body_sent",
+        "conn",
+        "head",
+        "is_finished",
+        "is_request_done",
+        "pending",
+        "pending_bytes",
+        "seen",
+        "started",
+        "status",
+        "upstream",
+    )
+
+    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
+        self.conn = conn
+        self.head = head
+        self.started = time.perf_counter()
+        self.seen = Seen()
+        self.admitted: Admitted | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.body_sent = 0
+        self.is_request_done = False
+        self.is_finished = False
+        self.status = 0  # of the final response head sent to the client; 0 = none yet
+        self._relay = _NO_BODY
+        self._close_after = False
+        self._retried = False
+        self._sent_at = 0.0
+        self._task: asyncio.Task[Any] | None = None
+
+    # -- the checks ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.conn.plane.request_started()
+        try:
+            decision = self.conn.plane.pipeline.admit(
+                self.head.request, self.conn.identity, self.seen
+            )
+        except AuthError as refusal:
+            self.refuse(refusal)
+            return
+        if isinstance(decision, Admitted):
+            self._admitted(decision)
+        else:
+            self._run(decision, self._decided)
+
+    def _run(self, work: Coroutine[Any, Any, Any], then: Any) -> None:
+        self._task = asyncio.get_running_loop().create_task(work)
+        self._task.add_done_callback(then)
+
+    def _decided(self, task: asyncio.Task[Admitted]) -> None:
+        self._task = None
+        if self.is_finished or task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, AuthError):
+            self.refuse(error)
+        elif error is not None:
+            self.internal_error(error)
+        else:
+            self._admitted(task.result())
+
+    def refuse(self, refusal: AuthError) -> None:
+        """Answer a refusal. A body still on its way is never read: the connection closes."""
+        self.conn.plane.pipeline.refused(self.head.request, refusal, self.seen)
+        self._answer(refusal)
+
+    def answer_broken(self, refusal: AuthError) -> None:
+        """The framing step refused this request's body (counted there): answer, or cut."""
+        self._answer(refusal)
+
+    def internal_error(self, error: BaseException) -> None:
+        log.error("internal error on the request path", exc_info=error)
+        self._answer(AuthError.internal())
+
+    def _answer(self, error: AuthError) -> None:
+        body_pending = self.head.has_body and not self.is_request_done
+        close = body_pending or not self.head.keep_alive or self.conn.is_draining
+        if self.status == 0:
+            self.status = error.refusal.status
+            self.conn.write(error_response(error, close=close))
+            self._finish(close)
+        else:
+            self._finish(close=True, abort=True)
+
+    # -- the request ---------------------------------------------------------------------
+
+    def _admitted(self, admitted: Admitted) -> None:
+        self.admitted = admitted
+        if self.head.expects_continue and not self.is_request_done:
+            self.conn.write(CONTINUE)
+        upstream = self.conn.plane.pool.take_idle()
+        if upstream is not None:
+            self._attach(upstream, reused=True)
+        else:
+            self._run(self.conn.plane.pool.connect(), self._connected)
+
+    def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
+        self._task = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if self.is_finished:
+            if error is None:
+                task.result().finish()
+            return
+        if isinstance(error, UpstreamFault):
+            self.upstream_failed(error)
+        elif error is not None:
+            self.internal_error(error)
+        else:
+            self._attach(task.result(), reused=False)
+
+    def _attach(self, upstream: UpstreamConnection, *, reused: bool) -> None:
+        admitted = self.admitted
+        assert admitted is not None
+        head, plane = self.head, self.conn.plane
+        self.upstream = upstream
+        upstream.begin(self, skip_body=head.request.method == "HEAD")
+        if not reused:
+            self._retried = True  # a fresh connection that fails is a real fault
+        added = identity_headers(
+            admitted.identity,
+            admitted.claims,
+            binding=admitted.binding,
+            remote=head.request.remote,
+            host=head.host,
+            client_cert_header=plane.client_cert_header,
+        )
+        kept = kept_request_headers(
+            head.request.headers, head.request.lower_names, head.connection_named
+        )
+        parts = [
+            upstream_head(
+                head, plane.pool.base_path + admitted.target, kept, added, plane.pool.authority
+            )
+        ]
+        if self.pending:
+            parts.extend([chunk(p) for p in self.pending] if head.is_chunked else self.pending)
+            self.body_sent += self.pending_bytes
+            self.pending, self.pending_bytes = [], 0
+            self.conn.resume_reading("pending")
+        if self.is_request_done and head.is_chunked:
+            parts.append(LAST_CHUNK)
+        self._sent_at = time.perf_counter()
+        upstream.write(b"".join(parts))
+        if self.is_request_done:
+            upstream.await_response()
+
+    def request_body(self, data: bytes) -> None:
+        if self.is_finished:
+            return
+        upstream = self.upstream
+        if upstream is None:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes > MAX_PENDING_BODY:
+                self.conn.pause_reading("pending")
+            return
+        upstream.write(chunk(data) if self.head.is_chunked else data)
+        self.body_sent += len(data)
+
+    def request_complete(self) -> None:
+        self.is_request_done = True
+        upstream = self.upstream
+        if self.is_finished or upstream is None:
+            return
+        if self.head.is_chunked:
+            upstream.write(LAST_CHUNK)
+        upstream.await_response()
+
+    # -- the response --------------------------------------------------------------------
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        head, conn = self.head, self.conn
+        if status < 200 and status != 101:
+            if status != 100 and head.version == "1.1":  # 103 Early Hints and the like
+                conn.write(response_head(status, reason, kept_response_headers(headers), b""))
+            return
+        if status == 101 and head.upgrade is None:
+            self.upstream_failed(UpstreamFault("reset"), invalid=True)
+            return
+        length = None
+        for name, value in headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                length = value
+        method = head.request.method
+        if status == 101:
+            self._relay = _NO_BODY
+            extra = b"Connection: upgrade\r\nUpgrade: " + head.upgrade + b"\r\n"  # type: ignore[operator]
+        elif method == "HEAD" or status in (204, 304):
+            self._relay = _NO_BODY
+            extra = b"Content-Length: " + length + b"\r\n" if length and status != 204 else b""
+        elif length is not None:
+            self._relay = _LENGTH
+            extra = b"Content-Length: " + length + b"\r\n"
+        elif head.version == "1.1":
+            self._relay = _CHUNKED
+            extra = b"Transfer-Encoding: chunked\r\n"
+        else:
+            self._relay = _UNTIL_CLOSE
+            extra = b""
+        close = status != 101 and (
+            not head.keep_alive
+            or conn.is_draining
+            or self._relay == _UNTIL_CLOSE
+            or (head.has_body and not self.is_request_done)
+        )
+        self._close_after = close
+        if close:
+            extra += b"Connection: close\r\n"
+        elif head.version == "1.0":
+            extra += b"Connection: keep-alive\r\n"
+        self.status = status
+        conn.write(response_head(status, reason, kept_response_headers(headers), extra))
+        now = time.perf_counter()
+        metrics.UPSTREAM_DURATION.observe(now - self._sent_at)
+        metrics.OVERHEAD.observe(self._sent_at - self.started)
+
+    def response_body(self, data: bytes) -> None:
+        if self._relay == _CHUNKED:
+            self.conn.write(chunk(data))
+        elif self._relay != _NO_BODY:
+            self.conn.write(data)
+
+    def response_complete(self) -> None:
+        if self.is_finished:
+            return
+        if self._relay == _CHUNKED:
+            self.conn.write(LAST_CHUNK)
+        assert self.admitted is not None
+        self.conn.plane.pipeline.forwarded(self.head.request, self.admitted, self.seen, self.status)
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            if not self.is_request_done:
+                upstream.is_reusable = False  # the rest of the body would follow
+            upstream.finish()
+        self._finish(self._close_after or not self.is_request_done)
+
+    # -- upgrades ------------------------------------------------------------------------
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        """The workload switched protocols (101 relayed): bytes flow both ways from now."""
+        assert self.upstream is not None and self.admitted is not None
+        self.conn.plane.pipeline.forwarded(self.head.request, self.admitted, self.seen, 101)
+        self.upstream.start_tunnel()
+        self.conn.plane.request_finished()
+        self.is_finished = True
+        self.conn.start_tunnel(self.upstream, rest)
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        self.conn.tunnel_write(data)
+
+    # -- faults --------------------------------------------------------------------------
+
+    def upstream_lost(self, upstream: UpstreamConnection) -> None:
+        if self.is_finished:
+            if upstream.is_lost and self.conn.tunnel is upstream:
+                self.conn.close()
+            return
+        if self.status == 0:
+            if (
+                not self._retried
+                and not upstream.has_response_bytes
+                and self.body_sent == 0
+                and self.admitted is not None
+            ):
+                # A kept-alive connection the workload closed as we wrote: once more, fresh.
+                self._retried = True
+                self.upstream = None
+                self._run(self.conn.plane.pool.connect(), self._connected)
+                return
+            self.upstream_failed(UpstreamFault("reset"))
+        elif self._relay == _UNTIL_CLOSE:
+            self.response_complete()
+        else:
+            self.upstream_failed(UpstreamFault("reset"))
+
+    def upstream_failed(self, fault: UpstreamFault, *, invalid: bool = False) -> None:
+        if self.is_finished:
+            return
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.close()
+        error = fault.count()
+        if invalid or fault.kind == "reset":
+            log.warning(
+                "upstream %s: %s",
+                "sent an invalid response" if invalid else "closed the connection",
+                "before answering" if self.status == 0 else "mid-response",
+            )
+        if self.status == 0:
+            self.conn.plane.pipeline.upstream_failed(self.head.request, error, self.seen)
+            self._answer(error)
+        else:
+            # The status line is gone already; cut the connection so the client sees a
+            # truncated response instead of a complete-looking short one.
+            self._finish(close=True, abort=True)
+
+    def client_lost(self) -> None:
+        """The client went away mid-exchange: drop the upstream side too."""
+        if self._task is not None:
+            self._task.cancel()
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        if not self.is_finished:
+            self.is_finished = True
+            self.conn.plane.request_finished()
+
+    def _finish(self, close: bool, abort: bool = False) -> None:
+        if self.is_finished:
+            return
+        self.is_finished = True
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        self.conn.plane.request_finished()
+        self.conn.exchange_finished(self, close=close, abort=abort)

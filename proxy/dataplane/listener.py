@@ -1,0 +1,70 @@
+"""The mTLS listener and what its connections share: settings read once, the checks, the
+upstream pool, the connection cap, requests in flight, and the drain on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+from proxy import metrics
+from proxy.config import Settings
+from proxy.dataplane.connection import ClientConnection
+from proxy.dataplane.upstream import UpstreamPool
+from proxy.pipeline import Pipeline
+from proxy.tls import ServerTLS
+
+
+class DataPlane:
+    def __init__(
+        self, settings: Settings, tls: ServerTLS, pipeline: Pipeline, pool: UpstreamPool
+    ) -> None:
+        self.tls = tls
+        self.pipeline = pipeline
+        self.pool = pool
+        self.max_connections = settings.listen.max_connections
+        self.idle_timeout = settings.listen.idle_timeout_seconds
+        self.max_header_bytes = settings.listen.max_header_bytes
+        self.upgrade_idle_timeout = settings.upstream.upgrade_idle_timeout_seconds
+        self.upgrade_protocols = frozenset(p.lower() for p in settings.forwarding.upgrade_protocols)
+        self.client_cert_header = settings.forwarding.client_cert_header
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._server: asyncio.Server | None = None
+
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Bind and accept; returns the bound port (port 0 asks the kernel for a free one)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None, backlog=1024
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def request_started(self) -> None:
+        if self.in_flight == 0:
+            self.idle.clear()
+        self.in_flight += 1
+        metrics.IN_FLIGHT.inc()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        metrics.IN_FLIGHT.dec()
+        if self.in_flight == 0:
+            self.idle.set()
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def drain(self) -> None:
+        """No new requests: idle connections close now, busy ones after their answer."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+
+    def close(self) -> None:
+        """The end of the drain: whatever is still open (upgraded connections) is cut."""
+        for conn in list(self.connections):
+            conn.abort()
+        self.pool.close()

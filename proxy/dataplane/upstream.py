@@ -1,0 +1,336 @@
+"""The workload side: a per-worker pool of keep-alive connections, and one protocol object
+per connection that parses the response (C parser) and hands it to the exchange it serves.
+
+An idle connection the workload closes leaves the pool at once (connection_lost), so a
+request is rarely written to a dead socket; when it is, the exchange retries once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
+
+import httptools
+
+from proxy import metrics
+from proxy.config import UpstreamSettings
+from proxy.errors import AuthError, Reason
+
+if TYPE_CHECKING:
+    from proxy.dataplane.exchange import Exchange
+
+KEEPALIVE_SECONDS = 30.0  # an idle pooled connection is closed after this
+MAX_RESPONSE_HEAD = 256 * 1024  # the workload is trusted, but not with our memory
+
+
+class UpstreamFault(Exception):
+    """A failed exchange with the workload, by kind (the metric label) and client answer."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+    def count(self) -> AuthError:
+        """Count the fault and say what the client gets: 504 for a timeout, 502 otherwise."""
+        metrics.UPSTREAM_ERRORS.labels(kind=self.kind).inc()
+        if self.kind == "timeout":
+            return AuthError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer in time")
+        if self.kind == "connect":
+            return AuthError(Reason.UPSTREAM_CONNECT, "upstream is unreachable")
+        return AuthError(Reason.UPSTREAM_RESET, "upstream closed the connection")
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to the workload; serves one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.is_reusable = True
+        self.is_lost = False
+        self.idle_since = 0.0
+        self.has_response_bytes = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._skip_body = False
+        self._tunnel = False
+        self._reading_paused = False
+        self._last_read = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- used by the exchange ------------------------------------------------------------
+
+    def begin(self, exchange: Exchange, *, skip_body: bool) -> None:
+        """Serve `exchange`; `skip_body`: it is a HEAD request, whose answer has no body even
+        when it carries a Content-Length (the parser cannot be told, so we stop it)."""
+        self.exchange = exchange
+        self._skip_body = skip_body
+        self.has_response_bytes = False
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def await_response(self) -> None:
+        """The request is sent: from now on the workload has timeout_seconds between reads."""
+        self._last_read = time.monotonic()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.pool.timeout, self._check_timeout
+            )
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self._last_read = time.monotonic()
+            self.transport.resume_reading()
+
+    def start_tunnel(self) -> None:
+        self._tunnel = True
+        self._cancel_timer()
+
+    def close(self) -> None:
+        """Close without reuse (a broken or unfinished exchange)."""
+        self.is_reusable = False
+        self.exchange = None
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def finish(self) -> None:
+        """The exchange is over: back to the pool, or closed."""
+        self.exchange = None
+        self._cancel_timer()
+        if self.is_reusable and not self.is_lost and not self._tunnel:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes while idle: the workload broke framing. Never hand this one out again.
+            self.close()
+            return
+        self._last_read = time.monotonic()
+        self.has_response_bytes = True
+        if self._tunnel:
+            exchange.tunnel_from_upstream(data)
+            return
+        exchange.conn.cork()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            exchange.upstream_upgraded(data[upgrade.args[0] :])
+        except httptools.HttpParserError:
+            # Includes a callback's own failure (HttpParserCallbackError).
+            self.is_reusable = False
+            exchange.upstream_failed(UpstreamFault("reset"), invalid=True)
+        finally:
+            exchange.conn.uncork()
+
+    def eof_received(self) -> bool:
+        return False  # close; connection_lost tells the exchange
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_lost = True
+        self._cancel_timer()
+        self.pool.forget(self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.conn.pause_reading("upstream")
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.conn.resume_reading("upstream")
+
+    # -- parser callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._in_head = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # trailers are not relayed
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_RESPONSE_HEAD:
+            raise ValueError("response head too large")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        exchange = self.exchange
+        assert exchange is not None
+        status = self._parser.get_status_code()
+        if not self._parser.should_keep_alive():
+            self.is_reusable = False
+        exchange.response_head(status, self._reason, self._headers)
+        if self._skip_body and status >= 200:
+            # The answer to HEAD ends with its head; a fresh parser for the next one.
+            self._parser = httptools.HttpResponseParser(self)
+            exchange.response_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is not None and self._parser.get_status_code() >= 200:
+            exchange.response_complete()
+
+    # -- timeout -------------------------------------------------------------------------
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self.exchange is None or self._tunnel:
+            return
+        idle = time.monotonic() - self._last_read
+        if self._reading_paused or idle < self.pool.timeout:
+            # Paused: the client is slow, not the workload.
+            delay = self.pool.timeout - (0 if self._reading_paused else idle)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._check_timeout)
+            return
+        exchange = self.exchange
+        self.close()
+        exchange.upstream_failed(UpstreamFault("timeout"))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class UpstreamPool:
+    """Keep-alive connections to the one workload, at most upstream.max_connections."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        url = urlsplit(settings.url)
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.ssl: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            self.ssl = ssl.create_default_context()
+        self.base_path = url.path.rstrip("/")
+        self.authority = url.netloc.encode("idna")
+        self.timeout = settings.timeout_seconds
+        self.connect_timeout = settings.connect_timeout_seconds
+        self.max_connections = settings.max_connections
+        self._idle: list[UpstreamConnection] = []  # LIFO: the warmest connection first
+        self._open: set[UpstreamConnection] = set()
+        self._connecting = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def take_idle(self) -> UpstreamConnection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.is_lost:
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A connection for one exchange: idle, new, or the next one released."""
+        loop = asyncio.get_running_loop()
+        while True:
+            idle = self.take_idle()
+            if idle is not None:
+                return idle
+            if len(self._open) + self._connecting < self.max_connections:
+                break
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, self.timeout)
+            except TimeoutError:
+                raise UpstreamFault("timeout") from None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self._connecting += 1
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
+                )
+        except TimeoutError:
+            self._wake()
+            raise UpstreamFault("timeout") from None
+        except OSError:
+            self._wake()
+            raise UpstreamFault("connect") from None
+        finally:
+            self._connecting -= 1
+        self._open.add(conn)
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(KEEPALIVE_SECONDS, self._sweep)
+        self._wake()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn in self._open:
+            self._open.discard(conn)
+            if conn in self._idle:
+                self._idle.remove(conn)
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = time.monotonic() - KEEPALIVE_SECONDS
+        for conn in [c for c in self._idle if c.idle_since < cutoff]:
+            self._idle.remove(conn)
+            conn.close()
+        if self._idle:
+            self._sweeper = asyncio.get_running_loop().call_later(KEEPALIVE_SECONDS, self._sweep)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self._open):
+            conn.close()
+        self._idle.clear()
