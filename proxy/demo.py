@@ -111,7 +111,9 @@ def echo_app() -> web.Application:
 
 async def serve_locally(app: web.Application) -> tuple[web.AppRunner, int]:
     """Serve `app` on a free loopback port; returns the runner and the port."""
-    runner = web.AppRunner(app, access_log=None)
+    # Heads as large as certbound forwards (listen.max_header_bytes): aiohttp's default 8 KiB
+    # line limit would refuse tokens with large group claims.
+    runner = web.AppRunner(app, access_log=None, max_line_size=65536, max_field_size=65536)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

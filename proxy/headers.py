@@ -69,16 +69,30 @@ def kept_request_headers(
     return out
 
 
-def kept_response_headers(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """The workload's header lines that go on to the client: all but hop-by-hop ones."""
-    named = connection_tokens([v for n, v in headers if n.lower() == b"connection"])
+def kept_response_headers(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[list[bytes], bytes | None, bool]:
+    """The workload's header lines that go on to the client (all but hop-by-hop ones), its
+    Content-Length (framing re-adds it), and whether it framed the body at all (a length or
+    a transfer coding); without either, the body ends when the workload closes."""
     out: list[bytes] = []
+    length = None
+    is_framed = False
+    named: frozenset[bytes] = frozenset()
     for name, value in headers:
         lower = name.lower()
-        if lower in DROPPED_FROM_RESPONSE or (named and lower in named):
+        if lower in DROPPED_FROM_RESPONSE:
+            if lower == b"content-length":
+                length, is_framed = value, True
+            elif lower == b"transfer-encoding":
+                is_framed = True
+            elif lower == b"connection":
+                named = named | connection_tokens([value])
             continue
         out.append(name + b": " + value + b"\r\n")
-    return out
+    if named:
+        out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
+    return out, length, is_framed
 
 
 def header_value(value: str) -> str:

@@ -72,6 +72,7 @@ def build_admin_app(proxy: Proxy) -> web.Application:
         return web.Response(text="ready\n")
 
     async def metrics_view(_: web.Request) -> web.Response:
+        proxy.plane.publish()
         body = generate_latest(metrics.registry())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

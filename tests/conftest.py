@@ -220,6 +220,17 @@ class Upstream:
             self.seen.append(Seen(request.method, request.raw_path, headers, size))
             if self.delay:
                 await asyncio.sleep(self.delay)
+            if request.path == "/ws" and request.headers.get("Upgrade", "").lower() == "websocket":
+                ws = web.WebSocketResponse()
+                await ws.prepare(request)
+                async for message in ws:  # echo, upper-cased so a test sees the round trip
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        await ws.send_str(message.data.upper())
+                    elif message.type == aiohttp.WSMsgType.BINARY:
+                        await ws.send_bytes(message.data[::-1])
+                return ws
+            if request.path.startswith("/status/"):  # /status/204, /status/304, ...
+                return web.Response(status=int(request.path[8:]), headers={"X-Status": "set"})
             if request.path == "/big":  # a large response, streamed in 64 KiB chunks
                 resp = web.StreamResponse()
                 resp.content_length = int(request.query["bytes"])

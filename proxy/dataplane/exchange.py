@@ -44,6 +44,7 @@ _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 class Exchange:
     __slots__ = (
         "_close_after",
+        "_ends_with_close",
         "_relay",
         "_retried",
         "_sent_at",
@@ -77,6 +78,7 @@ class Exchange:
         self.status = 0  # of the final response head sent to the client; 0 = none yet
         self._relay = _NO_BODY
         self._close_after = False
+        self._ends_with_close = False
         self._retried = False
         self._sent_at = 0.0
         self._task: asyncio.Task[Any] | None = None
@@ -228,15 +230,13 @@ class Exchange:
         head, conn = self.head, self.conn
         if status < 200 and status != 101:
             if status != 100 and head.version == "1.1":  # 103 Early Hints and the like
-                conn.write(response_head(status, reason, kept_response_headers(headers), b""))
+                conn.write(response_head(status, reason, kept_response_headers(headers)[0], b""))
             return
         if status == 101 and head.upgrade is None:
             self.upstream_failed(UpstreamFault("reset"), invalid=True)
             return
-        length = None
-        for name, value in headers:
-            if len(name) == 14 and name.lower() == b"content-length":
-                length = value
+        kept, length, is_framed = kept_response_headers(headers)
+        self._ends_with_close = not is_framed
         method = head.request.method
         if status == 101:
             self._relay = _NO_BODY
@@ -265,7 +265,7 @@ class Exchange:
         elif head.version == "1.0":
             extra += b"Connection: keep-alive\r\n"
         self.status = status
-        conn.write(response_head(status, reason, kept_response_headers(headers), extra))
+        conn.write(response_head(status, reason, kept, extra))
         now = time.perf_counter()
         metrics.UPSTREAM_DURATION.observe(now - self._sent_at)
         metrics.OVERHEAD.observe(self._sent_at - self.started)
@@ -324,7 +324,7 @@ class Exchange:
                 self._run(self.conn.plane.pool.connect(), self._connected)
                 return
             self.upstream_failed(UpstreamFault("reset"))
-        elif self._relay == _UNTIL_CLOSE:
+        elif self._ends_with_close:  # the workload framed its answer by closing
             self.response_complete()
         else:
             self.upstream_failed(UpstreamFault("reset"))

@@ -18,6 +18,9 @@ from proxy.request import Request
 # Envoy's default (max_headers_count). Counted with the bytes against listen.max_header_bytes.
 MAX_HEADER_COUNT = 100
 CRLF = b"\r\n"
+_FRAMING_NAMES = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"host", b"expect", b"upgrade"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,8 @@ def read_head(
     expect: bytes | None = None
     upgrade: bytes | None = None
     for (_, value), lower in zip(headers, lower_names, strict=True):
+        if lower not in _FRAMING_NAMES:
+            continue
         if lower == b"content-length":
             content_length = value  # llhttp refused duplicates
         elif lower == b"transfer-encoding":

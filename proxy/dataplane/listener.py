@@ -32,6 +32,7 @@ class DataPlane:
         self.idle = asyncio.Event()
         self.idle.set()
         self._server: asyncio.Server | None = None
+        self._publisher: asyncio.TimerHandle | None = None
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Bind and accept; returns the bound port (port 0 asks the kernel for a free one)."""
@@ -39,19 +40,27 @@ class DataPlane:
         self._server = await loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None, backlog=1024
         )
+        self._publish_every_second()
         return int(self._server.sockets[0].getsockname()[1])
 
     def request_started(self) -> None:
         if self.in_flight == 0:
             self.idle.clear()
         self.in_flight += 1
-        metrics.IN_FLIGHT.inc()
 
     def request_finished(self) -> None:
         self.in_flight -= 1
-        metrics.IN_FLIGHT.dec()
         if self.in_flight == 0:
             self.idle.set()
+
+    def publish(self) -> None:
+        """Copy the in-flight count to its gauge: at every scrape, and each second for the
+        other workers' scrapes. Two gauge updates per request cost more than the checks."""
+        metrics.IN_FLIGHT.set(self.in_flight)
+
+    def _publish_every_second(self) -> None:
+        self.publish()
+        self._publisher = asyncio.get_running_loop().call_later(1.0, self._publish_every_second)
 
     def stop_accepting(self) -> None:
         if self._server is not None:
@@ -68,3 +77,6 @@ class DataPlane:
         for conn in list(self.connections):
             conn.abort()
         self.pool.close()
+        if self._publisher is not None:
+            self._publisher.cancel()
+        self.publish()

@@ -64,6 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._tunnel = False
         self._reading_paused = False
         self._last_read = 0.0
+        self._is_waiting = False  # a request is sent and its answer not complete
         self._timer: asyncio.TimerHandle | None = None
 
     # -- used by the exchange ------------------------------------------------------------
@@ -80,8 +81,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def await_response(self) -> None:
-        """The request is sent: from now on the workload has timeout_seconds between reads."""
+        """The request is sent: from now on the workload has timeout_seconds between reads.
+        The timer stays armed across exchanges and re-arms itself lazily: a request only
+        moves a timestamp."""
         self._last_read = time.monotonic()
+        self._is_waiting = True
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
                 self.pool.timeout, self._check_timeout
@@ -113,7 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
     def finish(self) -> None:
         """The exchange is over: back to the pool, or closed."""
         self.exchange = None
-        self._cancel_timer()
+        self._is_waiting = False
         if self.is_reusable and not self.is_lost and not self._tunnel:
             self.pool.release(self)
         else:
@@ -212,9 +216,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _check_timeout(self) -> None:
         self._timer = None
-        if self.exchange is None or self._tunnel:
+        if self._tunnel or self.is_lost:
             return
         idle = time.monotonic() - self._last_read
+        if self.exchange is None or not self._is_waiting:
+            if idle < KEEPALIVE_SECONDS:  # pooled: stay armed for the next exchange
+                self._timer = asyncio.get_running_loop().call_later(
+                    self.pool.timeout, self._check_timeout
+                )
+            return
         if self._reading_paused or idle < self.pool.timeout:
             # Paused: the client is slow, not the workload.
             delay = self.pool.timeout - (0 if self._reading_paused else idle)
