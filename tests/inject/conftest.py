@@ -82,3 +82,11 @@ def helm() -> str:
     if not found:
         pytest.fail("helm not found: run .ci/install-deploy-tools.sh", pytrace=False)
     return found
+
+
+@pytest.fixture(scope="session")
+def curl() -> str:
+    found = shutil.which("curl")
+    if not found:
+        pytest.fail("curl not found: run .ci/install-deploy-tools.sh", pytrace=False)
+    return found
