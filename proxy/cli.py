@@ -45,6 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--method", default="GET")
     explain.add_argument("--path", default="/")
 
+    inject = sub.add_parser(
+        "kube-inject", help="add the certbound sidecar to the pod templates in Kubernetes YAML"
+    )
+    inject.add_argument("-f", "--filename", required=True, help="YAML file, or - for stdin")
+    inject.add_argument("--values", help="chart-style values: proxy.*, tls.*, inject.*")
+    inject.add_argument(
+        "--all", action="store_true", help='every pod template unless certbound.io/inject: "false"'
+    )
+    inject.add_argument(
+        "--no-services", action="store_true", help="leave Services aimed at the workload's port"
+    )
+    inject.add_argument("--mode", choices=["native", "container"], help="overrides inject.mode")
+
+    injector = sub.add_parser("injector", help="serve the mutating admission webhook over TLS")
+    injector.add_argument("--config", required=True, help="injector YAML configuration")
+
     demo = sub.add_parser("demo", help="run everything on a throwaway PKI, print curl lines")
     demo.add_argument("--dir", default="certs/demo", help="where to write the demo PKI")
     demo.add_argument("--port", type=int, default=8443, help="mTLS port of the proxy")
@@ -63,6 +79,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.config, args.grace_seconds)
     if args.command == "explain":
         return _explain(args.config, args.cert, args.token, args.method, args.path)
+    if args.command == "kube-inject":
+        from proxy.inject import commands
+
+        return commands.kube_inject(
+            args.filename,
+            args.values,
+            inject_all=args.all,
+            move_services=not args.no_services,
+            mode=args.mode,
+            stdin=sys.stdin,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+        )
+    if args.command == "injector":
+        from proxy.inject import commands
+
+        return commands.injector(args.config)
     if args.command == "demo":
         from proxy import demo
 

@@ -249,8 +249,26 @@ PROMETHEUS_RULE = _resource(
     },
 )
 
+# cert-manager.io/v1 Issuer: only the selfSigned issuer type the injector uses.
+ISSUER = _resource(
+    "cert-manager.io/v1",
+    "Issuer",
+    {
+        "type": "object",
+        "properties": {
+            "selfSigned": {
+                "type": "object",
+                "properties": {"crlDistributionPoints": {"type": "array", "items": _STR}},
+                "additionalProperties": False,
+            }
+        },
+        "additionalProperties": False,
+    },
+)
+
 BY_KIND: dict[tuple[str, str], dict[str, Any]] = {
     ("cert-manager.io/v1", "Certificate"): CERTIFICATE,
+    ("cert-manager.io/v1", "Issuer"): ISSUER,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
 }

@@ -31,12 +31,12 @@ def all_docs(render: RenderFn) -> list[dict[str, Any]]:
 
 
 def _containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = find(docs, "Deployment", "demo-certbound")["spec"]["template"]["spec"]
     return {c["name"]: c for c in pod["containers"]}
 
 
 def _config(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    cm = find(docs, "ConfigMap")
+    cm = find(docs, "ConfigMap", "demo-certbound")
     loaded: dict[str, Any] = yaml.safe_load(cm["data"]["config.yaml"])
     return loaded
 
@@ -73,11 +73,18 @@ def test_all_features_render_every_optional_object(all_docs: list[dict[str, Any]
     assert kinds == sorted(
         [
             "Certificate",
+            "Certificate",
+            "ConfigMap",
             "ConfigMap",
             "Deployment",
+            "Deployment",
+            "Issuer",
+            "MutatingWebhookConfiguration",
             "NetworkPolicy",
             "PodDisruptionBudget",
+            "PodDisruptionBudget",
             "PrometheusRule",
+            "Service",
             "Service",
             "Service",
             "ServiceAccount",
@@ -88,7 +95,13 @@ def test_all_features_render_every_optional_object(all_docs: list[dict[str, Any]
 
 def test_defaults_render_no_optional_crd_objects(default_docs: list[dict[str, Any]]) -> None:
     kinds = {d["kind"] for d in default_docs}
-    assert not kinds & {"Certificate", "ServiceMonitor", "PrometheusRule", "NetworkPolicy"}
+    assert not kinds & {
+        "Certificate",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+        "MutatingWebhookConfiguration",
+    }
 
 
 @pytest.mark.parametrize(
@@ -160,7 +173,7 @@ def test_every_value_has_a_comment_and_a_readme_row() -> None:
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_both_containers_run_locked_down(render: RenderFn, values: tuple[Path, ...]) -> None:
     docs = render(values)
-    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = find(docs, "Deployment", "demo-certbound")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["automountServiceAccountToken"] is False
@@ -254,9 +267,9 @@ def test_service_monitor_scrapes_metrics_on_the_admin_service(
 def test_certificate_writes_the_mounted_secret_for_the_service_names(
     all_docs: list[dict[str, Any]],
 ) -> None:
-    cert = find(all_docs, "Certificate")
-    pod = find(all_docs, "Deployment")["spec"]["template"]["spec"]
-    tls_volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    cert = find(all_docs, "Certificate", "demo-certbound")
+    pod = find(all_docs, "Deployment", "demo-certbound")["spec"]["template"]["spec"]
+    tls_volume = next(v for v in pod["volumes"] if v["name"] == "certbound-tls")
     assert cert["spec"]["secretName"] == tls_volume["secret"]["secretName"]
     assert "demo-certbound.shop.svc" in cert["spec"]["dnsNames"]
     assert "api.payments.example.org" in cert["spec"]["dnsNames"]
@@ -275,7 +288,7 @@ def test_network_policy_admits_only_the_proxy_ports(all_docs: list[dict[str, Any
 
 
 def test_pdb_uses_min_available_when_set(all_docs: list[dict[str, Any]]) -> None:
-    pdb = find(all_docs, "PodDisruptionBudget")
+    pdb = find(all_docs, "PodDisruptionBudget", "demo-certbound")
     assert pdb["spec"]["minAvailable"] == 2
     assert "maxUnavailable" not in pdb["spec"]
 

@@ -113,3 +113,38 @@ then proxy.extraConfig is merged over it for keys newer than this chart.
 {{- $c = mustMergeOverwrite $c (deepCopy .Values.proxy.extraConfig) -}}
 {{- toYaml $c -}}
 {{- end }}
+
+{{/* Injector labels. Its own app.kubernetes.io/name, so that the workload's Service and
+PDB never select injector pods; component=injector is what the webhook's objectSelector
+excludes, so the injector is never sent its own pods. */}}
+{{- define "certbound.injectorSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-injector" (include "certbound.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: injector
+{{- end }}
+{{- define "certbound.injectorLabels" -}}
+helm.sh/chart: {{ include "certbound.chart" . }}
+{{ include "certbound.injectorSelectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: certbound
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The injector's config file: its listener and serving certificate, and the sidecar
+values (the same proxy.* as this chart's own sidecar, see proxy/inject/spec.py).
+*/}}
+{{- define "certbound.injectorConfig" -}}
+{{- $tls := dict "secretName" .Values.injector.tlsSecretName "defaultMode" .Values.tls.defaultMode "clientCA" .Values.tls.clientCA -}}
+{{- $proxy := pick .Values.proxy "image" "ports" "workers" "config" "extraConfig" "env" "resources" "securityContext" "livenessProbe" "readinessProbe" "startupProbe" "extraVolumes" "extraVolumeMounts" -}}
+{{- $inject := dict "mode" .Values.injector.mode "configMap" .Values.injector.configMap -}}
+{{- $values := dict "proxy" $proxy "tls" $tls "inject" $inject -}}
+{{- $listen := dict "host" "0.0.0.0" "port" (int .Values.injector.port) -}}
+{{- $files := dict "cert_file" "/etc/certbound-injector/tls/tls.crt" "key_file" "/etc/certbound-injector/tls/tls.key" -}}
+{{- toYaml (dict "listen" $listen "tls" $files "values" $values) -}}
+{{- end }}

@@ -1,0 +1,327 @@
+"""The certbound sidecar, defined once: values -> container, volumes and environment.
+
+The chart's Deployment renders the same container from the same values (tests/inject
+renders the chart and compares); kube-inject and the webhook call `sidecar_container`.
+No I/O here: values come in as mappings, Kubernetes objects go out as dicts."""
+
+from __future__ import annotations
+
+import copy
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from proxy import __version__
+
+NAME = "certbound"
+CONFIG_PATH = "/etc/certbound/config.yaml"
+TLS_DIR = "/etc/certbound/tls"
+CLIENT_CA_DIR = "/etc/certbound/client-ca"
+# Pod-level names are prefixed: legacy pods already have volumes called "config" or "tls".
+VOLUMES = ("certbound-config", "certbound-tls", "certbound-client-ca", "certbound-tmp")
+PORT_NAMES = ("mtls", "admin")
+CONFIG_ANNOTATION = "certbound.io/config"
+
+# The chart's values.yaml defaults for the keys that shape the sidecar (a test compares them).
+DEFAULT_VALUES: dict[str, Any] = {
+    "proxy": {
+        "image": {
+            "repository": "ghcr.io/certbound/certbound",
+            "tag": "",
+            "digest": "",
+            "pullPolicy": "IfNotPresent",
+        },
+        "ports": {"mtls": 8443, "admin": 9090},
+        "workers": 1,
+        "config": {},
+        "extraConfig": {},
+        "env": [],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "admin"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "admin"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "admin"},
+            "periodSeconds": 2,
+            "failureThreshold": 30,
+        },
+        "extraVolumes": [],
+        "extraVolumeMounts": [],
+    },
+    "tls": {"secretName": "", "defaultMode": 288, "clientCA": {"secretName": "", "key": "ca.crt"}},
+    "inject": {"mode": "native", "configMap": ""},
+}
+
+
+class Mode(enum.Enum):
+    """Where the sidecar goes in the pod."""
+
+    # initContainers with restartPolicy: Always (Kubernetes >= 1.29): started before and
+    # stopped after the workload; Jobs complete.
+    NATIVE = "native"
+    # A plain entry in containers, for clusters older than 1.29; Jobs never complete.
+    CONTAINER = "container"
+
+
+class ValuesError(Exception):
+    """Every problem with the values at once, one `key.path: message` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarOptions:
+    """The values that shape an injected sidecar, checked."""
+
+    image: str
+    pull_policy: str
+    mtls_port: int
+    admin_port: int
+    workers: int
+    config: dict[str, Any]
+    env: list[dict[str, Any]]
+    resources: dict[str, Any]
+    security_context: dict[str, Any]
+    probes: dict[str, dict[str, Any]]  # startupProbe, livenessProbe, readinessProbe
+    extra_volumes: list[dict[str, Any]]
+    extra_volume_mounts: list[dict[str, Any]]
+    tls_secret: str
+    tls_default_mode: int
+    client_ca_secret: str
+    client_ca_key: str
+    config_map: str
+    mode: Mode
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge like Helm's: mappings merge, everything else is replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_known(values: Mapping[str, Any], known: Mapping[str, Any], prefix: str) -> list[str]:
+    problems = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            problems.append(f"{path}: unknown key")
+        elif isinstance(known[key], dict) and key not in ("config", "extraConfig"):
+            if known[key] and not isinstance(value, Mapping):
+                problems.append(f"{path}: expected a mapping")
+            elif known[key] and isinstance(value, Mapping):
+                problems.extend(_check_known(value, known[key], path + "."))
+    return problems
+
+
+def _port(value: object, path: str, problems: list[str]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        problems.append(f"{path}: expected a port number 1-65535, got {value!r}")
+        return 0
+    return value
+
+
+def _typed(value: object, kind: type, path: str, problems: list[str]) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
+        problems.append(f"{path}: expected {kind.__name__}, got {type(value).__name__}")
+        return kind()
+    return value
+
+
+_PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+_OWNED_KEYS = (
+    ("listen", ""),
+    ("admin", ""),
+    ("upstream", "url"),
+    ("tls", "cert_file"),
+    ("tls", "key_file"),
+    ("tls", "client_ca_file"),
+)
+
+
+def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptions:
+    """Chart-style values (`proxy.*`, `tls.*`, `inject.*`) over the defaults; ValuesError."""
+    values = values or {}
+    problems = _check_known(values, DEFAULT_VALUES, "")
+    if problems:
+        raise ValuesError(problems)
+    v = merge(DEFAULT_VALUES, values)
+    p, tls = v["proxy"], v["tls"]
+    image = p["image"]
+    for key in ("repository", "tag", "digest", "pullPolicy"):
+        _typed(image[key], str, f"proxy.image.{key}", problems)
+    if image["digest"]:
+        ref = f"{image['repository']}@{image['digest']}"
+    else:
+        ref = f"{image['repository']}:{image['tag'] or __version__}"
+    mtls = _port(p["ports"]["mtls"], "proxy.ports.mtls", problems)
+    admin = _port(p["ports"]["admin"], "proxy.ports.admin", problems)
+    if mtls and mtls == admin:
+        problems.append("proxy.ports.admin: must differ from proxy.ports.mtls")
+    workers = _typed(p["workers"], int, "proxy.workers", problems)
+    for key in ("config", "extraConfig", "resources", "securityContext"):
+        _typed(p[key], dict, f"proxy.{key}", problems)
+    for key in ("env", "extraVolumes", "extraVolumeMounts"):
+        _typed(p[key], list, f"proxy.{key}", problems)
+    probes = {k: _typed(p[k], dict, f"proxy.{k}", problems) for k in _PROBES}
+    config = p["config"] if isinstance(p["config"], dict) else {}
+    for section, key in _OWNED_KEYS:
+        section_values = config.get(section)
+        present = isinstance(section_values, dict) and key in section_values
+        if present if key else section in config:
+            where = f"proxy.config.{section}" + (f".{key}" if key else "")
+            problems.append(f"{where}: set by the injector from the pod, not in values")
+    try:
+        mode = Mode(v["inject"]["mode"])
+    except ValueError:
+        problems.append(f"inject.mode: expected native or container, got {v['inject']['mode']!r}")
+        mode = Mode.NATIVE
+    mode_bits = _typed(tls["defaultMode"], int, "tls.defaultMode", problems)
+    for path, value in (
+        ("tls.secretName", tls["secretName"]),
+        ("tls.clientCA.secretName", tls["clientCA"]["secretName"]),
+        ("tls.clientCA.key", tls["clientCA"]["key"]),
+        ("inject.configMap", v["inject"]["configMap"]),
+    ):
+        _typed(value, str, path, problems)
+    if problems:
+        raise ValuesError(problems)
+    return SidecarOptions(
+        image=ref,
+        pull_policy=image["pullPolicy"],
+        mtls_port=mtls,
+        admin_port=admin,
+        workers=workers,
+        config=merge(p["config"], p["extraConfig"]),
+        env=p["env"],
+        resources=p["resources"],
+        security_context=p["securityContext"],
+        probes=probes,
+        extra_volumes=p["extraVolumes"],
+        extra_volume_mounts=p["extraVolumeMounts"],
+        tls_secret=tls["secretName"],
+        tls_default_mode=mode_bits,
+        client_ca_secret=tls["clientCA"]["secretName"],
+        client_ca_key=tls["clientCA"]["key"],
+        config_map=v["inject"]["configMap"],
+        mode=mode,
+    )
+
+
+def client_ca_file(opts: SidecarOptions) -> str:
+    if opts.client_ca_secret:
+        return f"{CLIENT_CA_DIR}/{opts.client_ca_key}"
+    return f"{TLS_DIR}/ca.crt"
+
+
+def owned_env(opts: SidecarOptions, upstream_port: int) -> list[dict[str, Any]]:
+    """The config keys the injector owns, as CERTBOUND_* overrides: the config file (a
+    ConfigMap or the pod's annotation) belongs to the team, these follow from the pod."""
+    pairs = {
+        "LISTEN__PORT": opts.mtls_port,
+        "LISTEN__WORKERS": opts.workers,
+        "ADMIN__PORT": opts.admin_port,
+        "TLS__CERT_FILE": f"{TLS_DIR}/tls.crt",
+        "TLS__KEY_FILE": f"{TLS_DIR}/tls.key",
+        "TLS__CLIENT_CA_FILE": client_ca_file(opts),
+        "UPSTREAM__URL": f"http://127.0.0.1:{upstream_port}",
+    }
+    return [{"name": f"CERTBOUND_{k}", "value": str(v)} for k, v in pairs.items()]
+
+
+def sidecar_container(opts: SidecarOptions, upstream_port: int | None = None) -> dict[str, Any]:
+    """The certbound container. `upstream_port` None: the config file names every key (the
+    chart's case); otherwise the keys the injector owns are passed as environment overrides."""
+    container: dict[str, Any] = {
+        "name": NAME,
+        "image": opts.image,
+        "imagePullPolicy": opts.pull_policy,
+        "args": ["run", "--config", CONFIG_PATH],
+        "ports": [
+            {"name": "mtls", "containerPort": opts.mtls_port, "protocol": "TCP"},
+            {"name": "admin", "containerPort": opts.admin_port, "protocol": "TCP"},
+        ],
+    }
+    env = [*(owned_env(opts, upstream_port) if upstream_port else []), *opts.env]
+    if env:
+        container["env"] = copy.deepcopy(env)
+    for probe in _PROBES:
+        if opts.probes[probe]:
+            container[probe] = copy.deepcopy(opts.probes[probe])
+    container["resources"] = copy.deepcopy(opts.resources)
+    container["securityContext"] = copy.deepcopy(opts.security_context)
+    mounts: list[dict[str, Any]] = [
+        {"name": "certbound-config", "mountPath": CONFIG_PATH, "subPath": "config.yaml"},
+        # Whole directory, no subPath: kubelet's atomic swap on Secret update must reach
+        # certbound's TLS hot reload.
+        {"name": "certbound-tls", "mountPath": TLS_DIR},
+    ]
+    if opts.client_ca_secret:
+        mounts.append({"name": "certbound-client-ca", "mountPath": CLIENT_CA_DIR})
+    for mount in mounts:
+        mount["readOnly"] = True
+    mounts.append({"name": "certbound-tmp", "mountPath": "/tmp"})  # noqa: S108 - an emptyDir
+    container["volumeMounts"] = [*mounts, *copy.deepcopy(opts.extra_volume_mounts)]
+    if opts.mode is Mode.NATIVE and upstream_port:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def pod_volumes(
+    opts: SidecarOptions, *, tls_secret: str, config_map: str, default_mode: int
+) -> list[dict[str, Any]]:
+    """The volumes the sidecar mounts. Without a ConfigMap the config file is the pod's
+    `certbound.io/config` annotation, projected through the downward API."""
+    if config_map:
+        config: dict[str, Any] = {"configMap": {"name": config_map}}
+    else:
+        field = f"metadata.annotations['{CONFIG_ANNOTATION}']"
+        item = {"path": "config.yaml", "fieldRef": {"fieldPath": field}}
+        config = {"projected": {"sources": [{"downwardAPI": {"items": [item]}}]}}
+    items = [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]
+    if not opts.client_ca_secret:
+        items.append({"key": "ca.crt", "path": "ca.crt"})
+    volumes = [
+        {"name": "certbound-config", **config},
+        {
+            "name": "certbound-tls",
+            "secret": {"secretName": tls_secret, "defaultMode": default_mode, "items": items},
+        },
+    ]
+    if opts.client_ca_secret:
+        key = opts.client_ca_key
+        secret = {"secretName": opts.client_ca_secret, "defaultMode": default_mode}
+        volumes.append(
+            {
+                "name": "certbound-client-ca",
+                "secret": {**secret, "items": [{"key": key, "path": key}]},
+            }
+        )
+    volumes.append({"name": "certbound-tmp", "emptyDir": {"sizeLimit": "64Mi"}})
+    return [*volumes, *copy.deepcopy(opts.extra_volumes)]

@@ -1,0 +1,226 @@
+"""`certbound injector`: the mutating admission webhook, over TLS (aiohttp).
+
+Answers AdmissionReview v1 for Pods with the JSONPatch that turns the pod into what
+kube-inject would write. The decision (`review`) is pure; the server around it is I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from proxy.inject.manifests import (
+    InjectError,
+    describe,
+    inject_template,
+    is_injected,
+    wants_injection,
+)
+from proxy.inject.patch import make_patch
+from proxy.inject.spec import SidecarOptions, ValuesError, options_from_values
+
+log = logging.getLogger("certbound.injector")
+
+API_VERSION = "admission.k8s.io/v1"
+# The API server sends at most ~3 MiB; a larger body is refused before it is parsed.
+MAX_BODY = 4 * 1024 * 1024
+_POD = {"group": "", "version": "v1", "kind": "Pod"}
+
+
+class InjectorConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class InjectorSettings:
+    host: str
+    port: int
+    cert_file: str
+    key_file: str
+    options: SidecarOptions
+
+
+def load_injector_settings(path: str) -> InjectorSettings:
+    """listen.{host,port}, tls.{cert_file,key_file}, values (kube-inject's --values format)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise InjectorConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise InjectorConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise InjectorConfigError([f"{path}: the top level must be a mapping"])
+    problems = [f"{k}: unknown key" for k in raw if k not in ("listen", "tls", "values")]
+    listen, tls = raw.get("listen") or {}, raw.get("tls") or {}
+    values = raw.get("values") or {}
+    for name, section, keys in (("listen", listen, ("host", "port")), ("tls", tls, _TLS_KEYS)):
+        if not isinstance(section, dict):
+            problems.append(f"{name}: expected a mapping")
+            continue
+        problems += [f"{name}.{k}: unknown key" for k in section if k not in keys]
+    listen = listen if isinstance(listen, dict) else {}
+    tls = tls if isinstance(tls, dict) else {}
+    host, port = listen.get("host", "0.0.0.0"), listen.get("port", 9443)  # noqa: S104
+    if not isinstance(host, str):
+        problems.append("listen.host: expected a string")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        problems.append(f"listen.port: expected a port number, got {port!r}")
+    for key in _TLS_KEYS:
+        if not isinstance(tls.get(key), str) or not tls[key]:
+            problems.append(f"tls.{key}: required")
+    options = None
+    if not isinstance(values, dict):
+        problems.append("values: expected a mapping")
+    else:
+        try:
+            options = options_from_values(values)
+        except ValuesError as exc:
+            problems += [f"values.{p}" for p in exc.problems]
+    if problems or options is None:
+        raise InjectorConfigError(problems)
+    return InjectorSettings(host, port, tls["cert_file"], tls["key_file"], options)
+
+
+_TLS_KEYS = ("cert_file", "key_file")
+
+
+def answer(uid: str, allowed: bool, **response: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AdmissionReview",
+        "response": {"uid": uid, "allowed": allowed, **response},
+    }
+
+
+def refusal(uid: str, code: int, message: str) -> dict[str, Any]:
+    return answer(uid, False, status={"code": code, "message": message})
+
+
+def review(body: Any, opts: SidecarOptions, *, inject_all: bool) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, AdmissionReview answer) for one parsed request body."""
+    request = body.get("request") if isinstance(body, dict) else None
+    uid = request.get("uid") if isinstance(request, dict) else None
+    if not isinstance(body, dict) or not isinstance(request, dict) or not isinstance(uid, str):
+        return 400, refusal("", 400, "not an AdmissionReview: request.uid is missing")
+    if body.get("apiVersion") != API_VERSION or body.get("kind") != "AdmissionReview":
+        return 400, refusal(uid, 400, f"expected kind AdmissionReview, apiVersion {API_VERSION}")
+    if request.get("kind") != _POD or request.get("subResource"):
+        return 200, answer(uid, True)  # not a pod: none of our business
+    if request.get("operation") != "CREATE":
+        return 200, answer(uid, True)
+    pod = request.get("object")
+    if not isinstance(pod, dict):
+        return 200, refusal(uid, 400, "request.object is missing or not an object")
+    meta: dict[str, Any] = pod["metadata"] if isinstance(pod.get("metadata"), dict) else {}
+    if not wants_injection(meta, inject_all=inject_all):
+        return 200, answer(uid, True)
+    if isinstance(pod.get("spec"), dict) and is_injected(pod["spec"]):
+        return 200, answer(uid, True, warnings=["certbound: already injected, left alone"])
+    if meta.get("namespace") is None and isinstance(request.get("namespace"), str):
+        meta = {**meta, "namespace": request["namespace"]}
+    where = describe({"kind": "Pod", "metadata": meta}, 1)
+    try:
+        injected = inject_template(pod, opts)
+    except InjectError as exc:
+        # The pod asked for certbound: starting it without would expose the workload.
+        return 200, refusal(uid, 400, f"certbound cannot be added to {where}: {exc}")
+    ops = make_patch(pod, injected.template)
+    patch = base64.b64encode(json.dumps(ops).encode()).decode()
+    return 200, answer(uid, True, patchType="JSONPatch", patch=patch)
+
+
+def _json(status: int, document: Mapping[str, Any]) -> web.Response:
+    return web.json_response(document, status=status)
+
+
+def build_app(opts: SidecarOptions) -> web.Application:
+    async def handle(request: web.Request, *, inject_all: bool) -> web.Response:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json(413, refusal("", 413, f"AdmissionReview larger than {MAX_BODY} bytes"))
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            return _json(400, refusal("", 400, "the body is not JSON"))
+        try:
+            status, document = review(body, opts, inject_all=inject_all)
+        except Exception:  # a bug must still get an AdmissionReview answer, not a 500
+            log.exception("review failed")
+            status, document = 400, refusal("", 400, "certbound could not read this review")
+        log.info("%s %s", request.path, document["response"].get("status", "allowed"))
+        return _json(status, document)
+
+    async def inject(request: web.Request) -> web.Response:
+        return await handle(request, inject_all=False)
+
+    async def inject_namespace(request: web.Request) -> web.Response:
+        return await handle(request, inject_all=True)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_post("/inject", inject)  # pods that opt in
+    app.router.add_post("/inject/namespace", inject_namespace)  # every pod unless opted out
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+async def _reload(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
+    """cert-manager renews the serving certificate in place; new handshakes get the new one."""
+    seen = _stamp(cert_file, key_file)
+    while True:
+        await asyncio.sleep(10)
+        stamp = _stamp(cert_file, key_file)
+        if stamp != seen:
+            try:
+                ctx.load_cert_chain(cert_file, key_file)
+                seen = stamp
+                log.info("serving certificate reloaded")
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("new serving certificate not loaded, keeping the old one: %s", exc)
+
+
+def _stamp(*paths: str) -> tuple[float, ...]:
+    try:
+        return tuple(os.stat(p).st_mtime for p in paths)
+    except OSError:
+        return ()
+
+
+async def serve(settings: InjectorSettings, stop: asyncio.Event) -> None:
+    ctx = server_context(settings.cert_file, settings.key_file)
+    runner = web.AppRunner(build_app(settings.options), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ctx)
+    await site.start()
+    log.info("injector listening on %s:%d", settings.host, settings.port)
+    reload = asyncio.create_task(_reload(ctx, settings.cert_file, settings.key_file))
+    try:
+        await stop.wait()
+    finally:
+        reload.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reload
+        await runner.cleanup()

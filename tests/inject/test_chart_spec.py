@@ -1,0 +1,114 @@
+"""One sidecar: the chart renders the same certbound container as proxy/inject/spec.py
+builds from the same values, and the chart's injector hands its sidecar the same values."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.inject.spec import DEFAULT_VALUES, options_from_values, sidecar_container
+
+from .conftest import REPO
+
+CHART = REPO / "helm" / "certbound"
+ALL_FEATURES = REPO / "tests" / "deploy" / "values-all-features.yaml"
+VALUE_SETS = {"defaults": None, "all-features": ALL_FEATURES}
+
+
+def _render(helm: str, values: Path | None) -> list[dict[str, Any]]:
+    args = [helm, "template", "demo", str(CHART), "--namespace", "shop"]
+    if values:
+        args += ["-f", str(values)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def _find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def _spec_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The keys of chart values that shape the sidecar (spec.DEFAULT_VALUES' keys)."""
+    proxy = {k: v for k, v in values.get("proxy", {}).items() if k in DEFAULT_VALUES["proxy"]}
+    tls = {k: v for k, v in values.get("tls", {}).items() if k in DEFAULT_VALUES["tls"]}
+    return {"proxy": proxy, "tls": tls}
+
+
+def test_chart_defaults_are_the_spec_defaults() -> None:
+    chart = yaml.safe_load((CHART / "values.yaml").read_text())
+    ours = _spec_values(chart)
+    expected = {"proxy": dict(DEFAULT_VALUES["proxy"]), "tls": DEFAULT_VALUES["tls"]}
+    # proxy.config defaults are certbound's own defaults, written out in the chart.
+    ours["proxy"].pop("config")
+    expected["proxy"].pop("config")
+    assert ours == expected
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_chart_renders_the_container_the_spec_builds(helm: str, values: Path | None) -> None:
+    docs = _render(helm, values)
+    pod = _find(docs, "Deployment", "demo-certbound")["spec"]["template"]["spec"]
+    (rendered,) = [c for c in pod["containers"] if c["name"] == "certbound"]
+    source = yaml.safe_load(values.read_text()) if values else {}
+    options = options_from_values(_spec_values(source) | {"inject": {"mode": "container"}})
+    assert rendered == sidecar_container(options)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_the_chart_injector_gives_pods_the_chart_sidecar(helm: str, values: Path | None) -> None:
+    sets = values or _enable_injector()
+    docs = _render(helm, sets)
+    pod = _find(docs, "Deployment", "demo-certbound")["spec"]["template"]["spec"]
+    (chart_sidecar,) = [c for c in pod["containers"] if c["name"] == "certbound"]
+    config = yaml.safe_load(
+        _find(docs, "ConfigMap", "demo-certbound-injector")["data"]["config.yaml"]
+    )
+    options = options_from_values(config["values"])
+    assert sidecar_container(options) == chart_sidecar
+    assert options.tls_secret == yaml.safe_load(sets.read_text())["injector"]["tlsSecretName"]
+
+
+def _enable_injector() -> Path:
+    path = REPO / "tests" / "inject" / "manifests" / "chart-injector.yaml"
+    return path
+
+
+def test_webhook_configuration_excludes_kube_system_and_the_injector(helm: str) -> None:
+    docs = _render(helm, _enable_injector())
+    config = _find(docs, "MutatingWebhookConfiguration", "demo-certbound-injector-shop")
+    assert config["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": "shop/demo-certbound-injector"
+    }
+    certificate = _find(docs, "Certificate", "demo-certbound-injector")
+    assert "demo-certbound-injector.shop.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["issuerRef"]["name"] == "demo-certbound-injector"
+    paths = {}
+    for hook in config["webhooks"]:
+        paths[hook["name"]] = hook["clientConfig"]["service"]["path"]
+        assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
+        namespaces = {e["key"]: e for e in hook["namespaceSelector"]["matchExpressions"]}
+        assert namespaces["kubernetes.io/metadata.name"] == {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": ["kube-system", "shop"],
+        }
+        objects = {e["key"]: e for e in hook["objectSelector"]["matchExpressions"]}
+        assert objects["app.kubernetes.io/component"]["values"] == ["injector"]
+    assert paths == {
+        "namespace.inject.certbound.io": "/inject/namespace",
+        "pod.inject.certbound.io": "/inject",
+    }
+    injector = _find(docs, "Deployment", "demo-certbound-injector")
+    labels = injector["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "injector"
+    assert labels["certbound.io/inject"] == "false"
+    # The workload's Service and PDB never select injector pods.
+    service = _find(docs, "Service", "demo-certbound")
+    assert not service["spec"]["selector"].items() <= labels.items()
+    pdb = _find(docs, "PodDisruptionBudget", "demo-certbound-injector")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
