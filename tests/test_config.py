@@ -177,3 +177,29 @@ def test_introspection_needs_exactly_one_client_authentication(tmp_path: Path, p
         tmp_path, pki, tokens={"introspection": {"enabled": True, "client_id": "rs"}}
     )
     assert any("exactly one" in p for p in problems(path))
+
+
+def test_data_plane_keys_are_checked_with_their_names(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(
+        tmp_path,
+        pki,
+        listen={"max_header_bytes": 100, "event_loop": "trio"},
+        upstream={"upgrade_idle_timeout_seconds": 0},
+        forwarding={"upgrade_protocols": ["websocket", "h2c\r\nX: 1"]},
+    )
+    found = "\n".join(problems(path))
+    for key in (
+        "listen.max_header_bytes: must be 1024 to 1048576, got 100",
+        "listen.event_loop: one of auto, uvloop, asyncio, got 'trio'",
+        "upstream.upgrade_idle_timeout_seconds: must be greater than 0",
+        "forwarding.upgrade_protocols: 'h2c\\r\\nX: 1' is not a protocol name",
+    ):
+        assert key in found, key
+
+
+def test_data_plane_defaults(tmp_path: Path, pki: PKI) -> None:
+    s = load_settings(write_config(tmp_path, pki), {})
+    assert s.listen.max_header_bytes == 65536
+    assert s.listen.event_loop == "auto"
+    assert s.forwarding.upgrade_protocols == ("websocket",)
+    assert s.upstream.upgrade_idle_timeout_seconds == 3600
