@@ -209,6 +209,26 @@ def start_certbound(
     return proc, port
 
 
+def start_forwarder_only(
+    procs: Procs, m: Material, upstream_port: int
+) -> tuple[subprocess.Popen[bytes], int]:
+    port, admin = free_port(), free_port()
+    cfg = m.dir / "forwarder-only.yaml"
+    cfg.write_text(certbound_config(m, port, admin, upstream_port, 10000))
+    cmd = [PY, str(BENCH / "forwarder_only.py"), "--config", str(cfg)]
+    proc = procs.start(cmd, SUT_CPU, m.dir / "forwarder-only.log")
+    wait_port(port)
+    return proc, port
+
+
+def hold_idle(url: str, m: Material, n: int) -> subprocess.Popen[str]:
+    """bench/idle.py on the load core: n kept-alive connections, held until stdin closes."""
+    cmd = ["taskset", "-c", LOAD_CPU, PY, str(BENCH / "idle.py"), "--url", url, "-n", str(n)]
+    cmd += ["--ca", str(m.ca), "--cert", str(m.alice_cert), "--key", str(m.alice_key)]
+    cmd += ["--token-file", str(m.token_one)]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
 def start_upstream(procs: Procs, m: Material, cpu: str, name: str) -> tuple[Any, int]:
     port = free_port()
     proc = procs.start(

@@ -12,6 +12,7 @@ The same load goes through five systems under test (SUT), started one at a time:
   (c) a naive aiohttp forwarder with mTLS and no checks    bench/naive_forwarder.py
   (d) certbound, full checks (ES256 JWT bound to the client cert), `certbound run --config`
   (e) certbound with the verified-token cache off (tokens.cache_size: 0)
+  (f) certbound's data plane with every check off                 bench/forwarder_only.py
 
 Load generator: bench/loadgen.py, our own (raw asyncio + ssl, uvloop, keep-alive, no
 pipelining), because none of the Debian tools can present a client certificate on every
@@ -30,7 +31,9 @@ of the SUT process(es) per 10k requests (utime+stime from /proc/<pid>/stat, ngin
 worker summed); p50/p99 latency at an open-loop 200 req/s (measured from the intended send
 time); new TLS connections/s with one request per connection; peak RSS (VmHWM). For certbound
 also a many-distinct-tokens run (every request a different token: cache misses) and a
-security check: alice's token presented with bob's certificate must be 100% rejected.
+security check: alice's token presented with bob's certificate must be 100% rejected. And an
+idle row: 1,000 kept-alive mTLS connections held open (bench/idle.py) while the latency and
+saturation runs repeat on other connections; certbound's peak RSS is read after.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class Plan:
 
 FULL = Plan(warm=3, sat=20, lat=15, newconn=10, distinct=15, security=5, tokens=12000)
 QUICK = Plan(warm=0.5, sat=2.5, lat=2, newconn=1.5, distinct=2, security=1, tokens=2500)
+IDLE_CONNECTIONS = 1000
 
 
 def measure(pid: int, url: str, m: h.Material, plan: Plan, *, tls: bool) -> dict[str, Any]:
@@ -98,6 +102,23 @@ def measure(pid: int, url: str, m: h.Material, plan: Plan, *, tls: bool) -> dict
     return r
 
 
+def measure_with_idle(pid: int, url: str, m: h.Material, plan: Plan) -> dict[str, Any]:
+    """Saturation and latency again, on other connections, while IDLE_CONNECTIONS stay open."""
+    holder = h.hold_idle(url, m, IDLE_CONNECTIONS)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        held = int(holder.stdout.readline().split()[1])
+        sat = h.loadgen(url, m, duration=plan.sat, concurrency=plan.concurrency)
+        lat = h.loadgen(url, m, mode="open", rate=plan.rate, duration=plan.lat)
+        hwm = h.status_kb(pid, "VmHWM") / 1024
+        holder.stdin.close()
+        still = int(holder.stdout.readline().split()[1])
+    finally:
+        holder.kill()
+        holder.wait()
+    return {"held": held, "still": still, "sat": sat, "lat": lat, "hwm_mb": hwm}
+
+
 def _fmt(v: float | None, digits: int = 1) -> str:
     return "n/a" if v is None else f"{v:,.{digits}f}"
 
@@ -109,13 +130,14 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def render(res: dict[str, dict[str, Any]], extra: dict[str, Any], plan: Plan) -> str:
-    cols = ["a", "b", "c", "d", "e"]
+    cols = ["a", "b", "c", "d", "e", "f"]
     names = {
         "a": "(a) upstream direct",
         "b": "(b) nginx mTLS",
         "c": "(c) naive aiohttp",
         "d": "(d) certbound",
         "e": "(e) certbound no cache",
+        "f": "(f) data plane, checks off",
     }
     rows: list[tuple[str, Any, int]] = [
         (f"req/s at saturation ({plan.concurrency} keep-alive conns, {plan.sat:g}s)",
@@ -133,12 +155,12 @@ def render(res: dict[str, dict[str, Any]], extra: dict[str, Any], plan: Plan) ->
         ("peak RSS MB (VmHWM, summed over processes)", lambda r: r["hwm_mb"], 1),
         ("non-200 responses + errors (all runs above)", lambda r: r["bad"], 0),
     ]  # fmt: skip
-    head = "| metric | " + " | ".join(names[c] for c in cols) + " | d/b | d/c | d/e |"
-    lines = [head, "|" + "---|" * (len(cols) + 4)]
+    head = "| metric | " + " | ".join(names[c] for c in cols) + " | d/b | d/c | d/e | d/f |"
+    lines = [head, "|" + "---|" * (len(cols) + 5)]
     for label, get, digits in rows:
         vals = {c: (get(res[c]) if c in res else None) for c in cols}
         cells = [_fmt(vals[c], digits) for c in cols]
-        ratios = [_ratio(vals["d"], vals[x]) for x in ("b", "c", "e")]
+        ratios = [_ratio(vals["d"], vals[x]) for x in ("b", "c", "e", "f")]
         lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
     out = ["## Throughput, CPU, latency, memory", "", *lines, ""]
     out.append("(a) is plain HTTP (its new-connection row is TCP only); (b)-(e) are mTLS with a "
@@ -168,6 +190,24 @@ def render(res: dict[str, dict[str, Any]], extra: dict[str, Any], plan: Plan) ->
     if "many" in dt_:
         out.append(f"\nRSS of (d) after the distinct-token run (cache full): VmHWM "
                    f"{dt_['many']['hwm_mb']:.1f} MB")  # fmt: skip
+    idle = extra.get("idle")
+    if idle is not None:
+        base = res["d"]
+        out += [
+            "",
+            f"## {IDLE_CONNECTIONS:,} idle keep-alive mTLS connections held open (certbound (d))",
+            "",
+            "| | without | with the idle connections |",
+            "|---|---|---|",
+            f"| connections held open (after the runs) | n/a | {idle['held']} ({idle['still']} "
+            "still open at the end) |",
+            f"| req/s at saturation on other connections | {_fmt(base['rps'], 0)} | "
+            f"{_fmt(idle['sat']['rps'], 0)} |",
+            f"| p50 / p99 latency ms at {plan.rate:g} req/s | {_fmt(base['lat']['p50_ms'], 3)} / "
+            f"{_fmt(base['lat']['p99_ms'], 3)} | {_fmt(idle['lat']['p50_ms'], 3)} / "
+            f"{_fmt(idle['lat']['p99_ms'], 3)} |",
+            f"| peak RSS MB (VmHWM) | {_fmt(base['hwm_mb'], 1)} | {_fmt(idle['hwm_mb'], 1)} |",
+        ]
     sec = extra.get("security")
     if sec is None:
         return "\n".join(out)
@@ -202,7 +242,7 @@ def environment() -> str:
         f"- nproc: {nproc}; CPU: {cpu}\n"
         f"- python {platform.python_version()}, aiohttp {version('aiohttp')}, "
         f"PyJWT {version('PyJWT')}, cryptography {version('cryptography')}, "
-        f"uvloop {uv} (load generator and upstream only; certbound runs on asyncio's loop)\n"
+        f"uvloop {uv} (load generator, upstream and certbound: listen.event_loop auto)\n"
         f"- {ngx.stderr.strip()}; OpenSSL via python: {__import__('ssl').OPENSSL_VERSION}\n"
         f"- pinning: SUT on CPU {h.SUT_CPU}; load generator + upstream on CPU {h.LOAD_CPU}\n"
         f"- certbound source: {_revision()}\n"
@@ -228,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="certbound benchmark (see module docstring)")
     p.add_argument("--quick", action="store_true", help="smoke test, < 60 s")
     p.add_argument("--out", default=str(h.BENCH / "results" / "latest.md"))
-    p.add_argument("--only", default="abcde", help="subset of the SUTs, e.g. --only de")
+    p.add_argument("--only", default="abcdef", help="subset of the SUTs, e.g. --only def")
     args = p.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if shutil.which("taskset") is None or not Path("/usr/sbin/nginx").exists():
@@ -289,6 +329,14 @@ def main(argv: list[str] | None = None) -> int:
             }
             log("(d) certbound: security check (bob's cert, alice's token)")
             extra["security"] = h.loadgen(url, m, duration=plan.security, concurrency=8, who="bob")
+            log(f"(d) certbound: {IDLE_CONNECTIONS} idle connections held open")
+            extra["idle"] = measure_with_idle(proc.pid, url, m, plan)
+            procs.stop(proc)
+
+        if "f" in args.only:
+            log("(f) data plane with every check off")
+            proc, port = h.start_forwarder_only(procs, m, up_port)
+            res["f"] = measure(proc.pid, f"https://127.0.0.1:{port}{path}", m, plan, tls=True)
             procs.stop(proc)
 
         if "e" in args.only:

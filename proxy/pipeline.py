@@ -13,7 +13,7 @@ import ipaddress
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from proxy import audit, metrics
@@ -48,9 +48,9 @@ class Seen:
     claims: TokenClaims | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
-    """A request the checks let through, and what the forwarder needs to know about it."""
+class Admitted(NamedTuple):
+    """A request the checks let through, and what the forwarder needs to know about it
+    (immutable; a tuple because one is built for every request)."""
 
     identity: ClientIdentity
     target: str  # the request-target to send: as received, or the normalised matched path
@@ -103,13 +103,25 @@ class Pipeline:
                 if route.public:
                     return Admitted(identity, target, binding="none")
         query = request.query
-        token = extract_bearer(
-            request.values(b"authorization"),
-            [name for name, _ in parse_qsl(query, keep_blank_values=True)] if query else (),
-        )
-        claims = self._cached(token)
+        authorization = request.values(b"authorization")
+        claims = None
+        if (
+            not query
+            and len(authorization) == 1
+            and authorization[0][:7].lower() == "bearer "
+            and authorization[0].isascii()
+        ):
+            # A cache hit is the very string that passed extract_bearer when it was verified:
+            # its syntax need not be checked again.
+            claims = self._cached(authorization[0][7:])
         if claims is None:
-            return self._admit_verified(token, identity, target, route, seen)
+            token = extract_bearer(
+                authorization,
+                [name for name, _ in parse_qsl(query, keep_blank_values=True)] if query else (),
+            )
+            claims = self._cached(token)
+            if claims is None:
+                return self._admit_verified(token, identity, target, route, seen)
         seen.claims = claims
         return self._bind_and_authorize(claims, identity, target, route)
 

@@ -6,11 +6,10 @@ parsed it, and tests can build one by hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):  # immutable; a tuple because one is built for every request
     method: str
     target: str  # the request-target exactly as sent (origin-form for anything we forward)
     headers: tuple[tuple[bytes, bytes], ...]  # (name as sent, value), in order

@@ -25,6 +25,7 @@ from proxy.errors import AuthError
 from proxy.identity import ClientIdentity, identity_from_der
 from proxy.pipeline import Seen
 from proxy.request import Request
+from proxy.tokens.jwt import TokenClaims
 
 if TYPE_CHECKING:
     from proxy.dataplane.listener import DataPlane
@@ -53,6 +54,10 @@ class ClientConnection(asyncio.Protocol):
         self.plane = plane
         self.identity: ClientIdentity | None = None
         self.tunnel: UpstreamConnection | None = None
+        # The last identity header lines rendered on this connection, and what they depend on.
+        self.added_headers: (
+            tuple[TokenClaims | None, ClientIdentity, str, bytes | None, bytes] | None
+        ) = None
         self._transport: asyncio.Transport | None = None
         self._state = _HANDSHAKE
         self._in = ssl.MemoryBIO()

@@ -174,14 +174,33 @@ class Exchange:
         upstream.begin(self, skip_body=head.request.method == "HEAD")
         if not reused:
             self._retried = True  # a fresh connection that fails is a real fault
-        added = identity_headers(
-            admitted.identity,
-            admitted.claims,
-            binding=admitted.binding,
-            remote=head.request.remote,
-            host=head.host,
-            client_cert_header=plane.client_cert_header,
-        )
+        # Kept-alive clients send the same token on every request: the cached claims are the
+        # very same object, so its header lines are rendered once per connection.
+        memo = self.conn.added_headers
+        if (
+            memo is not None
+            and memo[0] is admitted.claims
+            and memo[1] is admitted.identity
+            and memo[2] == admitted.binding
+            and memo[3] == head.host
+        ):
+            added = memo[4]
+        else:
+            added = identity_headers(
+                admitted.identity,
+                admitted.claims,
+                binding=admitted.binding,
+                remote=head.request.remote,
+                host=head.host,
+                client_cert_header=plane.client_cert_header,
+            )
+            self.conn.added_headers = (
+                admitted.claims,
+                admitted.identity,
+                admitted.binding,
+                head.host,
+                added,
+            )
         kept = kept_request_headers(
             head.request.headers, head.request.lower_names, head.connection_named
         )

@@ -9,7 +9,7 @@ named, so a refusal can be traced to one line. Pure: no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.errors import AuthError, Reason, error_parts
 from proxy.headers import connection_tokens
@@ -23,9 +23,9 @@ _FRAMING_NAMES = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    """A parsed request head and the framing facts derived from it once."""
+class RequestHead(NamedTuple):
+    """A parsed request head and the framing facts derived from it once (immutable; a
+    tuple because one is built for every request)."""
 
     request: Request
     version: str  # "1.1" or "1.0"
@@ -59,16 +59,17 @@ def read_head(
     upgrade_protocols: frozenset[str],
 ) -> RequestHead:
     """Derive framing from a complete head; raises AuthError for heads we refuse to relay."""
-    lower_names = tuple(name.lower() for name, _ in headers)
+    lower_names = tuple([name.lower() for name, _ in headers])
     content_length: bytes | None = None
     transfer_encoding: list[bytes] = []
     connection: list[bytes] = []
     hosts: list[bytes] = []
     expect: bytes | None = None
     upgrade: bytes | None = None
-    for (_, value), lower in zip(headers, lower_names, strict=True):
+    for index, lower in enumerate(lower_names):
         if lower not in _FRAMING_NAMES:
             continue
+        value = headers[index][1]
         if lower == b"content-length":
             content_length = value  # llhttp refused duplicates
         elif lower == b"transfer-encoding":
