@@ -28,7 +28,9 @@ from proxy.tls import ServerTLS
 class NoChecks:
     """The checks' interface, deciding nothing: every request is admitted unchanged."""
 
-    def admit(self, request: Request, from_tls: ClientIdentity | None, seen: Seen) -> Admitted:
+    def admit(
+        self, request: Request, from_tls: ClientIdentity | None, seen: Seen, memo: object
+    ) -> Admitted:
         assert from_tls is not None  # the listener still requires a client certificate
         return Admitted(from_tls, request.target, binding="none")
 
@@ -51,6 +53,7 @@ async def serve(config: str) -> None:
         UpstreamPool(settings.upstream),
     )
     await plane.listen(settings.listen.host, settings.listen.port)
+    server.tune_gc()  # as `certbound run` does
     await server.until_signalled()
     plane.close()
 

@@ -57,6 +57,7 @@ class TLSSettings:
     key_file: str = ""
     client_ca_file: str = ""
     min_version: str = "1.2"
+    session_tickets: int = 0  # TLS 1.3 tickets issued per full handshake (resumption); 0-4
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +324,8 @@ def validate(s: Settings) -> list[str]:
     readable("tls.cert_file", s.tls.cert_file)
     readable("tls.key_file", s.tls.key_file)
     readable("tls.client_ca_file", s.tls.client_ca_file)
+    if not 0 <= s.tls.session_tickets <= 4:
+        problems.append(f"tls.session_tickets: must be 0 to 4, got {s.tls.session_tickets}")
     if s.tls.min_version not in ("1.2", "1.3"):
         problems.append(f'tls.min_version: must be "1.2" or "1.3", got {s.tls.min_version!r}')
 

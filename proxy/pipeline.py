@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -62,6 +63,35 @@ class Admitted(NamedTuple):
 Decision = Admitted | Coroutine[Any, Any, Admitted]
 
 
+class TokenMemo:
+    """The last token one connection presented, once it was verified and found bound to that
+    connection's certificate. Kept-alive clients send the same Authorization value with every
+    request; while the token cache's key-set generation is unchanged and the token is within
+    its lifetime, neither its digest, nor the cache lookup, nor the binding is repeated. A
+    different value, a key-set change or the clock falls back to the full checks."""
+
+    __slots__ = ("_authorization", "_claims", "_generation", "_valid_from", "_valid_until")
+
+    def __init__(self) -> None:
+        self._authorization: str | None = None
+        self._claims: TokenClaims | None = None
+        self._generation = -1
+        self._valid_from = self._valid_until = 0.0
+
+    def recall(self, authorization: str, generation: int) -> TokenClaims | None:
+        if authorization != self._authorization or generation != self._generation:
+            return None
+        return self._claims if self._valid_from <= time.time() < self._valid_until else None
+
+    def remember(
+        self, authorization: str, claims: TokenClaims, generation: int, leeway: float
+    ) -> None:
+        self._authorization, self._claims, self._generation = authorization, claims, generation
+        # The same window the token cache and the verifier allow (exp and nbf with leeway).
+        self._valid_from = claims.not_before - leeway
+        self._valid_until = claims.expires_at + leeway
+
+
 @dataclass
 class Pipeline:
     settings: Settings
@@ -73,6 +103,13 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.policy = compile_policy(self.settings.policy, self.settings.binding.mode)
+        # Only JWTs (whose cache entries live until exp) verified for a certificate fixed for
+        # the connection's life (the TLS session, not a forwarded header) are remembered.
+        self._remembers = (
+            self.settings.tokens.accept_jwt
+            and self.introspector is None
+            and self.settings.client_cert.source == "tls"
+        )
         self.trusted_networks = tuple(
             ipaddress.ip_network(c) for c in self.settings.client_cert.trusted_proxies
         )
@@ -83,10 +120,17 @@ class Pipeline:
             r.binding_mode == "report_only" for r in self.policy.routes
         )
 
-    def admit(self, request: Request, from_tls: ClientIdentity | None, seen: Seen) -> Decision:
+    def admit(
+        self,
+        request: Request,
+        from_tls: ClientIdentity | None,
+        seen: Seen,
+        memo: TokenMemo | None = None,
+    ) -> Decision:
         """The checks, in the order of design.md. Returns Admitted, or a coroutine resolving
         to it when the token must be verified with I/O. Raises AuthError for a refusal and
-        records what it learnt in `seen`, so a refusal can still be audited with it."""
+        records what it learnt in `seen`, so a refusal can still be audited with it. `memo`:
+        the connection's TokenMemo, when the caller keeps one per connection."""
         if not request.target.startswith("/"):
             # Only origin-form means anything to a sidecar: an absolute-form target would be
             # glued onto the upstream URL, and `*` or authority-form name no resource of it.
@@ -104,16 +148,20 @@ class Pipeline:
                     return Admitted(identity, target, binding="none")
         query = request.query
         authorization = request.values(b"authorization")
+        if not self._remembers:
+            memo = None
+        single = authorization[0] if len(authorization) == 1 and not query else None
         claims = None
-        if (
-            not query
-            and len(authorization) == 1
-            and authorization[0][:7].lower() == "bearer "
-            and authorization[0].isascii()
-        ):
-            # A cache hit is the very string that passed extract_bearer when it was verified:
-            # its syntax need not be checked again.
-            claims = self._cached(authorization[0][7:])
+        if single is not None:
+            if memo is not None:
+                claims = memo.recall(single, self.verifier.generation)
+                if claims is not None:
+                    seen.claims = claims
+                    return self._authorize(claims, identity, target, route, "bound", None)
+            if single[:7].lower() == "bearer " and single.isascii():
+                # A cache hit is the very string that passed extract_bearer when it was
+                # verified: its syntax need not be checked again.
+                claims = self._cached(single[7:])
         if claims is None:
             token = extract_bearer(
                 authorization,
@@ -121,9 +169,9 @@ class Pipeline:
             )
             claims = self._cached(token)
             if claims is None:
-                return self._admit_verified(token, identity, target, route, seen)
+                return self._admit_verified(token, identity, target, route, seen, single, memo)
         seen.claims = claims
-        return self._bind_and_authorize(claims, identity, target, route)
+        return self._bind_and_authorize(claims, identity, target, route, single, memo)
 
     async def _admit_verified(
         self,
@@ -132,15 +180,23 @@ class Pipeline:
         target: str,
         route: Route | None,
         seen: Seen,
+        authorization: str | None,
+        memo: TokenMemo | None,
     ) -> Admitted:
         claims = seen.claims = await self._verify(token)
-        return self._bind_and_authorize(claims, identity, target, route)
+        return self._bind_and_authorize(claims, identity, target, route, authorization, memo)
 
     def _bind_and_authorize(
-        self, claims: TokenClaims, identity: ClientIdentity, target: str, route: Route | None
+        self,
+        claims: TokenClaims,
+        identity: ClientIdentity,
+        target: str,
+        route: Route | None,
+        authorization: str | None,
+        memo: TokenMemo | None,
     ) -> Admitted:
         mode = route.binding_mode if route else self.settings.binding.mode
-        reported = None
+        reported, is_bound = None, False
         try:
             is_bound = check_binding(
                 claims.cnf,
@@ -153,6 +209,24 @@ class Pipeline:
                 raise
             # Rollout: count and log what enforce would have done, then go on.
             reported, binding = failure, "report_only_failed"
+        if is_bound and memo is not None and authorization is not None:
+            # Bound to this connection's certificate: true for every route, whatever its
+            # allow_unbound_tokens or binding_mode say.
+            memo.remember(
+                authorization, claims, self.verifier.generation, self.settings.tokens.leeway_seconds
+            )
+        return self._authorize(claims, identity, target, route, binding, reported)
+
+    def _authorize(
+        self,
+        claims: TokenClaims,
+        identity: ClientIdentity,
+        target: str,
+        route: Route | None,
+        binding: str,
+        reported: AuthError | None,
+    ) -> Admitted:
+        """Route policy, a step of its own: binding proves possession, not permission."""
         if route is not None:
             authorize(route, claims)
         elif self.policy.is_enabled and not self.policy.unmatched_allowed:

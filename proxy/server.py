@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -201,11 +202,20 @@ async def until_signalled() -> None:
     await stopping.wait()
 
 
+def tune_gc() -> None:
+    """After start-up: what was built so far (modules, config, keys) is never collected, and
+    young collections run less often. Each request allocates a few dozen short-lived
+    containers; at the default threshold (700) a collection ran every ~20 requests."""
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
+
+
 async def serve(
     settings: Settings, grace_seconds: float = 30.0, shared_ports: bool = False
 ) -> None:
     """Run until SIGTERM or SIGINT, then drain. `shared_ports`: one of several workers."""
     proxy = await start(settings, shared_ports=shared_ports)
+    tune_gc()
     await until_signalled()
     log.info("signal received: draining for up to %.0fs", grace_seconds)
     await stop(proxy, grace_seconds)

@@ -5,8 +5,21 @@ of upstream connections, and a client that goes away mid-response."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
+from dataclasses import replace
 
-from tests.conftest import Running
+import pytest
+
+from tests.conftest import (
+    PKI,
+    Issuer,
+    Running,
+    StartProxy,
+    Upstream,
+    make_settings,
+    thumbprint,
+)
 from tests.hostile.rawhttp import RawResponse, raw_exchange
 
 
@@ -163,3 +176,38 @@ async def test_upstream_http10_close_delimited_answer_is_relayed_whole(
     finally:
         pool.port = real
         server.close()
+
+
+def _two_connections(port: int, ctx: ssl.SSLContext, token: str) -> tuple[bool, list[bytes]]:
+    """Two TLS connections, the second offering the first's session; (resumed?, answers)."""
+    answers, session = [], None
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                tls.sendall(request(token, extra="Connection: close\r\n"))
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+                answers.append(answer)
+                resumed, session = tls.session_reused, tls.session
+    return resumed, answers
+
+
+@pytest.mark.parametrize("tickets", [0, 1])
+async def test_session_resumption_follows_tls_session_tickets_and_keeps_the_identity(
+    start_proxy: StartProxy, pki: PKI, issuer: Issuer, upstream: Upstream, tickets: int
+) -> None:
+    tls = replace(make_settings(pki, issuer, upstream).tls, session_tickets=tickets)
+    running = await start_proxy(tls=tls)
+    token = issuer.mint(pki.alice)
+    ctx = running.client_ssl("alice")
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    resumed, answers = await asyncio.to_thread(
+        _two_connections, running.proxy.data_port, ctx, token
+    )
+    assert resumed is (tickets > 0)
+    assert all(a.startswith(b"HTTP/1.1 200") for a in answers), answers
+    # A resumed session still carries the client certificate: the binding holds.
+    assert [s.headers["x-certbound-thumbprint"] for s in upstream.seen] == [
+        [thumbprint(pki.alice)]
+    ] * 2

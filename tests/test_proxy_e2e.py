@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from dataclasses import replace
 
 import aiohttp
 import pytest
 
 from proxy import identity as identity_module
 from proxy.pki import issue
-from tests.conftest import Running, thumbprint
+from tests.conftest import (
+    PKI,
+    Issuer,
+    Running,
+    StartProxy,
+    Upstream,
+    make_settings,
+    thumbprint,
+)
 
 
 def www(headers: dict[str, str]) -> str:
@@ -340,3 +349,59 @@ async def test_metrics_are_not_served_on_the_mtls_port(running: Running) -> None
     status, _, _ = await running.request(path="/metrics", token=token)
     assert status == 200  # forwarded to the workload like any path, never answered by us
     assert running.upstream.seen[0].path == "/metrics"
+
+
+# --- one kept-alive connection: the checks' memory of its token ------------------------------
+
+
+async def kept_alive(running: Running) -> aiohttp.ClientSession:
+    """One connection for every request of the session."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=running.client_ssl("alice"), limit=1)
+    )
+
+
+async def get(session: aiohttp.ClientSession, running: Running, token: str) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with session.get(running.url + "/x", headers=headers) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_key_set_change_refuses_the_token_again_on_the_same_connection(
+    running: Running,
+) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    async with await kept_alive(running) as session:
+        assert (await get(session, running, token))[0] == 200
+        assert (await get(session, running, token))[0] == 200
+        running.issuer.served = []
+        running.issuer.add_key("k2")
+        await running.proxy.keys.refresh()
+        status, body = await get(session, running, token)
+    assert status == 401 and b"unknown_key" in body
+    assert len(running.upstream.seen) == 2
+
+
+async def test_token_expiring_mid_connection_is_refused_on_that_connection(
+    start_proxy: StartProxy, pki: PKI, issuer: Issuer, upstream: Upstream
+) -> None:
+    tokens = make_settings(pki, issuer, upstream).tokens
+    running = await start_proxy(tokens=replace(tokens, leeway_seconds=0))
+    token = running.issuer.mint(running.pki.alice, exp=int(time.time()) + 2)
+    async with await kept_alive(running) as session:
+        assert (await get(session, running, token))[0] == 200
+        await asyncio.sleep(2.5)
+        status, body = await get(session, running, token)
+    assert status == 401 and b"expired" in body
+    assert len(running.upstream.seen) == 1
+
+
+async def test_another_token_on_the_same_connection_gets_every_check(running: Running) -> None:
+    good = running.issuer.mint(running.pki.alice)
+    foreign = running.issuer.mint(running.pki.bob)
+    async with await kept_alive(running) as session:
+        assert (await get(session, running, good))[0] == 200
+        status, body = await get(session, running, foreign)
+        assert status == 401 and b"thumbprint_mismatch" in body
+        assert (await get(session, running, good))[0] == 200
+    assert len(running.upstream.seen) == 2

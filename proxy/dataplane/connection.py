@@ -23,7 +23,7 @@ from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.http1 import MAX_HEADER_COUNT, error_response, read_head, too_large
 from proxy.errors import AuthError
 from proxy.identity import ClientIdentity, identity_from_der
-from proxy.pipeline import Seen
+from proxy.pipeline import Seen, TokenMemo
 from proxy.request import Request
 from proxy.tokens.jwt import TokenClaims
 
@@ -50,10 +50,48 @@ class _Stop(Exception):
 
 
 class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_active",
+        "_broken",
+        "_cork",
+        "_counted",
+        "_got_bytes",
+        "_head_bytes",
+        "_head_fed",
+        "_head_started",
+        "_headers",
+        "_in",
+        "_in_head",
+        "_is_closing",
+        "_is_write_paused",
+        "_last",
+        "_opened",
+        "_out",
+        "_parser",
+        "_paused_by",
+        "_peer_done",
+        "_queue",
+        "_receiving",
+        "_remote",
+        "_ssl",
+        "_state",
+        "_stop_reason",
+        "_timer",
+        "_transport",
+        "_tunnel_buffer",
+        "_url",
+        "added_headers",
+        "identity",
+        "memo",
+        "plane",
+        "tunnel",
+    )
+
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.identity: ClientIdentity | None = None
         self.tunnel: UpstreamConnection | None = None
+        self.memo = TokenMemo()  # the checks' own memory of this connection's token
         # The last identity header lines rendered on this connection, and what they depend on.
         self.added_headers: (
             tuple[TokenClaims | None, ClientIdentity, str, bytes | None, bytes] | None
@@ -144,6 +182,7 @@ class ClientConnection(asyncio.Protocol):
         if not was_open:
             if self._got_bytes:  # a TCP probe that never spoke TLS is not a failed handshake
                 metrics.TLS_HANDSHAKE_FAILURES.inc()
+            self._release()
             return
         metrics.OPEN_CONNECTIONS.dec()
         for exchange in (self._active, *self._queue):
@@ -155,6 +194,16 @@ class ClientConnection(asyncio.Protocol):
             metrics.UPGRADED_CONNECTIONS.dec()
             self.tunnel.close()
             self.tunnel = None
+        self._release()
+
+    def _release(self) -> None:
+        """Drop what refers back to us (the parser holds this protocol, an exchange holds its
+        connection): freed by reference counting now, with its TLS state, not by a later
+        cyclic collection."""
+        self._parser = None
+        self._receiving = None
+        self.memo = TokenMemo()
+        self.added_headers = None
 
     def pause_writing(self) -> None:
         self._is_write_paused = True
@@ -390,6 +439,7 @@ class ClientConnection(asyncio.Protocol):
         except AuthError as refusal:
             self._stop_reason = refusal
             raise _Stop from None
+        self._headers = []  # read_head kept what it needs
         exchange = Exchange(self, head)
         self._receiving = exchange
         if self._active is None and self._broken is None:
@@ -410,6 +460,8 @@ class ClientConnection(asyncio.Protocol):
     def exchange_finished(self, exchange: Exchange, *, close: bool, abort: bool) -> None:
         if exchange is self._active:
             self._active = None
+        if exchange is self._receiving and exchange.is_request_done:
+            self._receiving = None  # an idle connection holds no request
         if abort:
             self.abort()
         elif close or self._is_closing or self.plane.draining:

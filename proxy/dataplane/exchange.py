@@ -89,7 +89,7 @@ class Exchange:
         self.conn.plane.request_started()
         try:
             decision = self.conn.plane.pipeline.admit(
-                self.head.request, self.conn.identity, self.seen
+                self.head.request, self.conn.identity, self.seen, self.conn.memo
             )
         except AuthError as refusal:
             self.refuse(refusal)

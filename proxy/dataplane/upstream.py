@@ -27,6 +27,10 @@ KEEPALIVE_SECONDS = 30.0  # an idle pooled connection is closed after this
 MAX_RESPONSE_HEAD = 256 * 1024  # the workload is trusted, but not with our memory
 
 
+class _NoCallbacks:
+    """What a closed connection's parser points at instead of the connection."""
+
+
 class UpstreamFault(Exception):
     """A failed exchange with the workload, by kind (the metric label) and client answer."""
 
@@ -46,6 +50,27 @@ class UpstreamFault(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     """One connection to the workload; serves one exchange at a time."""
+
+    __slots__ = (
+        "_head_bytes",
+        "_headers",
+        "_in_head",
+        "_is_waiting",
+        "_last_read",
+        "_parser",
+        "_reading_paused",
+        "_reason",
+        "_skip_body",
+        "_timer",
+        "_tunnel",
+        "exchange",
+        "has_response_bytes",
+        "idle_since",
+        "is_lost",
+        "is_reusable",
+        "pool",
+        "transport",
+    )
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -162,6 +187,8 @@ class UpstreamConnection(asyncio.Protocol):
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.upstream_lost(self)
+        # The parser holds this protocol: break the cycle so it is freed at once.
+        self._parser = httptools.HttpResponseParser(_NoCallbacks())
 
     def pause_writing(self) -> None:
         if self.exchange is not None:

@@ -12,6 +12,7 @@ class ExpiringCache(Generic[V]):
     def __init__(self, size: int) -> None:
         self._size = size
         self._entries: OrderedDict[bytes, tuple[float, V]] = OrderedDict()
+        self.generation = 0  # bumped by clear(): what was learnt before is void
 
     def get(self, key: bytes, now: float) -> V | None:
         entry = self._entries.get(key)
@@ -34,6 +35,7 @@ class ExpiringCache(Generic[V]):
 
     def clear(self) -> None:
         self._entries.clear()
+        self.generation += 1
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -140,6 +140,11 @@ class JWTVerifier:
         self._keys = keys
         self._cache = cache
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the key set changes (the cache is flushed then)."""
+        return self._cache.generation
+
     def cached(self, token: str) -> TokenClaims | None:
         """Claims of a token verified before and not yet expired; no I/O, no signature."""
         now = time.time()
