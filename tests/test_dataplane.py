@@ -211,3 +211,36 @@ async def test_session_resumption_follows_tls_session_tickets_and_keeps_the_iden
     assert [s.headers["x-certbound-thumbprint"] for s in upstream.seen] == [
         [thumbprint(pki.alice)]
     ] * 2
+
+
+async def test_a_flood_of_pipelined_refusals_is_answered_in_order_without_recursion(
+    running: Running,
+) -> None:
+    """500 requests without a token in one write: each refused in turn (the next one starts
+    from the loop, not from inside the previous answer), and the connection stays usable."""
+    token = running.issuer.mint(running.pki.alice)
+    flood = b"GET /no-token HTTP/1.1\r\nHost: localhost\r\n\r\n" * 500
+    response = await send(running, flood + request(token, extra="Connection: close\r\n"))
+    assert response.raw.count(b"HTTP/1.1 401 ") == 500
+    assert response.raw.rindex(b"HTTP/1.1 200 ") > response.raw.rindex(b"HTTP/1.1 401 ")
+    assert [s.path for s in running.upstream.seen] == ["/orders"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"FFFFFFFFFFFFFFFFFFFF\r\n", b"3\r\nabcXX\r\n0\r\n\r\n", b"-1\r\n"],
+    ids=["chunk-size-overflow", "chunk-without-crlf", "negative-chunk-size"],
+)
+async def test_malformed_chunked_body_is_400_and_the_upstream_request_is_cut(
+    running: Running, body: bytes
+) -> None:
+    token = running.issuer.mint(running.pki.alice)
+    head = request(token, "POST", "/upload", "Transfer-Encoding: chunked\r\n")
+    response = await send(running, head + body)
+    # The head had passed the checks and gone upstream; the body breaks the framing: 400 to
+    # the client, and the upstream request is cut (the workload never sees a whole request).
+    assert response.status == 400, response.raw[:200]
+    assert b"not valid HTTP/1.1" in response.body
+    await asyncio.sleep(0.2)
+    assert running.upstream.seen == []
+    assert (await running.request(token=token))[0] == 200  # the proxy keeps serving
