@@ -58,6 +58,7 @@ class TLSSettings:
     client_ca_file: str = ""
     min_version: str = "1.2"
     session_tickets: int = 0  # TLS 1.3 tickets issued per full handshake (resumption); 0-4
+    x509_strict: bool = False  # OpenSSL's extra checks (key identifiers, ...) on client chains
 
 
 @dataclass(frozen=True, slots=True)

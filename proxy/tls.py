@@ -35,11 +35,18 @@ def build_server_context(
     ctx.minimum_version = _MIN_VERSIONS[settings.min_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     # CERT_REQUIRED: no certificate, no handshake. OpenSSL checks the chain up to the bundle,
-    # validity dates and the clientAuth purpose (a serverAuth-only cert is refused).
+    # validity dates and the clientAuth purpose (a serverAuth-only cert is refused): RFC 5280
+    # path validation. VERIFY_X509_STRICT adds checks RFC 5280 leaves to issuers (a CA's
+    # Subject Key Identifier, a leaf's Authority Key Identifier, ...) that older private CAs
+    # and `openssl x509 -req` without extensions do not meet; nginx, Envoy and Go accept
+    # such chains, so strictness is opt-in (tls.x509_strict).
     # With client_cert.source: header the certificate comes from a trusted ingress instead, and
     # the ingress may or may not present its own (checked against trusted_proxy_subjects).
     ctx.verify_mode = ssl.CERT_OPTIONAL if client_cert_optional else ssl.CERT_REQUIRED
-    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    if settings.x509_strict:
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    else:
+        ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
     try:
         ctx.load_cert_chain(settings.cert_file, settings.key_file)
     except (OSError, ssl.SSLError) as exc:
