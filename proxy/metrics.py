@@ -8,7 +8,7 @@ import os
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from proxy import __version__
-from proxy.errors import Outcome, Reason
+from proxy.errors import HandshakeFailure, Outcome, Reason
 
 # Sub-millisecond resolution at the low end: the proxy's own cost is what we are watching.
 _OVERHEAD_BUCKETS = (
@@ -84,7 +84,10 @@ CERT_NOT_AFTER = Gauge(
     multiprocess_mode="livemin",
 )
 TLS_HANDSHAKE_FAILURES = Counter(
-    "certbound_tls_handshake_failures", "TLS handshakes on the mTLS listener that failed."
+    "certbound_tls_handshake_failures",
+    "Connections on the mTLS listener that failed before a request: TLS handshake refusals, "
+    "revoked certificates, plain HTTP and timeouts, by reason.",
+    ["reason"],
 )
 REPORT_ONLY = Gauge(
     "certbound_report_only",
@@ -100,6 +103,8 @@ for _result in ("success", "failure"):
     JWKS_REFRESH.labels(result=_result)
 for _kind in ("connect", "timeout", "reset"):
     UPSTREAM_ERRORS.labels(kind=_kind)
+for _failure in HandshakeFailure:
+    TLS_HANDSHAKE_FAILURES.labels(reason=_failure.value)
 
 
 def registry() -> CollectorRegistry:

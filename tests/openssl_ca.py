@@ -4,6 +4,7 @@ way old scripts make them (no key identifiers), for the compatibility tests."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import subprocess
 from dataclasses import dataclass
@@ -153,3 +154,21 @@ class OpenSSLCA:
             pem = converted
         pem.replace(out)  # atomic, as a Secret update is
         return out
+
+
+async def curl_status(
+    url: str, cacert: str, leaf: Leaf | None, *extra: str, token: str | None = None
+) -> tuple[int, str, str]:
+    """(curl's exit code, HTTP status or 000, stderr): curl as the peer, as a user would. Run
+    without blocking: an in-process proxy shares the test's event loop."""
+    args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]
+    args += ["--cacert", cacert, *extra]
+    if leaf is not None:
+        args += ["--cert", str(leaf.cert), "--key", str(leaf.key)]
+    if token is not None:
+        args += ["-H", f"Authorization: Bearer {token}"]
+    proc = await asyncio.create_subprocess_exec(
+        *args, url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()

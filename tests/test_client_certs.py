@@ -3,8 +3,6 @@ the openssl command line, through real TLS on loopback with curl as the client."
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,41 +14,14 @@ from proxy.config import TLSSettings
 from proxy.errors import AuthError
 from proxy.forwarded import ForwardedCertVerifier
 from proxy.identity import thumbprint_of_pem
-from tests.conftest import PKI, Issuer, Running, StartProxy
-from tests.openssl_ca import Leaf, OpenSSLCA
-
-
-@dataclass(frozen=True)
-class Legacy:
-    ca: OpenSSLCA
-    leaf: Leaf
-    bundle: Path  # the test CA and the legacy CA
-
-
-@pytest.fixture(scope="session")
-def legacy(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Legacy:
-    d = tmp_path_factory.mktemp("legacy")
-    ca = OpenSSLCA(d / "ca", "legacy CA", key_identifiers=False)
-    bundle = d / "bundle.pem"
-    bundle.write_bytes(pki.ca.cert_pem + ca.cert.read_bytes())
-    return Legacy(ca, ca.issue("legacy client"), bundle)
+from tests.conftest import PKI, Issuer, Legacy, Running, StartProxy
+from tests.openssl_ca import Leaf, curl_status
 
 
 async def curl(
-    running: Running, leaf: Leaf | None, token: str | None = None, path: str = "/orders"
+    running: Running, leaf: Leaf | None, token: str | None = None
 ) -> tuple[int, str, str]:
-    """(curl's exit code, HTTP status or 000, stderr): curl as the peer, as a user would."""
-    args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]
-    args += ["--cacert", running.pki.ca_file]
-    if leaf is not None:
-        args += ["--cert", str(leaf.cert), "--key", str(leaf.key)]
-    if token is not None:
-        args += ["-H", f"Authorization: Bearer {token}"]
-    proc = await asyncio.create_subprocess_exec(
-        *args, running.url + path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
+    return await curl_status(running.url + "/orders", running.pki.ca_file, leaf, token=token)
 
 
 def bound_token(issuer: Issuer, leaf: Leaf) -> str:
