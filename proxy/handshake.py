@@ -10,12 +10,17 @@ subject, issuer, serial and thumbprint.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import ssl
 import time
 
+from cryptography import x509
+
 from proxy import metrics
 from proxy.errors import HandshakeFailure as FailureReason
+from proxy.identity import compute_thumbprint
+from proxy.revocation import CRLSet, Status
 
 log = logging.getLogger("certbound.tls")
 
@@ -106,6 +111,48 @@ def refused(reason: FailureReason, peer: str, detail: str, certificate: str = ""
         log.info(
             "TLS handshake refused: reason=%s peer=%s: %s%s", reason.value, peer, detail, extra
         )
+
+
+def describe(certificate: x509.Certificate, der: bytes) -> str:
+    """What a log line may say about a certificate: names, serial, thumbprint; no key."""
+    return (
+        f"subject={certificate.subject.rfc4514_string()!r} "
+        f"issuer={certificate.issuer.rfc4514_string()!r} "
+        f"serial={certificate.serial_number:x} x5t#S256={compute_thumbprint(der)}"
+    )
+
+
+def admit(der: bytes, peer: str, crls: CRLSet | None, allow_unknown: bool) -> bool:
+    """Once per connection, after a successful handshake: observe the presented certificate's
+    remaining validity and check its revocation. False: close before reading a request."""
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return True  # OpenSSL verified it; identity.py reports what it cannot read
+    now = dt.datetime.now(dt.UTC)
+    remaining = (certificate.not_valid_after_utc - now).total_seconds()
+    metrics.CLIENT_CERT_REMAINING.observe(remaining)
+    if crls is None:
+        return True
+    verdict = crls.check(certificate, now)
+    metrics.REVOCATION_CHECKS.labels(result=verdict.status.value).inc()
+    if verdict.status is Status.GOOD:
+        return True
+    if verdict.status is Status.REVOKED:
+        refused(FailureReason.REVOKED, peer, verdict.why, describe(certificate, der))
+        return False
+    if allow_unknown:
+        if _limit.allows((FailureReason.REVOCATION_UNKNOWN, peer), time.monotonic()):
+            log.warning(
+                "revocation status unknown, accepted because tls.revocation_unavailable is "
+                "allow: peer=%s: %s %s",
+                peer,
+                verdict.why,
+                describe(certificate, der),
+            )
+        return True
+    refused(FailureReason.REVOCATION_UNKNOWN, peer, verdict.why, describe(certificate, der))
+    return False
 
 
 def reset_rate_limit() -> None:

@@ -3,6 +3,7 @@ the openssl command line, through real TLS on loopback with curl as the client."
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from proxy.config import TLSSettings
+from proxy.config import ConfigError, TLSSettings, load_settings
 from proxy.errors import AuthError
 from proxy.forwarded import ForwardedCertVerifier
 from proxy.identity import thumbprint_of_pem
@@ -78,3 +79,34 @@ def test_forwarded_certificate_without_key_identifiers_follows_x509_strict(
     strict = ForwardedCertVerifier(str(legacy.bundle), x509_strict=True)
     with pytest.raises(AuthError):
         strict.verify(der, [])
+
+
+async def test_remaining_validity_is_observed_once_per_connection(running: Running) -> None:
+    count = "certbound_client_cert_remaining_validity_seconds_count"
+    total = "certbound_client_cert_remaining_validity_seconds_sum"
+    before, before_sum = await running.metric(count), await running.metric(total)
+    alice = Leaf(*(Path(f) for f in running.pki.files("alice")))
+    token = running.issuer.mint(running.pki.alice)
+    # Two requests on one connection (curl reuses it): one observation.
+    args = ["--next", "--cert", str(alice.cert), "--key", str(alice.key)]
+    args += ["-H", f"Authorization: Bearer {token}", "-o", "/dev/null", running.url + "/orders"]
+    code, _, err = await curl_status(
+        running.url + "/orders", running.pki.ca_file, alice, *args, token=token
+    )
+    assert code == 0, err
+    assert await running.metric(count) == before + 1
+    remaining = running.pki.alice.cert.not_valid_after_utc.timestamp() - time.time()
+    assert abs(await running.metric(total) - before_sum - remaining) < 60
+
+
+def test_revocation_settings_are_validated_with_their_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "tls: {crl_files: [/nonexistent.crl], revocation_unavailable: maybe, x509_strict: 1}\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    problems = "\n".join(raised.value.problems)
+    assert "tls.crl_files[0]: file '/nonexistent.crl' does not exist" in problems
+    assert "tls.revocation_unavailable: refuse or allow, got 'maybe'" in problems
+    assert "tls.x509_strict: expected true or false" in problems

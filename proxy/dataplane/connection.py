@@ -243,6 +243,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._flush()
         self._established()
+        if self._is_closing:
+            return
         if self._in.pending:  # the first request can arrive with the client's Finished
             plaintext = self._decrypt(b"")
             if plaintext:
@@ -267,6 +269,12 @@ class ClientConnection(asyncio.Protocol):
         assert self._ssl is not None
         der = self._ssl.getpeercert(binary_form=True)
         if der:
+            tls = self.plane.tls
+            if not handshake.admit(der, self._remote, tls.revocation, tls.allow_unknown_revocation):
+                # Revoked (or unknown and refused): closed before any request is read.
+                self._is_closing = True
+                self._counted_failure_close()
+                return
             try:
                 self.identity = identity_from_der(der)
             except ValueError:
