@@ -333,8 +333,7 @@ def validate(s: Settings) -> list[str]:
         readable(f"tls.crl_files[{index}]", crl_file)
     if s.tls.revocation_unavailable not in ("refuse", "allow"):
         problems.append(
-            "tls.revocation_unavailable: refuse or allow, "
-            f"got {s.tls.revocation_unavailable!r}"
+            f"tls.revocation_unavailable: refuse or allow, got {s.tls.revocation_unavailable!r}"
         )
     if s.tls.min_version not in ("1.2", "1.3"):
         problems.append(f'tls.min_version: must be "1.2" or "1.3", got {s.tls.min_version!r}')
