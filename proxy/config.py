@@ -58,6 +58,9 @@ class TLSSettings:
     client_ca_file: str = ""
     min_version: str = "1.2"
     session_tickets: int = 0  # TLS 1.3 tickets issued per full handshake (resumption); 0-4
+    x509_strict: bool = False  # OpenSSL's extra checks (key identifiers, ...) on client chains
+    crl_files: tuple[str, ...] = ()  # PEM or DER CRLs of the client CAs, one per file
+    revocation_unavailable: str = "refuse"  # refuse | allow: no CRL for the issuer, or stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +329,12 @@ def validate(s: Settings) -> list[str]:
     readable("tls.client_ca_file", s.tls.client_ca_file)
     if not 0 <= s.tls.session_tickets <= 4:
         problems.append(f"tls.session_tickets: must be 0 to 4, got {s.tls.session_tickets}")
+    for index, crl_file in enumerate(s.tls.crl_files):
+        readable(f"tls.crl_files[{index}]", crl_file)
+    if s.tls.revocation_unavailable not in ("refuse", "allow"):
+        problems.append(
+            f"tls.revocation_unavailable: refuse or allow, got {s.tls.revocation_unavailable!r}"
+        )
     if s.tls.min_version not in ("1.2", "1.3"):
         problems.append(f'tls.min_version: must be "1.2" or "1.3", got {s.tls.min_version!r}')
 

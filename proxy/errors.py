@@ -51,6 +51,23 @@ class Reason(enum.Enum):
     INTERNAL_ERROR = "internal_error"
 
 
+class HandshakeFailure(enum.Enum):
+    """Why a connection on the mTLS listener ended before its first request was read."""
+
+    NO_CERTIFICATE = "no_certificate"
+    UNKNOWN_CA = "unknown_ca"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    BAD_PURPOSE = "bad_purpose"
+    REVOKED = "revoked"
+    REVOCATION_UNKNOWN = "revocation_unknown"
+    STRICT_VIOLATION = "strict_violation"
+    PROTOCOL_VERSION = "protocol_version"
+    NOT_TLS = "not_tls"
+    TIMEOUT = "timeout"
+    OTHER = "other"
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     status: int

@@ -116,14 +116,16 @@ def is_trusted_peer(
 class ForwardedCertVerifier:
     """Path validation of forwarded certificates against the client CA bundle."""
 
-    def __init__(self, ca_file: str) -> None:
+    def __init__(self, ca_file: str, *, x509_strict: bool = False) -> None:
         self._ca_file = ca_file
+        self._x509_strict = x509_strict  # as the handshake: tls.x509_strict
         self._store = self._load_store()
         self._verified: ExpiringCache[ClientIdentity] = ExpiringCache(1024)
 
     def _load_store(self) -> crypto.X509Store:
         store = crypto.X509Store()
-        store.set_flags(crypto.X509StoreFlags.X509_STRICT)
+        if self._x509_strict:
+            store.set_flags(crypto.X509StoreFlags.X509_STRICT)
         store.load_locations(self._ca_file)
         return store
 

@@ -8,7 +8,7 @@ import os
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from proxy import __version__
-from proxy.errors import Outcome, Reason
+from proxy.errors import HandshakeFailure, Outcome, Reason
 
 # Sub-millisecond resolution at the low end: the proxy's own cost is what we are watching.
 _OVERHEAD_BUCKETS = (
@@ -84,7 +84,42 @@ CERT_NOT_AFTER = Gauge(
     multiprocess_mode="livemin",
 )
 TLS_HANDSHAKE_FAILURES = Counter(
-    "certbound_tls_handshake_failures", "TLS handshakes on the mTLS listener that failed."
+    "certbound_tls_handshake_failures",
+    "Connections on the mTLS listener that failed before a request: TLS handshake refusals, "
+    "revoked certificates, plain HTTP and timeouts, by reason.",
+    ["reason"],
+)
+# Remaining validity of presented client certificates: one day to one year, so a rotation that
+# is about to break bound tokens shows up before it does.
+_DAY = 86400.0
+_VALIDITY_BUCKETS = tuple(d * _DAY for d in (1, 2, 7, 14, 30, 60, 90, 180, 365))
+CLIENT_CERT_REMAINING = Histogram(
+    "certbound_client_cert_remaining_validity_seconds",
+    "Seconds until the presented client certificate expires, observed once per connection.",
+    buckets=_VALIDITY_BUCKETS,
+)
+REVOCATION_CHECKS = Counter(
+    "certbound_revocation_checks",
+    "Client certificates checked against tls.crl_files, by result (good, revoked, unknown).",
+    ["result"],
+)
+CRL_LAST_UPDATE = Gauge(
+    "certbound_crl_last_update_timestamp_seconds",
+    "lastUpdate (thisUpdate) of each loaded CRL; index is its position in tls.crl_files.",
+    ["index"],
+    multiprocess_mode="livemin",
+)
+CRL_NEXT_UPDATE = Gauge(
+    "certbound_crl_next_update_timestamp_seconds",
+    "nextUpdate of each loaded CRL: after it, the CRL no longer answers (revocation_unknown).",
+    ["index"],
+    multiprocess_mode="livemin",
+)
+REVOCATION_UNAVAILABLE_ALLOWED = Gauge(
+    "certbound_revocation_unavailable_allowed",
+    "1 when tls.revocation_unavailable is allow: a certificate whose revocation status is "
+    "unknown is accepted.",
+    multiprocess_mode="livemax",
 )
 REPORT_ONLY = Gauge(
     "certbound_report_only",
@@ -100,6 +135,10 @@ for _result in ("success", "failure"):
     JWKS_REFRESH.labels(result=_result)
 for _kind in ("connect", "timeout", "reset"):
     UPSTREAM_ERRORS.labels(kind=_kind)
+for _result in ("good", "revoked", "unknown"):
+    REVOCATION_CHECKS.labels(result=_result)
+for _failure in HandshakeFailure:
+    TLS_HANDSHAKE_FAILURES.labels(reason=_failure.value)
 
 
 def registry() -> CollectorRegistry:

@@ -98,7 +98,9 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         await introspector.start()
     forwarded_verifier = None
     if header_source:
-        forwarded_verifier = ForwardedCertVerifier(settings.tls.client_ca_file)
+        forwarded_verifier = ForwardedCertVerifier(
+            settings.tls.client_ca_file, x509_strict=settings.tls.x509_strict
+        )
         tls.on_reload.append(forwarded_verifier.reload)
     pipeline = Pipeline(
         settings=settings,

@@ -18,6 +18,7 @@ from cryptography import x509
 
 from proxy import metrics
 from proxy.config import TLSSettings
+from proxy.revocation import CRLSet, RevocationConfigError, load_crls
 
 log = logging.getLogger("certbound.tls")
 
@@ -35,11 +36,18 @@ def build_server_context(
     ctx.minimum_version = _MIN_VERSIONS[settings.min_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     # CERT_REQUIRED: no certificate, no handshake. OpenSSL checks the chain up to the bundle,
-    # validity dates and the clientAuth purpose (a serverAuth-only cert is refused).
+    # validity dates and the clientAuth purpose (a serverAuth-only cert is refused): RFC 5280
+    # path validation. VERIFY_X509_STRICT adds checks RFC 5280 leaves to issuers (a CA's
+    # Subject Key Identifier, a leaf's Authority Key Identifier, ...) that older private CAs
+    # and `openssl x509 -req` without extensions do not meet; nginx, Envoy and Go accept
+    # such chains, so strictness is opt-in (tls.x509_strict).
     # With client_cert.source: header the certificate comes from a trusted ingress instead, and
     # the ingress may or may not present its own (checked against trusted_proxy_subjects).
     ctx.verify_mode = ssl.CERT_OPTIONAL if client_cert_optional else ssl.CERT_REQUIRED
-    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    if settings.x509_strict:
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    else:
+        ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
     try:
         ctx.load_cert_chain(settings.cert_file, settings.key_file)
     except (OSError, ssl.SSLError) as exc:
@@ -86,6 +94,25 @@ def record_expiry(settings: TLSSettings) -> None:
         )
 
 
+def load_revocation(settings: TLSSettings) -> CRLSet | None:
+    """The CRLs of tls.crl_files, each verified against its CA; None when none are configured."""
+    if not settings.crl_files:
+        return None
+    try:
+        return load_crls(settings.crl_files, settings.client_ca_file)
+    except RevocationConfigError as exc:
+        raise TLSConfigError(str(exc)) from None
+
+
+def record_crls(crls: CRLSet | None) -> None:
+    metrics.CRL_LAST_UPDATE.clear()
+    metrics.CRL_NEXT_UPDATE.clear()
+    for crl in crls.crls if crls is not None else ():
+        metrics.CRL_LAST_UPDATE.labels(index=str(crl.index)).set(crl.last_update.timestamp())
+        if crl.next_update is not None:
+            metrics.CRL_NEXT_UPDATE.labels(index=str(crl.index)).set(crl.next_update.timestamp())
+
+
 class ServerTLS:
     """The context new handshakes use, reloaded when the files change."""
 
@@ -93,9 +120,23 @@ class ServerTLS:
         self._settings = settings
         self._optional = client_cert_optional
         self.current = build_server_context(settings, client_cert_optional)
+        # Revocation is checked in Python after the handshake (proxy/handshake.py), not by
+        # OpenSSL: a stale CRL can then be allowed (tls.revocation_unavailable), and a refusal
+        # is logged with the certificate it refused, which OpenSSL's path gives us no way to see.
+        self.revocation = load_revocation(settings)
+        self.allow_unknown_revocation = settings.revocation_unavailable == "allow"
         self._stamp = self._file_stamp()
         self.on_reload: list[Callable[[], None]] = []
         record_expiry(settings)
+        record_crls(self.revocation)
+        metrics.REVOCATION_UNAVAILABLE_ALLOWED.set(
+            1 if self.allow_unknown_revocation and settings.crl_files else 0
+        )
+        if self.allow_unknown_revocation and settings.crl_files:
+            log.warning(
+                "tls.revocation_unavailable is allow: a client certificate whose revocation "
+                "status is unknown (no CRL for its issuer, or a CRL past nextUpdate) is ACCEPTED"
+            )
 
     def _file_stamp(self) -> tuple[tuple[int, int, int], ...]:
         stamps = []
@@ -103,6 +144,7 @@ class ServerTLS:
             self._settings.cert_file,
             self._settings.key_file,
             self._settings.client_ca_file,
+            *self._settings.crl_files,
         ):
             try:
                 # realpath: Kubernetes swaps a ..data symlink; the target's identity changes.
@@ -123,13 +165,18 @@ class ServerTLS:
                 continue
             self._stamp = stamp
             try:
-                self.current = await asyncio.to_thread(
+                current = await asyncio.to_thread(
                     build_server_context, self._settings, self._optional
                 )
+                revocation = await asyncio.to_thread(load_revocation, self._settings)
             except TLSConfigError as exc:
                 log.error("TLS files changed but cannot be used; keeping the old ones: %s", exc)
                 continue
+            self.current, self.revocation = current, revocation
+            record_crls(revocation)
             await asyncio.to_thread(record_expiry, self._settings)
             for callback in self.on_reload:
                 await asyncio.to_thread(callback)
-            log.info("TLS files reloaded: new handshakes use the new certificate and CA bundle")
+            log.info(
+                "TLS files reloaded: new handshakes use the new certificate, CA bundle and CRLs"
+            )

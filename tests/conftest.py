@@ -34,6 +34,7 @@ from proxy.config import (
 from proxy.demo import serve_locally
 from proxy.identity import compute_thumbprint
 from proxy.pki import Issued, issue, make_ca
+from tests.openssl_ca import Leaf, OpenSSLCA
 
 AUDIENCE = "https://orders.example"
 
@@ -399,3 +400,21 @@ def no_secrets_in_the_run_log() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def repo_root() -> Iterator[Path]:
     yield Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Legacy:
+    """A CA made the way old scripts make them (openssl CLI, no key identifiers) and a leaf."""
+
+    ca: OpenSSLCA
+    leaf: Leaf
+    bundle: Path  # the test CA and the legacy CA
+
+
+@pytest.fixture(scope="session")
+def legacy(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Legacy:
+    d = tmp_path_factory.mktemp("legacy")
+    ca = OpenSSLCA(d / "ca", "legacy CA", key_identifiers=False)
+    bundle = d / "bundle.pem"
+    bundle.write_bytes(pki.ca.cert_pem + ca.cert.read_bytes())
+    return Legacy(ca, ca.issue("legacy client"), bundle)

@@ -127,11 +127,12 @@ async def test_certificate_expiry_and_build_info(running: Running) -> None:
 
 
 async def test_failed_handshakes_are_counted(running: Running) -> None:
-    before = value(await scrape(running), "certbound_tls_handshake_failures_total")
+    sample = 'certbound_tls_handshake_failures_total{reason="unknown_ca"}'
+    before = value(await scrape(running), sample)
     with pytest.raises((aiohttp.ClientError, OSError)):
         await running.request(who="stranger", token="x")
     await asyncio.sleep(0.1)
-    after = value(await scrape(running), "certbound_tls_handshake_failures_total")
+    after = value(await scrape(running), sample)
     assert after > before
 
 

@@ -25,7 +25,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import metrics as proxy_metrics
-from proxy.errors import Outcome, Reason
+from proxy.errors import HandshakeFailure, Outcome, Reason
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_FILE = ROOT / "helm" / "certbound" / "files" / "certbound-alerts.yaml"
@@ -38,7 +38,8 @@ INSTALL_HINT = "promtool not found on PATH: run `sudo bash .ci/install-promtool.
 # literals at their one call site are spelled here.
 CLOSED_LABEL_VALUES: dict[str, set[str] | None] = {
     "outcome": {o.value for o in Outcome},
-    "reason": {r.value for r in Reason},
+    # Request reasons, and the handshake failure reasons of certbound_tls_handshake_failures.
+    "reason": {r.value for r in Reason} | {f.value for f in HandshakeFailure},
     "kind": {"connect", "timeout", "reset"},
     "result": {"success", "failure"},
     "role": {"serving", "client_ca"},

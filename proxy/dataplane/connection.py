@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from proxy import metrics
+from proxy import handshake, metrics
 from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.http1 import MAX_HEADER_COUNT, error_response, read_head, too_large
-from proxy.errors import AuthError
+from proxy.errors import AuthError, HandshakeFailure
 from proxy.identity import ClientIdentity, identity_from_der
 from proxy.pipeline import Seen, TokenMemo
 from proxy.request import Request
@@ -181,7 +181,9 @@ class ClientConnection(asyncio.Protocol):
         self.plane.connections.discard(self)
         if not was_open:
             if self._got_bytes:  # a TCP probe that never spoke TLS is not a failed handshake
-                metrics.TLS_HANDSHAKE_FAILURES.inc()
+                handshake.refused(
+                    HandshakeFailure.OTHER, self._remote, "the client left during the handshake"
+                )
             self._release()
             return
         metrics.OPEN_CONNECTIONS.dec()
@@ -235,12 +237,14 @@ class ClientConnection(asyncio.Protocol):
             return
         except ssl.SSLError as exc:
             self._flush()  # the alert tells the client why
-            metrics.TLS_HANDSHAKE_FAILURES.inc()
-            log.debug("TLS handshake failed: %s", exc.reason or type(exc).__name__)
+            reason, detail = handshake.classify(exc)
+            handshake.refused(reason, self._remote, detail)
             self._counted_failure_close()
             return
         self._flush()
         self._established()
+        if self._is_closing:
+            return
         if self._in.pending:  # the first request can arrive with the client's Finished
             plaintext = self._decrypt(b"")
             if plaintext:
@@ -253,16 +257,24 @@ class ClientConnection(asyncio.Protocol):
 
     def _not_tls(self, data: bytes) -> None:
         assert self._transport is not None
-        metrics.TLS_HANDSHAKE_FAILURES.inc()
         if data[:1].isalpha():  # looks like a request line: say what went wrong, as nginx does
             self._transport.write(NOT_TLS_ANSWER)
-        log.debug("plain text on the mTLS port from %s", self._remote)
+            detail = "plain HTTP sent to the mTLS port; answered 400 (use https)"
+        else:
+            detail = f"not a TLS record (first byte 0x{data[0]:02x})"
+        handshake.refused(HandshakeFailure.NOT_TLS, self._remote, detail)
         self._counted_failure_close()
 
     def _established(self) -> None:
         assert self._ssl is not None
         der = self._ssl.getpeercert(binary_form=True)
         if der:
+            tls = self.plane.tls
+            if not handshake.admit(der, self._remote, tls.revocation, tls.allow_unknown_revocation):
+                # Revoked (or unknown and refused): closed before any request is read.
+                self._is_closing = True
+                self._counted_failure_close()
+                return
             try:
                 self.identity = identity_from_der(der)
             except ValueError:
@@ -573,7 +585,11 @@ class ClientConnection(asyncio.Protocol):
             self._arm(deadline - now)
             return
         if self._state == _HANDSHAKE:
-            metrics.TLS_HANDSHAKE_FAILURES.inc()
+            handshake.refused(
+                HandshakeFailure.TIMEOUT,
+                self._remote,
+                f"no complete handshake within {HANDSHAKE_TIMEOUT:g} s",
+            )
             self._got_bytes = False
             self.abort()
         else:

@@ -54,7 +54,7 @@ def _cert(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
-    # VERIFY_X509_STRICT (which certbound sets) wants SKI on the CA and AKI on leaves.
+    # VERIFY_X509_STRICT (tls.x509_strict) wants SKI on the CA and AKI on leaves.
     if issuer is not None:
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
