@@ -122,13 +122,11 @@ def describe(certificate: x509.Certificate, der: bytes) -> str:
     )
 
 
-def admit(der: bytes, peer: str, crls: CRLSet | None, allow_unknown: bool) -> bool:
+def admit(
+    certificate: x509.Certificate, der: bytes, peer: str, crls: CRLSet | None, allow_unknown: bool
+) -> bool:
     """Once per connection, after a successful handshake: observe the presented certificate's
     remaining validity and check its revocation. False: close before reading a request."""
-    try:
-        certificate = x509.load_der_x509_certificate(der)
-    except ValueError:
-        return True  # OpenSSL verified it; identity.py reports what it cannot read
     now = dt.datetime.now(dt.UTC)
     remaining = (certificate.not_valid_after_utc - now).total_seconds()
     metrics.CLIENT_CERT_REMAINING.observe(remaining)

@@ -30,7 +30,11 @@ def compute_thumbprint(der: bytes) -> str:
 
 
 def identity_from_der(der: bytes) -> ClientIdentity:
-    cert = x509.load_der_x509_certificate(der)
+    return identity_from_certificate(x509.load_der_x509_certificate(der), der)
+
+
+def identity_from_certificate(cert: x509.Certificate, der: bytes) -> ClientIdentity:
+    """`der` is `cert`'s encoding, passed in because the caller has it already."""
     uris: tuple[str, ...] = ()
     dns_names: tuple[str, ...] = ()
     try:

@@ -91,9 +91,11 @@ def test_alg_outside_allow_list_is_refused_even_if_signature_is_good() -> None:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"exp": int(time.time()) - 120}, Reason.EXPIRED),
-        ({"nbf": int(time.time()) + 120}, Reason.NOT_YET_VALID),
-        ({"iat": int(time.time()) + 3600}, Reason.NOT_YET_VALID),
+        # Times relative to the test's own run ("+120" seconds from now), not to collection:
+        # the suite takes minutes, and a leeway of 30 s.
+        ({"exp": "-120"}, Reason.EXPIRED),
+        ({"nbf": "+120"}, Reason.NOT_YET_VALID),
+        ({"iat": "+3600"}, Reason.NOT_YET_VALID),
         ({"iss": ISS + "/"}, Reason.WRONG_ISSUER),
         ({"aud": ["other", "another"]}, Reason.WRONG_AUDIENCE),
         ({"exp": None}, Reason.MISSING_CLAIM),
@@ -102,6 +104,10 @@ def test_alg_outside_allow_list_is_refused_even_if_signature_is_good() -> None:
     ],
 )
 def test_claim_rules(overrides: dict[str, Any], expected: Reason) -> None:
+    now = int(time.time())
+    overrides = {
+        k: now + int(v) if isinstance(v, str) and v[:1] in "+-" else v for k, v in overrides.items()
+    }
     token = jwt.encode(claims(**overrides), EC_KEY, algorithm="ES256")
     assert reason(token, jwk_of(EC_KEY, "k")) is expected
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import aiohttp
 import pytest
+from cryptography import x509
 
 from proxy import identity as identity_module
 from proxy.pki import issue
@@ -295,14 +296,14 @@ async def test_thumbprint_is_computed_once_per_connection(
     from proxy.dataplane import connection as connection_module
 
     calls = 0
-    real = identity_module.identity_from_der
+    real = identity_module.identity_from_certificate
 
-    def counting(der: bytes) -> identity_module.ClientIdentity:
+    def counting(cert: x509.Certificate, der: bytes) -> identity_module.ClientIdentity:
         nonlocal calls
         calls += 1
-        return real(der)
+        return real(cert, der)
 
-    monkeypatch.setattr(connection_module, "identity_from_der", counting)
+    monkeypatch.setattr(connection_module, "identity_from_certificate", counting)
     token = running.issuer.mint(running.pki.alice)
     connector = aiohttp.TCPConnector(ssl=running.client_ssl("alice"), limit=1)
     async with aiohttp.ClientSession(connector=connector) as s:

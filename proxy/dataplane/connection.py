@@ -17,12 +17,13 @@ import time
 from typing import TYPE_CHECKING, cast
 
 import httptools
+from cryptography import x509
 
 from proxy import handshake, metrics
 from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.http1 import MAX_HEADER_COUNT, error_response, read_head, too_large
 from proxy.errors import AuthError, HandshakeFailure
-from proxy.identity import ClientIdentity, identity_from_der
+from proxy.identity import ClientIdentity, identity_from_certificate
 from proxy.pipeline import Seen, TokenMemo
 from proxy.request import Request
 from proxy.tokens.jwt import TokenClaims
@@ -269,17 +270,21 @@ class ClientConnection(asyncio.Protocol):
         assert self._ssl is not None
         der = self._ssl.getpeercert(binary_form=True)
         if der:
-            tls = self.plane.tls
-            if not handshake.admit(der, self._remote, tls.revocation, tls.allow_unknown_revocation):
-                # Revoked (or unknown and refused): closed before any request is read.
-                self._is_closing = True
-                self._counted_failure_close()
-                return
             try:
-                self.identity = identity_from_der(der)
+                certificate = x509.load_der_x509_certificate(der)
             except ValueError:
                 # OpenSSL verified it, but it does not parse here: no identity, no binding.
                 log.warning("client certificate from %s could not be read", self._remote)
+            else:
+                tls = self.plane.tls
+                if not handshake.admit(
+                    certificate, der, self._remote, tls.revocation, tls.allow_unknown_revocation
+                ):
+                    # Revoked (or unknown and refused): closed before any request is read.
+                    self._is_closing = True
+                    self._counted_failure_close()
+                    return
+                self.identity = identity_from_certificate(certificate, der)
         self._state = _OPEN
         self._parser = httptools.HttpRequestParser(self)
         metrics.OPEN_CONNECTIONS.inc()
