@@ -41,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--config", required=True)
     explain.add_argument("--cert", required=True, help="the client's PEM certificate")
-    explain.add_argument("--token", default="-", help="the access token, or - for stdin")
+    explain.add_argument(
+        "--token",
+        default="-",
+        help="the access token, or - for stdin (default); none: the certificate alone",
+    )
     explain.add_argument("--method", default="GET")
     explain.add_argument("--path", default="/")
 
@@ -154,7 +158,8 @@ def _explain(config: str, cert: str, token: str, method: str, path: str) -> int:
         print(f"certbound: {cert} holds no PEM certificate", file=sys.stderr)
         return 2
     if token == "-":  # noqa: S105 - "-" means stdin, not a password
-        token = sys.stdin.read()
+        # A terminal with nothing piped in means: check the certificate alone.
+        token = "" if sys.stdin.isatty() else sys.stdin.read()
     token = token.strip()
     if token.lower().startswith("bearer "):
         token = token[7:].strip()

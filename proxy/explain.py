@@ -1,4 +1,5 @@
-"""`certbound explain`: walk one certificate and token through the decision, step by step.
+"""`certbound explain`: walk one certificate (and a token, when given) through the decision,
+step by step.
 
 For the day a client swears its token is right. No network traffic except fetching the keys;
 opaque tokens are not introspected (that would spend the token at the authorization server).
@@ -15,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from proxy.binding import check_binding
+from proxy.certcheck import check_certificate
 from proxy.config import Settings
 from proxy.errors import AuthError
 from proxy.identity import identity_from_der
@@ -48,11 +50,20 @@ async def explain(
         return 1
 
     identity = identity_from_der(certificate.public_bytes(Encoding.DER))
-    out("1. client certificate")
+    out("1. client certificate (checked as the mTLS listener would)")
     out(f"   subject     {identity.subject}")
     out(f"   URI SANs    {', '.join(identity.uris) or '-'}")
-    out(f"   not after   {certificate.not_valid_after_utc.isoformat()}")
     out(f"   x5t#S256    {identity.thumbprint}")
+    if settings.client_cert.source == "tls":
+        verdict = check_certificate(certificate, settings.tls, out)
+        if verdict.refusal is not None:
+            out(f"outcome: REFUSE: the TLS handshake fails (reason {verdict.refusal.value})")
+            return 1
+    else:
+        out("   (client_cert.source is header: the ingress presents it; checked per request)")
+    if not token:
+        out("outcome: certificate accepted; no token given, so nothing more to check")
+        return 0
 
     out("2. route policy")
     policy = compile_policy(settings.policy, settings.binding.mode)

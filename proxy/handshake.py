@@ -63,12 +63,17 @@ _PROTOCOL_REASONS = frozenset(
 )
 
 
+def verify_code_reason(code: int) -> FailureReason:
+    """The reason for an OpenSSL verify code (X509_V_ERR_*)."""
+    return _VERIFY_CODES.get(code, FailureReason.OTHER)
+
+
 def classify(exc: ssl.SSLError) -> tuple[FailureReason, str]:
     """(reason, what OpenSSL said) for a handshake that raised."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = exc.verify_code
         message = f"{exc.verify_message} (X509_V_ERR {code})"
-        return _VERIFY_CODES.get(code, FailureReason.OTHER), message
+        return verify_code_reason(code), message
     reason = exc.reason or type(exc).__name__
     if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
         return FailureReason.NO_CERTIFICATE, "the client sent no certificate"

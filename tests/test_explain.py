@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import AUDIENCE, PKI, Issuer, thumbprint
+from tests.conftest import AUDIENCE, PKI, Issuer, Legacy, thumbprint
+from tests.openssl_ca import OpenSSLCA
 
 
 def explain(
@@ -121,3 +123,81 @@ def test_a_file_that_is_not_a_certificate_is_a_clear_error(tmp_path: Path, pki: 
     )  # fmt: skip
     assert result.returncode == 2
     assert "holds no PEM certificate" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- the certificate alone, checked as the listener would -------------------------------------
+
+
+def explain_cert(
+    tmp_path: Path, pki: PKI, cert: str, **tls: object
+) -> subprocess.CompletedProcess[str]:
+    server_cert, key = pki.files("server")
+    config = {
+        "tls": {"cert_file": server_cert, "key_file": key, "client_ca_file": pki.ca_file, **tls},
+        "tokens": {"issuer": "https://issuer.invalid", "audience": AUDIENCE},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "explain", "--config", str(path), "--cert", cert],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_certificate_alone_is_accepted_without_a_token(tmp_path: Path, pki: PKI) -> None:
+    result = explain_cert(tmp_path, pki, pki.files("alice")[0])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "chain       ok" in result.stdout and "purpose     ok" in result.stdout
+    assert "revocation  not checked: no tls.crl_files configured" in result.stdout
+    assert "outcome: certificate accepted; no token given" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("who", "reason", "fix"),
+    [
+        ("expired", "expired", "renew it"),
+        ("stranger", "unknown_ca", "add its issuing CA"),
+        ("server_only", "bad_purpose", "extendedKeyUsage clientAuth"),
+    ],
+)
+def test_certificate_the_listener_refuses_is_explained_with_the_fix(
+    tmp_path: Path, pki: PKI, who: str, reason: str, fix: str
+) -> None:
+    result = explain_cert(tmp_path, pki, pki.files(who)[0])
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"the listener refuses it: {reason}" in result.stdout
+    assert fix in result.stdout
+    assert f"outcome: REFUSE: the TLS handshake fails (reason {reason})" in result.stdout
+
+
+def test_legacy_certificate_is_accepted_and_strictness_named(
+    tmp_path: Path, pki: PKI, legacy: Legacy
+) -> None:
+    lenient = explain_cert(tmp_path, pki, str(legacy.leaf.cert), client_ca_file=str(legacy.bundle))
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    assert "accepted (refused only with tls.x509_strict)" in lenient.stdout
+    strict = explain_cert(
+        tmp_path, pki, str(legacy.leaf.cert), client_ca_file=str(legacy.bundle), x509_strict=True
+    )
+    assert strict.returncode == 1
+    assert "the listener refuses it: strict_violation" in strict.stdout
+    assert "leave tls.x509_strict off" in strict.stdout
+
+
+def test_revoked_certificate_is_explained_from_the_crl_files(tmp_path: Path, pki: PKI) -> None:
+    ca = OpenSSLCA(tmp_path / "ca", "revoking CA")
+    good, revoked = ca.issue("good client"), ca.issue("revoked client")
+    ca.revoke(revoked)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(pki.ca.cert_pem + ca.cert.read_bytes())
+    crl = ca.gencrl(tmp_path / "ca.crl")
+    tls = {"client_ca_file": str(bundle), "crl_files": [str(crl)]}
+    ok = explain_cert(tmp_path, pki, str(good.cert), **tls)
+    assert ok.returncode == 0 and "revocation  ok: not on its CA's CRL" in ok.stdout
+    refused = explain_cert(tmp_path, pki, str(revoked.cert), **tls)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "the listener refuses it: revoked" in refused.stdout
+    assert "issue the client a new certificate" in refused.stdout
