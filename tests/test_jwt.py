@@ -13,13 +13,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from proxy.config import TokenSettings
+from proxy.config import IssuerSettings
 from proxy.errors import AuthError, Reason
 from proxy.tokens.jwks import KeySetError, parse_jwks
 from proxy.tokens.jwt import TokenCache, check_header, read_header, verify_with_key
 
 ISS, AUD = "https://issuer.example", "api"
-SETTINGS = TokenSettings(issuer=ISS, audience=AUD, algorithms=("RS256", "ES256"))
+SETTINGS = IssuerSettings(issuer=ISS, audience=(AUD,), algorithms=("RS256", "ES256"))
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 
@@ -42,12 +42,12 @@ def claims(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in c.items() if v is not None}
 
 
-def verify(token: str, key: jwt.PyJWK, settings: TokenSettings = SETTINGS) -> Any:
+def verify(token: str, key: jwt.PyJWK, settings: IssuerSettings = SETTINGS) -> Any:
     alg = check_header(read_header(token), settings)
     return verify_with_key(token, alg, key, settings, time.time())
 
 
-def reason(token: str, key: jwt.PyJWK, settings: TokenSettings = SETTINGS) -> Reason:
+def reason(token: str, key: jwt.PyJWK, settings: IssuerSettings = SETTINGS) -> Reason:
     with pytest.raises(AuthError) as info:
         verify(token, key, settings)
     return info.value.reason

@@ -43,6 +43,7 @@ CLOSED_LABEL_VALUES: dict[str, set[str] | None] = {
     "result": {"success", "failure"},
     "role": {"serving", "client_ca"},
     "index": None,  # None: any value
+    "issuer": None,  # configured names, whatever they are
     "version": None,
 }
 
