@@ -1,12 +1,15 @@
 """Tokens as deployments have them, through a real `certbound run` process driven by curl:
 two issuers with their own JWKS endpoints, claim headers with hostile values, stripping the
-Authorization header, and lifetime refusals."""
+Authorization header, lifetime refusals, and `certbound audit report` on the audit log of
+real refused requests from several certificates."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -18,7 +21,8 @@ import pytest
 
 from proxy import server
 from proxy.config import IssuerSettings, TokenSettings
-from tests.conftest import AUDIENCE, PKI, Issuer, Upstream, make_settings, serve_app
+from proxy.pki import issue
+from tests.conftest import AUDIENCE, PKI, Issuer, Upstream, make_settings, serve_app, thumbprint
 from tests.process import ProxyProcess, proxy_process
 from tests.test_http_gaps import curl, metric, status_and_headers
 
@@ -248,3 +252,72 @@ async def test_tokens_living_longer_than_their_issuer_allows_are_refused_and_nev
     assert await sample(proc, requests("1", "rejected", "lifetime_too_long")) == 2
     assert await sample(proc, requests("corp", "rejected", "lifetime_too_long")) == 1
     assert (await get(proc, pki, partner.mint(pki.alice, exp=now + 300)))[0] == 200
+
+
+# --- replay correlation -----------------------------------------------------------------------
+
+
+def report(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "report", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_audit_report_names_the_replayed_token_and_every_certificate_that_tried_it(
+    pki: PKI, issuer: Issuer, upstream: Upstream, start: Started, tmp_path: Path
+) -> None:
+    carol = issue(pki.ca, "carol")
+    carol.write(tmp_path, "carol")
+    as_carol = ("--cert", str(tmp_path / "carol.pem"), "--key", str(tmp_path / "carol.key"))
+    proc = await start()
+    stolen = issuer.mint(pki.alice, jti="alice-token-1")
+    other = issuer.mint(pki.alice, jti=None)  # no jti: named by a short hash
+    assert (await get(proc, pki, stolen))[0] == 200  # alice herself
+    for who in ("bob", "bob"):
+        assert (await get(proc, pki, stolen, who=who))[0] == 401
+    done = await curl(pki, "-H", f"Authorization: Bearer {stolen}", *as_carol, proc.url, who=None)
+    assert status_and_headers(done)[0] == 401
+    assert (await get(proc, pki, other, who="bob"))[0] == 401
+    assert len(upstream.seen) == 1
+    # bob, bob, carol: one switch to a second foreign certificate
+    switches = 'certbound_foreign_certificate_switches_total{issuer="corp"}'
+    assert await sample(proc, switches) == 1
+
+    log = tmp_path / "pod-a.log"
+    log.write_text(proc.output())
+    text = report(str(log))
+    assert text.returncode == 0, text.stderr
+    out = text.stdout.decode()
+    (tmp_path / "report.txt").write_text(out)  # printed in the issue's closing note
+    assert "Tokens presented with a certificate they are not bound to: 2" in out
+    assert "token alice-token-1  (issuer corp)" in out
+    assert f"bound to     {thumbprint(pki.alice)}" in out
+    assert "presented by 2 other certificates, 3 times" in out
+    assert f"{thumbprint(pki.bob)}  2 distinct tokens, 3 times" in out
+    assert stolen not in out and other not in out
+
+    data = json.loads(report(str(log), "--json").stdout)
+    first = data["tokens"][0]
+    assert (first["token_id"], first["issuer"], first["subject"], first["client_id"]) == (
+        "alice-token-1", "corp", "alice", "orders-app",
+    )  # fmt: skip
+    by = {p["thumbprint"]: p for p in first["presented_by"]}
+    assert set(by) == {thumbprint(pki.bob), thumbprint(carol)}
+    assert (by[thumbprint(pki.bob)]["count"], by[thumbprint(carol)]["count"]) == (2, 1)
+    assert by[thumbprint(pki.bob)]["peers"] == ["127.0.0.1"]
+    assert data["tokens"][1]["token_id"].startswith("sha256:")
+    certs = {c["thumbprint"]: c["distinct_tokens"] for c in data["certificates"]}
+    assert certs == {thumbprint(pki.bob): 2, thumbprint(carol): 1}
+
+    # Two pods' logs concatenated with junk between them, from stdin: counted, not fatal.
+    both = log.read_bytes() + b"\x00\xff not json\n{broken thumbprint_mismatch\n" + log.read_bytes()
+    merged = json.loads(report("-", "--json", stdin=both).stdout)
+    assert merged["unreadable_lines"] == 2
+    assert merged["binding_mismatches"] == 2 * data["binding_mismatches"] == 8
+    assert merged["tokens"][0]["presentations"] == 6
+    later = json.loads(report(str(log), "--json", "--since", "2999-01-01T00:00:00Z").stdout)
+    assert (later["binding_mismatches"], later["before_since"]) == (0, 4)
