@@ -69,6 +69,7 @@ REQUIRED_ALERTS = {
     "CertboundServingCertExpiringSoon",
     "CertboundJwksRefreshFailing",
     "CertboundUpstreamErrorRatioHigh",
+    "CertboundTokenReplayedByManyCertificates",
 }
 SEVERITIES = {"critical", "warning", "info"}
 
