@@ -19,7 +19,7 @@ from typing import IO, Any
 
 MAX_LINE_BYTES = 64 * 1024
 MAX_TOKENS = 20_000
-MAX_CERTS_PER_TOKEN = 32
+MAX_CERTS_PER_TOKEN = 16
 MAX_PEERS = 16
 MISMATCH = "thumbprint_mismatch"
 _DURATION = re.compile(r"(\d+)([smhd])")
@@ -33,7 +33,7 @@ class Presentations:
     count: int = 0
     first: str = ""
     last: str = ""
-    peers: set[str] = field(default_factory=set)
+    peers: list[str] = field(default_factory=list)  # at most MAX_PEERS: a list is smaller
     peers_dropped: bool = False
 
     def add(self, time: str, remote: str) -> None:
@@ -44,7 +44,7 @@ class Presentations:
             self.last = time
         if remote and remote not in self.peers:
             if len(self.peers) < MAX_PEERS:
-                self.peers.add(remote)
+                self.peers.append(remote)
             else:
                 self.peers_dropped = True
 
@@ -180,12 +180,7 @@ def build_report(lines: Iterable[bytes | None], since: str = "") -> Report:
     return report
 
 
-def as_json(report: Report) -> dict[str, Any]:
-    tokens = sorted(
-        report.tokens.values(),
-        key=lambda t: (-len(t.foreign), -sum(p.count for p in t.foreign.values()), t.token_id),
-    )
-    certs = sorted(report.certificates.items(), key=lambda c: (-len(c[1][0]), -c[1][1].count))
+def _summary(report: Report) -> dict[str, Any]:
     return {
         "lines": report.lines,
         "unreadable_lines": report.unreadable,
@@ -193,30 +188,39 @@ def as_json(report: Report) -> dict[str, Any]:
         "before_since": report.before_since,
         "truncated": {
             "tokens_not_tracked": report.tokens_dropped,
-            "certificates_not_tracked": sum(t.certs_dropped for t in tokens),
+            "certificates_not_tracked": sum(t.certs_dropped for t in report.tokens.values()),
         },
-        "tokens": [
-            {
-                "issuer": t.issuer,
-                "token_id": t.token_id,
-                "subject": t.subject,
-                "client_id": t.client_id,
-                "bound_to": t.bound_to,
-                "presentations": sum(p.count for p in t.foreign.values()),
-                "first_seen": min(p.first for p in t.foreign.values()),
-                "last_seen": max(p.last for p in t.foreign.values()),
-                "presented_by": [
-                    _presentations(thumbprint, p)
-                    for thumbprint, p in sorted(t.foreign.items(), key=lambda i: i[1].first)
-                ],
-            }
-            for t in tokens
-        ],
-        "certificates": [
-            {**_presentations(thumbprint, p), "distinct_tokens": len(keys)}
-            for thumbprint, (keys, p) in certs
-        ],
     }
+
+
+def _tokens(report: Report) -> Iterator[dict[str, Any]]:
+    """Most foreign certificates first; one token's entry at a time, so the output is never
+    held whole."""
+    ranked = sorted(
+        report.tokens.values(),
+        key=lambda t: (-len(t.foreign), -sum(p.count for p in t.foreign.values()), t.token_id),
+    )
+    for t in ranked:
+        yield {
+            "issuer": t.issuer,
+            "token_id": t.token_id,
+            "subject": t.subject,
+            "client_id": t.client_id,
+            "bound_to": t.bound_to,
+            "presentations": sum(p.count for p in t.foreign.values()),
+            "first_seen": min(p.first for p in t.foreign.values()),
+            "last_seen": max(p.last for p in t.foreign.values()),
+            "presented_by": [
+                _presentations(thumbprint, p)
+                for thumbprint, p in sorted(t.foreign.items(), key=lambda i: i[1].first)
+            ],
+        }
+
+
+def _certificates(report: Report) -> Iterator[dict[str, Any]]:
+    ranked = sorted(report.certificates.items(), key=lambda c: (-len(c[1][0]), -c[1][1].count))
+    for thumbprint, (keys, p) in ranked:
+        yield {**_presentations(thumbprint, p), "distinct_tokens": len(keys)}
 
 
 def _presentations(thumbprint: str, p: Presentations) -> dict[str, Any]:
@@ -229,25 +233,37 @@ def _presentations(thumbprint: str, p: Presentations) -> dict[str, Any]:
     }
 
 
-def as_text(report: Report) -> str:
-    data = as_json(report)
-    out = [
+def as_json(report: Report) -> Iterator[str]:
+    """One JSON document, written a token at a time."""
+    summary = json.dumps(_summary(report), indent=2)
+    yield summary[:-2] + ',\n  "tokens": ['
+    for index, token in enumerate(_tokens(report)):
+        yield ("," if index else "") + "\n    " + json.dumps(token)
+    yield '\n  ],\n  "certificates": ['
+    for index, cert in enumerate(_certificates(report)):
+        yield ("," if index else "") + "\n    " + json.dumps(cert)
+    yield "\n  ]\n}\n"
+
+
+def as_text(report: Report) -> Iterator[str]:
+    data = _summary(report)
+    yield (
         f"certbound audit report: {data['lines']} lines read, {data['unreadable_lines']} "
         f"unreadable (skipped), {data['binding_mismatches']} binding mismatches"
         + (f", {data['before_since']} before --since" if data["before_since"] else "")
-    ]
+        + "\n"
+    )
     truncated = data["truncated"]
     if truncated["tokens_not_tracked"] or truncated["certificates_not_tracked"]:
-        out.append(
+        yield (
             f"  (bounded: {truncated['tokens_not_tracked']} mismatches of tokens beyond "
             f"{MAX_TOKENS} and {truncated['certificates_not_tracked']} of certificates beyond "
-            f"{MAX_CERTS_PER_TOKEN} per token were not tracked)"
+            f"{MAX_CERTS_PER_TOKEN} per token were not tracked)\n"
         )
-    out.append("")
-    out.append(f"Tokens presented with a certificate they are not bound to: {len(data['tokens'])}")
-    for t in data["tokens"]:
+    yield f"\nTokens presented with a certificate they are not bound to: {len(report.tokens)}\n"
+    for t in _tokens(report):
         certs = len(t["presented_by"])
-        out += [
+        lines = [
             "",
             f"token {t['token_id']}  (issuer {t['issuer'] or '-'})",
             f"  subject      {t['subject'] or '-'}",
@@ -257,20 +273,16 @@ def as_text(report: Report) -> str:
             f"{t['presentations']} times, {t['first_seen']} .. {t['last_seen']}",
         ]
         for p in t["presented_by"]:
-            out.append(
+            lines.append(
                 f"    {p['thumbprint']}  {p['count']:>5}x  {p['first_seen']} .. {p['last_seen']}"
                 f"  from {', '.join(p['peers']) or '-'}"
             )
-    out += ["", f"Certificates that presented tokens bound to others: {len(data['certificates'])}"]
-    for c in data["certificates"]:
+        yield "\n".join(lines) + "\n"
+    yield (f"\nCertificates that presented tokens bound to others: {len(report.certificates)}\n")
+    for c in _certificates(report):
         tokens = c["distinct_tokens"]
-        out.append(
+        yield (
             f"  {c['thumbprint']}  {tokens} distinct token{'s' if tokens != 1 else ''}, "
             f"{c['count']} times, {c['first_seen']} .. {c['last_seen']}"
-            f"  from {', '.join(c['peers']) or '-'}"
+            f"  from {', '.join(c['peers']) or '-'}\n"
         )
-    return "\n".join(out) + "\n"
-
-
-def dumps(report: Report) -> str:
-    return json.dumps(as_json(report), indent=2) + "\n"

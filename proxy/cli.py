@@ -203,7 +203,7 @@ def _audit_report(files: list[str], *, as_json: bool, since: str) -> int:
                 return 2
         lines = itertools.chain.from_iterable(audit_report.read_lines(s) for s in streams)
         report = audit_report.build_report(lines, cutoff)
-    sys.stdout.write(audit_report.dumps(report) if as_json else audit_report.as_text(report))
+    sys.stdout.writelines(audit_report.as_json(report) if as_json else audit_report.as_text(report))
     return 0
 
 

@@ -62,7 +62,8 @@ def test_since_takes_a_duration_or_a_time() -> None:
 def test_tokens_beyond_the_bound_are_counted_not_kept() -> None:
     report = build_report(line(f"t{i}", "BOB") for i in range(MAX_TOKENS + 10))
     assert len(report.tokens) == MAX_TOKENS and report.tokens_dropped == 10
-    assert "10 mismatches of tokens beyond" in audit_report.as_text(report)
+    assert "10 mismatches of tokens beyond" in "".join(audit_report.as_text(report))
+    json.loads("".join(audit_report.as_json(report)))
 
 
 GENERATOR = """
