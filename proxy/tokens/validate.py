@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from proxy.config import (
     INHERITED_ISSUER_KEYS,
     KNOWN_ALGORITHMS,
+    SHORTHAND_ISSUER_KEYS,
     IntrospectionSettings,
     IssuerSettings,
     TokenSettings,
@@ -65,10 +66,9 @@ def validate_tokens(t: TokenSettings) -> list[str]:
 
 
 def _shorthand_keys_set(t: TokenSettings) -> list[str]:
-    keys = [key for key in ("issuer", "audience", "jwks_uri", "jwks_file") if getattr(t, key)]
-    if t.introspection != IntrospectionSettings():
-        keys.append("introspection")
-    return keys
+    # introspection counts as set when any of its keys differs from the default
+    unset = {"introspection": IntrospectionSettings()}
+    return [k for k in SHORTHAND_ISSUER_KEYS if getattr(t, k) and getattr(t, k) != unset.get(k)]
 
 
 def _issuer(prefix: str, e: IssuerSettings, shared: TokenSettings | None) -> list[str]:
