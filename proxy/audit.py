@@ -1,7 +1,8 @@
 """The decision log: one JSON line per refusal (and optionally per forwarded request).
 
-Never the token, a key or a whole certificate: only the token's jti/sub/client_id/iss and the
-two thumbprints, which is what a responder needs to correlate replay attempts.
+Never the token, a key or a whole certificate: only the token's id (jti, else a short hash),
+sub/client_id/iss, the configured issuer's name and the two thumbprints, which is what a
+responder needs to correlate replay attempts (`certbound audit report`, audit_report.py).
 Lines go through a queue to a writer thread, so a slow stdout never stalls the event loop.
 """
 
@@ -34,6 +35,8 @@ class AuditRecord:
     sub: str = ""
     client_id: str = ""
     iss: str = ""
+    issuer: str = ""  # the configured issuer's name (or index); a metric label too
+    token_id: str = ""
 
 
 def write(record: AuditRecord) -> None:
@@ -52,6 +55,8 @@ def write(record: AuditRecord) -> None:
         "sub": record.sub,
         "client_id": record.client_id,
         "iss": record.iss,
+        "issuer": record.issuer,
+        "token_id": record.token_id,
     }
     _log.info(json.dumps(line, separators=(",", ":")))
 

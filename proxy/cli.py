@@ -49,6 +49,21 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--method", default="GET")
     explain.add_argument("--path", default="/")
 
+    audit = sub.add_parser("audit", help="read certbound audit logs")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    report = audit_sub.add_parser(
+        "report",
+        help="who replayed what: tokens refused for a binding mismatch and the certificates "
+        "that presented them",
+    )
+    report.add_argument(
+        "files", nargs="*", default=["-"], help="audit log files (JSON lines); - or none: stdin"
+    )
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument(
+        "--since", default="", help="only lines from then on: 30m, 2h, 1d or 2026-01-02T03:04:05Z"
+    )
+
     inject = sub.add_parser(
         "kube-inject", help="add the certbound sidecar to the pod templates in Kubernetes YAML"
     )
@@ -83,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.config, args.grace_seconds)
     if args.command == "explain":
         return _explain(args.config, args.cert, args.token, args.method, args.path)
+    if args.command == "audit":
+        return _audit_report(args.files, as_json=args.json, since=args.since)
     if args.command == "kube-inject":
         from proxy.inject import commands
 
@@ -164,6 +181,36 @@ def _explain(config: str, cert: str, token: str, method: str, path: str) -> int:
     if token.lower().startswith("bearer "):
         token = token[7:].strip()
     return asyncio.run(explain(settings, certificate, token, method, path, print))
+
+
+def _audit_report(files: list[str], *, as_json: bool, since: str) -> int:
+    import contextlib
+    import itertools
+
+    from proxy import audit_report
+
+    try:
+        cutoff = audit_report.parse_since(since) if since else ""
+    except ValueError as exc:
+        print(f"certbound: audit report: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        streams = []
+        for name in files:
+            if name == "-":
+                streams.append(sys.stdin.buffer)
+                continue
+            try:
+                streams.append(stack.enter_context(Path(name).open("rb")))
+            except OSError as exc:
+                print(
+                    f"certbound: audit report: cannot read {name}: {exc.strerror}", file=sys.stderr
+                )
+                return 2
+        lines = itertools.chain.from_iterable(audit_report.read_lines(s) for s in streams)
+        report = audit_report.build_report(lines, cutoff)
+    sys.stdout.writelines(audit_report.as_json(report) if as_json else audit_report.as_text(report))
+    return 0
 
 
 def _check_config(path: str) -> int:

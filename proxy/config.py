@@ -88,20 +88,83 @@ class IntrospectionSettings:
     cache_size: int = 10000
 
 
+DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+
+
 @dataclass(frozen=True, slots=True)
-class TokenSettings:
+class IssuerSettings:
+    """One trusted issuer: an entry of tokens.issuers, or the single-issuer shorthand."""
+
+    name: str = ""  # metric label and audit field; empty: the entry's index
     issuer: str = ""
-    audience: str = ""
+    audience: tuple[str, ...] = ()  # the token's aud must name one of these
     jwks_uri: str = ""
     jwks_file: str = ""
-    algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     leeway_seconds: int = 30
     require_typ_at_jwt: bool = False
+    max_lifetime_seconds: int = 0  # exp - iat over this is refused; 0: off
+    introspection: IntrospectionSettings = field(default_factory=IntrospectionSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSettings:
+    # The single-issuer shorthand: a one-entry `issuers` list (trusted_issuers()).
+    issuer: str = ""
+    audience: tuple[str, ...] = ()
+    jwks_uri: str = ""
+    jwks_file: str = ""
+    # These four are also the defaults of every tokens.issuers entry that does not set them.
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway_seconds: int = 30
+    require_typ_at_jwt: bool = False
+    max_lifetime_seconds: int = 0
     jwks_refresh_seconds: float = 300.0
     jwks_min_refetch_seconds: float = 30.0
     cache_size: int = 10000
     accept_jwt: bool = True  # false: every token is introspected (opaque-only deployments)
     introspection: IntrospectionSettings = field(default_factory=IntrospectionSettings)
+    issuers: tuple[IssuerSettings, ...] = ()
+
+
+# Keys of an issuers entry that default to the tokens-level value when the entry omits them.
+INHERITED_ISSUER_KEYS = (
+    "algorithms",
+    "leeway_seconds",
+    "require_typ_at_jwt",
+    "max_lifetime_seconds",
+)
+# The single-issuer keys that tokens.issuers replaces; setting both forms is a clash.
+SHORTHAND_ISSUER_KEYS = ("issuer", "audience", "jwks_uri", "jwks_file", "introspection")
+
+
+def trusted_issuers(t: TokenSettings) -> tuple[IssuerSettings, ...]:
+    """tokens.issuers, or the single-issuer keys as a one-entry list; every entry named
+    (its `name`, else its index) and with its audience as a tuple."""
+    entries = t.issuers or (
+        IssuerSettings(
+            issuer=t.issuer,
+            audience=t.audience,
+            jwks_uri=t.jwks_uri,
+            jwks_file=t.jwks_file,
+            algorithms=t.algorithms,
+            leeway_seconds=t.leeway_seconds,
+            require_typ_at_jwt=t.require_typ_at_jwt,
+            max_lifetime_seconds=t.max_lifetime_seconds,
+            introspection=t.introspection,
+        ),
+    )
+    return tuple(
+        dataclasses.replace(e, name=e.name or str(index), audience=_audiences(e.audience))
+        for index, e in enumerate(entries)
+    )
+
+
+def _audiences(value: object) -> tuple[str, ...]:
+    # Settings built in code may pass one string; tuple("abc") would be three audiences.
+    if isinstance(value, str):
+        return (value,) if value else ()
+    return tuple(str(v) for v in value) if isinstance(value, tuple | list) else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +208,9 @@ class AdminSettings:
 class ForwardingSettings:
     client_cert_header: bool = False
     upgrade_protocols: tuple[str, ...] = ("websocket",)  # what an Upgrade request may ask for
+    # header name -> claim path (`realm_access.roles`), in the order written
+    claim_headers: tuple[tuple[str, str], ...] = ()
+    authorization: str = "pass"  # pass | strip (the token never reaches the workload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +259,7 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
         raw = loaded
     _apply_env(raw, os.environ if environ is None else environ, problems)
     settings: Settings = _build(Settings, raw, "", problems)
+    settings = _inherit_issuer_defaults(settings, raw)
     # Value checks run even after type errors, so every problem is reported in one go; a key
     # whose value could not be read is not reported twice.
     unreadable = {p.split(":", 1)[0] for p in problems}
@@ -200,6 +267,23 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _inherit_issuer_defaults(settings: Settings, raw: dict[str, Any]) -> Settings:
+    """An issuers entry that omits algorithms, leeway_seconds, require_typ_at_jwt or
+    max_lifetime_seconds gets the tokens-level value."""
+    t = settings.tokens
+    raw_tokens = raw.get("tokens")
+    raw_entries = raw_tokens.get("issuers") if isinstance(raw_tokens, dict) else None
+    if not t.issuers or not isinstance(raw_entries, list):
+        return settings
+    entries = []
+    for entry, given in zip(t.issuers, raw_entries, strict=False):
+        given_keys = given if isinstance(given, dict) else {}
+        inherited = {k: getattr(t, k) for k in INHERITED_ISSUER_KEYS if k not in given_keys}
+        entries.append(dataclasses.replace(entry, **inherited))
+    tokens = dataclasses.replace(t, issuers=tuple(entries))
+    return dataclasses.replace(settings, tokens=tokens)
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> None:
@@ -270,6 +354,13 @@ def _convert(hint: Any, value: object, key: str, problems: list[str]) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)  # `min_version: 1.2` is written without quotes by most people
         problems.append(f"{key}: expected a string, got {value!r}")
+    elif origin is tuple and typing.get_origin(typing.get_args(hint)[0]) is tuple:
+        # A mapping of strings (forwarding.claim_headers), kept as ordered pairs.
+        if isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return tuple(value.items())
+        problems.append(f"{key}: expected a mapping of strings to strings, got {value!r}")
     elif origin is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
         item = typing.cast(type[Any], typing.get_args(hint)[0])
         if isinstance(value, list):
@@ -353,36 +444,10 @@ def validate(s: Settings) -> list[str]:
                 f"forwarding.upgrade_protocols: {protocol!r} is not a protocol name (RFC 9110 §7.8)"
             )
 
-    t = s.tokens
-    if not t.issuer:
-        problems.append("tokens.issuer: required")
-    if not t.audience:
-        problems.append("tokens.audience: required")
-    if t.jwks_uri and t.jwks_file:
-        problems.append("tokens.jwks_uri: set either jwks_uri or jwks_file, not both")
-    for key, value in (("tokens.jwks_uri", t.jwks_uri), ("tokens.issuer", t.issuer)):
-        if value and urlsplit(value).scheme not in ("http", "https"):
-            problems.append(f"{key}: must be an http(s) URL, got {value!r}")
-    if t.jwks_file:
-        readable("tokens.jwks_file", t.jwks_file)
-    if not t.algorithms:
-        problems.append("tokens.algorithms: at least one algorithm is required")
-    for alg in t.algorithms:
-        if alg.lower() == "none":
-            problems.append('tokens.algorithms: "none" is never allowed (unsigned tokens)')
-        elif alg not in KNOWN_ALGORITHMS:
-            problems.append(
-                f"tokens.algorithms: unknown algorithm {alg!r} "
-                f"(known: {', '.join(sorted(KNOWN_ALGORITHMS))})"
-            )
-    if t.leeway_seconds < 0 or t.leeway_seconds > 300:
-        problems.append(f"tokens.leeway_seconds: must be 0..300, got {t.leeway_seconds}")
-    positive("tokens.jwks_refresh_seconds", t.jwks_refresh_seconds)
-    if t.jwks_min_refetch_seconds < 0:
-        problems.append("tokens.jwks_min_refetch_seconds: must be 0 or more")
-    if t.cache_size < 0:
-        problems.append("tokens.cache_size: must be 0 (off) or more")
-    problems.extend(_validate_introspection(t))
+    from proxy.tokens.validate import validate_tokens
+
+    problems.extend(validate_tokens(s.tokens))
+    problems.extend(_validate_forwarding(s.forwarding))
     problems.extend(_validate_policy(s))
     problems.extend(_validate_client_cert(s.client_cert))
     if s.log.level.lower() not in ("debug", "info", "warning", "error"):
@@ -390,45 +455,23 @@ def validate(s: Settings) -> list[str]:
     return problems
 
 
-def _validate_introspection(t: TokenSettings) -> list[str]:
-    i, problems = t.introspection, []
-    if not i.enabled:
-        if not t.accept_jwt:
-            problems.append("tokens.accept_jwt: false needs tokens.introspection.enabled: true")
-        return problems
-    if i.endpoint and urlsplit(i.endpoint).scheme not in ("http", "https"):
-        problems.append(
-            f"tokens.introspection.endpoint: must be an http(s) URL, got {i.endpoint!r}"
-        )
-    if not i.client_id:
-        problems.append("tokens.introspection.client_id: required (RFC 7662 §2.1 client auth)")
-    has_secret = bool(i.client_secret or i.client_secret_file)
-    has_cert = bool(i.client_cert_file or i.client_key_file)
-    if has_secret == has_cert:
-        problems.append(
-            "tokens.introspection: set either client_secret(_file) or client_cert_file and "
-            "client_key_file (mTLS client authentication), exactly one"
-        )
-    if i.client_secret and i.client_secret_file:
-        problems.append("tokens.introspection.client_secret: set client_secret or _file, not both")
-    for key, value in (
-        ("client_secret_file", i.client_secret_file),
-        ("client_cert_file", i.client_cert_file),
-        ("client_key_file", i.client_key_file),
-        ("ca_file", i.ca_file),
-    ):
-        if value and not os.access(value, os.R_OK):
-            problems.append(f"tokens.introspection.{key}: file {value!r} is not readable")
-    if bool(i.client_cert_file) != bool(i.client_key_file):
-        problems.append("tokens.introspection.client_key_file: set together with client_cert_file")
-    for key, number in (
-        ("timeout_seconds", i.timeout_seconds),
-        ("cache_ttl_seconds", i.cache_ttl_seconds),
-    ):
-        if number <= 0:
-            problems.append(f"tokens.introspection.{key}: must be greater than 0")
-    if i.negative_cache_ttl_seconds < 0 or i.cache_size < 0:
-        problems.append("tokens.introspection: cache sizes and times must be 0 or more")
+def _validate_forwarding(f: ForwardingSettings) -> list[str]:
+    from proxy.claim_headers import claim_path_problem, header_name_problem
+
+    problems = []
+    if f.authorization not in ("pass", "strip"):
+        problems.append(f"forwarding.authorization: pass or strip, got {f.authorization!r}")
+    seen: set[str] = set()
+    for name, path in f.claim_headers:
+        key = f"forwarding.claim_headers.{name}"
+        problem = header_name_problem(name)
+        if problem is None and name.lower() in seen:
+            problem = "named twice (header names are case-insensitive)"
+        seen.add(name.lower())
+        if problem is None:
+            problem = claim_path_problem(path)
+        if problem is not None:
+            problems.append(f"{key}: {problem}")
     return problems
 
 

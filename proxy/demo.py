@@ -167,7 +167,7 @@ async def _run(pki: DemoPKI, port: int, admin_port: int, exit_after: float | Non
             client_ca_file=str(directory / "ca.pem"),
         ),
         upstream=UpstreamSettings(url=f"http://127.0.0.1:{upstream_port}"),
-        tokens=TokenSettings(issuer=issuer_url, audience=audience, algorithms=("ES256",)),
+        tokens=TokenSettings(issuer=issuer_url, audience=(audience,), algorithms=("ES256",)),
         admin=AdminSettings(host="127.0.0.1", port=admin_port),
     )
     proxy = await server.start(settings)

@@ -29,9 +29,11 @@ class Reason(enum.Enum):
     INVALID_SIGNATURE = "invalid_signature"
     INACTIVE_TOKEN = "inactive_token"  # noqa: S105 - a reason name, not a secret
     EXPIRED = "expired"
+    LIFETIME_TOO_LONG = "lifetime_too_long"
     NOT_YET_VALID = "not_yet_valid"
     MISSING_CLAIM = "missing_claim"
-    WRONG_ISSUER = "wrong_issuer"
+    UNKNOWN_ISSUER = "unknown_issuer"  # the token's iss names no configured issuer
+    WRONG_ISSUER = "wrong_issuer"  # an introspection answer names another issuer
     WRONG_AUDIENCE = "wrong_audience"
     WRONG_TYPE = "wrong_type"
     DISALLOWED_ALGORITHM = "disallowed_algorithm"
@@ -93,8 +95,10 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.INVALID_SIGNATURE: _INVALID_TOKEN,
     Reason.INACTIVE_TOKEN: _INVALID_TOKEN,
     Reason.EXPIRED: _INVALID_TOKEN,
+    Reason.LIFETIME_TOO_LONG: _INVALID_TOKEN,
     Reason.NOT_YET_VALID: _INVALID_TOKEN,
     Reason.MISSING_CLAIM: _INVALID_TOKEN,
+    Reason.UNKNOWN_ISSUER: _INVALID_TOKEN,
     Reason.WRONG_ISSUER: _INVALID_TOKEN,
     Reason.WRONG_AUDIENCE: _INVALID_TOKEN,
     Reason.WRONG_TYPE: _INVALID_TOKEN,
@@ -126,6 +130,7 @@ class AuthError(Exception):
         self.reason = reason
         self.description = description
         self.scope = scope
+        self.issuer = ""  # the configured issuer's name, once the token's iss picked one
 
     @property
     def refusal(self) -> Refusal:

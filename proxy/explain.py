@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from proxy.binding import check_binding
 from proxy.certcheck import check_certificate
-from proxy.config import Settings
-from proxy.errors import AuthError
+from proxy.config import Settings, trusted_issuers
+from proxy.errors import AuthError, Reason
 from proxy.identity import identity_from_der
 from proxy.policy import (
     PathError,
@@ -28,7 +28,8 @@ from proxy.policy import (
     match_route,
     normalize_path,
 )
-from proxy.tokens.jwks import KeySet, KeySetError
+from proxy.tokens.issuers import Issuers, read_issuer
+from proxy.tokens.jwks import KeySetError
 from proxy.tokens.jwt import JWTVerifier, TokenCache, TokenClaims, read_header
 
 
@@ -107,23 +108,36 @@ async def explain(
     except jwt.InvalidTokenError:
         out("   claims      (unreadable: the payload is not a JSON object)")
 
-    out("4. signature and claims (keys fetched from the configured source)")
+    out("4. issuer (the token's iss picks one configured issuer)")
+    try:
+        iss = read_issuer(token)
+    except AuthError as error:
+        return refused("issuer", error)
+    entries = [e for e in trusted_issuers(settings.tokens) if e.issuer == iss]
+    if not entries:
+        known = ", ".join(f"{e.name}={e.issuer}" for e in trusted_issuers(settings.tokens))
+        out(f"   configured issuers: {known}")
+        return refused("issuer", AuthError(Reason.UNKNOWN_ISSUER, "token issuer is not trusted"))
+    out(f"   issuer {entries[0].name}: {iss}")
+
+    out("5. signature and claims (keys fetched from the configured source)")
     async with aiohttp.ClientSession() as session:
-        keys = KeySet(settings.tokens, session)
+        # Only the issuer the token names: its keys are the only ones fetched.
+        keys = Issuers((entries[0],), settings.tokens, session)
         try:
             await keys.refresh()
         except KeySetError as exc:
             out(f"   cannot load keys: {exc}")
             out("outcome: REFUSE 503 (reason keys_unavailable)")
             return 1
-        verifier = JWTVerifier(settings.tokens, keys, TokenCache(0))
+        verifier = JWTVerifier(keys, TokenCache(0), settings.forwarding.claim_headers)
         try:
             claims: TokenClaims = await verifier.verify(token)
         except AuthError as error:
             return refused("token verification", error)
     out(f"   ok: iss={claims.issuer} sub={claims.subject} client_id={claims.client_id or '-'}")
 
-    out("5. certificate binding (RFC 8705)")
+    out("6. certificate binding (RFC 8705)")
     cnf = claims.cnf
     expected = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
     out(f"   token cnf.x5t#S256    {expected if expected is not None else '(none)'}")
@@ -140,7 +154,7 @@ async def explain(
         out(f"   {error.reason.value}: would be refused, but binding.mode is report_only")
 
     if policy.is_enabled:
-        out("6. permission")
+        out("7. permission")
         try:
             if route is not None:
                 authorize(route, claims)

@@ -7,7 +7,7 @@ import base64
 from urllib.parse import quote
 
 from proxy.identity import ClientIdentity
-from proxy.tokens.jwt import TokenClaims
+from proxy.tokens.claims import TokenClaims
 
 # RFC 9110 §7.6.1 plus the old Keep-Alive/Proxy-Connection ones.
 HOP_BY_HOP = frozenset(
@@ -51,19 +51,27 @@ def connection_tokens(values: list[bytes]) -> frozenset[bytes]:
     return frozenset(named)
 
 
+def dropped_request_headers(
+    claim_header_names: frozenset[bytes], *, strip_authorization: bool
+) -> frozenset[bytes]:
+    """Every lower-case name never copied from the client to the workload: the fixed ones,
+    the configured claim headers (only the proxy may set them, like X-Certbound-*), and
+    Authorization with forwarding.authorization: strip."""
+    extra = claim_header_names | ({b"authorization"} if strip_authorization else set())
+    return DROPPED_FROM_REQUEST | extra
+
+
 def kept_request_headers(
     headers: tuple[tuple[bytes, bytes], ...],
     lower_names: tuple[bytes, ...],
     named: frozenset[bytes],
+    dropped: frozenset[bytes] = DROPPED_FROM_REQUEST,
 ) -> list[bytes]:
-    """The client's header lines that go on to the workload, already rendered."""
+    """The client's header lines that go on to the workload, already rendered. `dropped`:
+    dropped_request_headers() of the configuration, computed once."""
     out: list[bytes] = []
     for (name, value), lower in zip(headers, lower_names, strict=True):
-        if (
-            lower in DROPPED_FROM_REQUEST
-            or lower.startswith(IDENTITY_PREFIX)
-            or (named and lower in named)
-        ):
+        if lower in dropped or lower.startswith(IDENTITY_PREFIX) or (named and lower in named):
             continue
         out.append(name + b": " + value + b"\r\n")
     return out
@@ -124,6 +132,7 @@ def identity_headers(
                 f"X-Certbound-Client-Id: {header_value(claims.client_id)}\r\n"
                 f"X-Certbound-Scope: {header_value(claims.scope)}\r\n"
             ).encode("ascii")
+            + claims.claim_headers  # forwarding.claim_headers, rendered when it was verified
         )
     # bound | unbound (allowed by the route) | report_only_failed | none (public route)
     lines.append(

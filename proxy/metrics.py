@@ -27,19 +27,48 @@ _OVERHEAD_BUCKETS = (
 )
 _UPSTREAM_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
+# issuer: the configured name (or index) of the issuer whose token was judged; "" before a
+# token named one. Never a URL from a token: a closed set from the configuration.
 REQUESTS = Counter(
-    "certbound_requests", "Requests by final outcome and reason.", ["outcome", "reason"]
+    "certbound_requests",
+    "Requests by final outcome, reason and token issuer.",
+    ["outcome", "reason", "issuer"],
 )
 
 
-def count(outcome: Outcome, reason: Reason) -> None:
+def count(outcome: Outcome, reason: Reason, issuer: str = "") -> None:
     """One decision, labelled with the same spellings as the audit log and error bodies."""
-    REQUESTS.labels(outcome=outcome.value, reason=reason.value).inc()
+    REQUESTS.labels(outcome=outcome.value, reason=reason.value, issuer=issuer).inc()
 
 
-# The one series every forwarded request bumps, resolved once: labels() costs a lock and a
-# tuple per call, which shows up in the profile at a few thousand requests per second.
-FORWARDED_OK = REQUESTS.labels(outcome=Outcome.FORWARDED.value, reason=Reason.OK.value)
+class ForwardedOk(dict[str, Counter]):
+    """The series every forwarded request bumps, by issuer name ("" on public routes), each
+    resolved once: labels() costs a lock and a tuple per call, which shows up in the profile
+    at a few thousand requests per second."""
+
+    def __missing__(self, issuer: str) -> Counter:
+        series = self[issuer] = REQUESTS.labels(
+            outcome=Outcome.FORWARDED.value, reason=Reason.OK.value, issuer=issuer
+        )
+        return series
+
+
+def forwarded_ok_series(issuers: tuple[str, ...]) -> ForwardedOk:
+    series = ForwardedOk()
+    for name in ("", *issuers):
+        series[name]
+    return series
+
+
+# One token presented, within REPLAY_WINDOW_SECONDS, by a foreign certificate other than the
+# last foreign one seen for it (proxy/replay.py): the leaked-token pattern, counted without
+# a token or thumbprint label.
+FOREIGN_CERTIFICATE_SWITCHES = Counter(
+    "certbound_foreign_certificate_switches",
+    "Binding mismatches where a token came from a different foreign certificate than the "
+    "last one seen for it within 10 minutes (per process).",
+    ["issuer"],
+)
 OVERHEAD = Histogram(
     "certbound_overhead_seconds",
     "Time the proxy spends on a request, excluding the wait for the upstream.",
@@ -70,11 +99,19 @@ CONNECTIONS_REFUSED = Counter(
     "certbound_connections_refused",
     "Client connections closed at once because listen.max_connections were open.",
 )
-JWKS_REFRESH = Counter("certbound_jwks_refresh", "Key set loads by result.", ["result"])
-JWKS_KEYS = Gauge("certbound_jwks_keys", "Signing keys loaded.", multiprocess_mode="livemax")
+JWKS_REFRESH = Counter(
+    "certbound_jwks_refresh", "Key set loads by result and issuer.", ["result", "issuer"]
+)
+JWKS_KEYS = Gauge(
+    "certbound_jwks_keys",
+    "Signing keys loaded, per issuer.",
+    ["issuer"],
+    multiprocess_mode="livemax",
+)
 JWKS_LAST_SUCCESS = Gauge(
     "certbound_jwks_last_success_timestamp_seconds",
-    "Unix time of the last successful key set load.",
+    "Unix time of the last successful key set load, per issuer.",
+    ["issuer"],
     multiprocess_mode="livemax",
 )
 CERT_NOT_AFTER = Gauge(
@@ -130,9 +167,8 @@ BUILD_INFO = Gauge(
     "certbound_build_info", "Build information.", ["version"], multiprocess_mode="livemax"
 )
 BUILD_INFO.labels(version=__version__).set(1)
-# Series that alerts use with increase()/rate() must exist before their first event.
-for _result in ("success", "failure"):
-    JWKS_REFRESH.labels(result=_result)
+# Series that alerts use with increase()/rate() must exist before their first event (the
+# per-issuer ones are made when the issuers are: tokens/jwks.py, pipeline.py).
 for _kind in ("connect", "timeout", "reset"):
     UPSTREAM_ERRORS.labels(kind=_kind)
 for _result in ("good", "revoked", "unknown"):

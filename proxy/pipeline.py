@@ -33,6 +33,7 @@ from proxy.policy import (
     match_route,
     normalize_path,
 )
+from proxy.replay import ForeignCertificates
 from proxy.request import Request
 from proxy.tokens.extract import extract_bearer
 from proxy.tokens.introspect import Introspector
@@ -98,8 +99,11 @@ class Pipeline:
     verifier: JWTVerifier
     introspector: Introspector | None
     forwarded_verifier: ForwardedCertVerifier | None = None
+    issuer_names: tuple[str, ...] = ()  # the closed set of metric labels
     policy: Policy = field(init=False)
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(init=False)
+    foreign: ForeignCertificates = field(init=False, default_factory=ForeignCertificates)
+    _forwarded_ok: metrics.ForwardedOk = field(init=False)
 
     def __post_init__(self) -> None:
         self.policy = compile_policy(self.settings.policy, self.settings.binding.mode)
@@ -113,6 +117,9 @@ class Pipeline:
         self.trusted_networks = tuple(
             ipaddress.ip_network(c) for c in self.settings.client_cert.trusted_proxies
         )
+        self._forwarded_ok = metrics.forwarded_ok_series(self.issuer_names)
+        for name in self.issuer_names:  # alerts take increase() of it: exist before the first
+            metrics.FOREIGN_CERTIFICATE_SWITCHES.labels(issuer=name)
 
     @property
     def is_report_only_anywhere(self) -> bool:
@@ -213,7 +220,7 @@ class Pipeline:
             # Bound to this connection's certificate: true for every route, whatever its
             # allow_unbound_tokens or binding_mode say.
             memo.remember(
-                authorization, claims, self.verifier.generation, self.settings.tokens.leeway_seconds
+                authorization, claims, self.verifier.generation, self.verifier.leeway_for(claims)
             )
         return self._authorize(claims, identity, target, route, binding, reported)
 
@@ -287,21 +294,35 @@ class Pipeline:
 
     def refused(self, request: Request, refusal: AuthError, seen: Seen) -> None:
         """Count and audit a refusal, by the checks or by the framing step."""
-        metrics.count(Outcome.REJECTED, refusal.reason)
+        issuer = refusal.issuer or (seen.claims.issuer_name if seen.claims else "")
+        metrics.count(Outcome.REJECTED, refusal.reason, issuer)
+        self._watch_replay(refusal, seen)
         self._audit(request, Outcome.REJECTED, refusal, seen)
 
     def upstream_failed(self, request: Request, fault: AuthError, seen: Seen) -> None:
-        metrics.count(Outcome.UPSTREAM_ERROR, fault.reason)
+        metrics.count(Outcome.UPSTREAM_ERROR, fault.reason, _issuer_of(seen))
         self._audit(request, Outcome.UPSTREAM_ERROR, fault, seen)
 
     def forwarded(self, request: Request, admitted: Admitted, seen: Seen, status: int) -> None:
+        claims = admitted.claims
         if admitted.reported is not None:
-            metrics.count(Outcome.REPORT_ONLY, admitted.reported.reason)
+            metrics.count(Outcome.REPORT_ONLY, admitted.reported.reason, _issuer_of(seen))
+            self._watch_replay(admitted.reported, seen)
             self._audit(request, Outcome.REPORT_ONLY, admitted.reported, seen, status)
         else:
-            metrics.FORWARDED_OK.inc()
+            self._forwarded_ok[claims.issuer_name if claims is not None else ""].inc()
             if self.settings.log.audit_accepted:
                 self._audit(request, Outcome.FORWARDED, None, seen, status)
+
+    def _watch_replay(self, refusal: AuthError, seen: Seen) -> None:
+        """A token bound to another certificate: count it when it is the second foreign
+        certificate within the window (replay.py); never with a token or thumbprint label."""
+        claims, identity = seen.claims, seen.identity
+        if refusal.reason is not Reason.THUMBPRINT_MISMATCH or claims is None or identity is None:
+            return
+        token = (claims.issuer_name, claims.token_id)
+        if self.foreign.is_switch(token, identity.thumbprint, time.monotonic()):
+            metrics.FOREIGN_CERTIFICATE_SWITCHES.labels(issuer=claims.issuer_name).inc()
 
     def _audit(
         self,
@@ -330,8 +351,14 @@ class Pipeline:
                 sub=claims.subject[:256] if claims else "",
                 client_id=claims.client_id[:256] if claims else "",
                 iss=claims.issuer[:256] if claims else "",
+                issuer=refusal.issuer if refusal and refusal.issuer else _issuer_of(seen),
+                token_id=claims.token_id if claims else "",
             )
         )
+
+
+def _issuer_of(seen: Seen) -> str:
+    return seen.claims.issuer_name if seen.claims is not None else ""
 
 
 def _normalised_target(raw_target: str) -> tuple[str, str]:

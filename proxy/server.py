@@ -16,14 +16,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import metrics
-from proxy.config import Settings
+from proxy.config import Settings, trusted_issuers
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.upstream import UpstreamPool
 from proxy.forwarded import ForwardedCertVerifier
 from proxy.pipeline import Pipeline
 from proxy.tls import ServerTLS
 from proxy.tokens.introspect import Introspector
-from proxy.tokens.jwks import KeySet
+from proxy.tokens.issuers import Issuers
 from proxy.tokens.jwt import JWTVerifier, TokenCache
 
 log = logging.getLogger("certbound.server")
@@ -35,7 +35,7 @@ class Proxy:
 
     settings: Settings
     tls: ServerTLS
-    keys: KeySet
+    keys: Issuers  # every trusted issuer's key set
     plane: DataPlane
     http: aiohttp.ClientSession
     introspector: Introspector | None = None
@@ -52,7 +52,7 @@ class Proxy:
 
     @property
     def has_keys(self) -> bool:
-        """Signing keys are loaded, or not needed (every token is introspected)."""
+        """Every issuer's signing keys are loaded, or not needed (every token introspected)."""
         return self.keys.is_loaded or not self.settings.tokens.accept_jwt
 
 
@@ -69,7 +69,8 @@ def build_admin_app(proxy: Proxy) -> web.Application:
         if proxy.draining:
             return web.Response(status=503, text="draining\n")
         if not proxy.has_keys:
-            return web.Response(status=503, text="signing keys not loaded\n")
+            waiting = ", ".join(proxy.keys.not_loaded)
+            return web.Response(status=503, text=f"signing keys not loaded: issuer {waiting}\n")
         return web.Response(text="ready\n")
 
     async def metrics_view(_: web.Request) -> web.Response:
@@ -91,11 +92,14 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     tls = ServerTLS(settings.tls, client_cert_optional=header_source)
     cache = TokenCache(settings.tokens.cache_size)
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-    keys = KeySet(settings.tokens, http, on_change=cache.clear)
+    issuers = trusted_issuers(settings.tokens)
+    claim_headers = settings.forwarding.claim_headers
+    keys = Issuers(issuers, settings.tokens, http, on_change=cache.clear)
     introspector: Introspector | None = None
-    if settings.tokens.introspection.enabled:
-        introspector = Introspector(settings.tokens)
-        await introspector.start()
+    for issuer in issuers:  # check-config allows one at most
+        if issuer.introspection.enabled:
+            introspector = Introspector(issuer, claim_headers)
+            await introspector.start()
     forwarded_verifier = None
     if header_source:
         forwarded_verifier = ForwardedCertVerifier(
@@ -104,9 +108,10 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         tls.on_reload.append(forwarded_verifier.reload)
     pipeline = Pipeline(
         settings=settings,
-        verifier=JWTVerifier(settings.tokens, keys, cache),
+        verifier=JWTVerifier(keys, cache, claim_headers),
         introspector=introspector,
         forwarded_verifier=forwarded_verifier,
+        issuer_names=keys.names,
     )
     plane = DataPlane(settings, tls, pipeline, UpstreamPool(settings.upstream))
     proxy = Proxy(

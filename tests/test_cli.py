@@ -99,7 +99,7 @@ def test_demo_prints_curl_lines_that_work_when_pasted(tmp_path: Path) -> None:
         unbound = paste(curls[3])
         assert unbound.startswith("HTTP/1.1 401") and "missing_cnf" in unbound
         metrics = paste(curls[4])
-        assert 'certbound_requests_total{outcome="forwarded",reason="ok"} 1.0' in metrics
+        assert 'certbound_requests_total{issuer="0",outcome="forwarded",reason="ok"} 1.0' in metrics
     finally:
         demo.send_signal(signal.SIGINT)
         try:

@@ -88,7 +88,7 @@ async def test_websocket_upgrade_passes_the_checks_and_relays_both_ways(
     assert seen.headers["x-certbound-thumbprint"]  # identity headers went with the upgrade
     await asyncio.sleep(0.2)
     assert await asyncio.to_thread(metric, proc, "certbound_upgraded_connections") == 0
-    forwarded = 'certbound_requests_total{outcome="forwarded",reason="ok"}'
+    forwarded = 'certbound_requests_total{issuer="0",outcome="forwarded",reason="ok"}'
     assert await asyncio.to_thread(metric, proc, forwarded) == 1
 
 
@@ -154,7 +154,7 @@ async def test_headers_over_max_header_bytes_are_431_with_an_explanation_and_cou
     assert "listen.max_header_bytes" in body and "65536" in body
     assert "www-authenticate" not in headers  # not an authentication problem
     assert upstream.seen == []
-    sample = 'certbound_requests_total{outcome="rejected",reason="headers_too_large"}'
+    sample = 'certbound_requests_total{issuer="",outcome="rejected",reason="headers_too_large"}'
     assert metric(proc, sample) == 1
 
 

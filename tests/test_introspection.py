@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.config import IntrospectionSettings, TokenSettings
+from proxy.config import ForwardingSettings, IntrospectionSettings, TokenSettings
 from proxy.pki import issue
 from tests.conftest import AUDIENCE, PKI, Running, StartProxy, serve_app, thumbprint
 
@@ -234,3 +234,37 @@ async def test_endpoint_is_discovered_from_the_issuer_metadata(
         assert endpoint.hits == 1
     finally:
         await runner.cleanup()
+
+
+async def test_introspected_tokens_get_lifetime_rule_claim_headers_and_the_issuer_name(
+    start_proxy: StartProxy, endpoint: Introspection, tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    probe = await start_proxy()
+    tokens = replace(
+        tokens_with(
+            probe.proxy.settings.tokens,
+            endpoint=endpoint.url,
+            client_id=CLIENT_ID,
+            client_secret_file=str(secret_file),
+        ),
+        max_lifetime_seconds=300,
+    )
+    running = await start_proxy(
+        tokens=tokens,
+        forwarding=ForwardingSettings(claim_headers=(("X-User-Email", "email"),)),
+    )
+    now = int(time.time())
+    long_lived = endpoint.opaque(running.pki, iat=now, exp=now + 600)
+    no_exp = endpoint.opaque(running.pki, exp=None)
+    for token in (long_lived, no_exp):
+        status, _, body = await running.request(token=token)
+        assert status == 401 and body.startswith(b"401 lifetime_too_long:"), body
+    assert running.upstream.seen == []
+    fine = endpoint.opaque(running.pki, iat=now, exp=now + 120, email="a@b.example\r\nX: y")
+    status, _, body = await running.request(token=fine, headers={"X-User-Email": "forged"})
+    assert status == 200, body
+    assert running.upstream.seen[0].headers["x-user-email"] == ["a@b.example%0D%0AX: y"]
+    forwarded = 'certbound_requests_total{issuer="0",outcome="forwarded",reason="ok"}'
+    assert await running.metric(forwarded) >= 1

@@ -37,12 +37,14 @@ async def test_decisions_are_counted_by_outcome_and_reason(running: Running) -> 
     await running.request(token=token, who="bob")
     await running.request(token=None)
     after = await scrape(running)
-    for outcome, reason in (
-        ("forwarded", "ok"),
-        ("rejected", "thumbprint_mismatch"),
-        ("rejected", "no_token"),
+    for outcome, reason, issuer in (
+        ("forwarded", "ok", "0"),
+        ("rejected", "thumbprint_mismatch", "0"),
+        ("rejected", "no_token", ""),  # refused before a token named an issuer
     ):
-        sample = f'certbound_requests_total{{outcome="{outcome}",reason="{reason}"}}'
+        sample = (
+            f'certbound_requests_total{{issuer="{issuer}",outcome="{outcome}",reason="{reason}"}}'
+        )
         assert value(after, sample) - value(before, sample) == 1, sample
 
 
@@ -77,7 +79,9 @@ async def test_upstream_errors_are_counted_by_kind(running: Running) -> None:
     for kind in ("connect", "timeout"):
         sample = f'certbound_upstream_errors_total{{kind="{kind}"}}'
         assert value(after, sample) - value(before, sample) == 1, sample
-    sample = 'certbound_requests_total{outcome="upstream_error",reason="upstream_timeout"}'
+    sample = (
+        'certbound_requests_total{issuer="0",outcome="upstream_error",reason="upstream_timeout"}'
+    )
     assert value(after, sample) - value(before, sample) == 1
 
 
@@ -105,12 +109,13 @@ async def test_key_set_metrics(running: Running) -> None:
     with pytest.raises(Exception, match="HTTP 503"):
         await running.proxy.keys.refresh()
     after = await scrape(running)
-    ok = 'certbound_jwks_refresh_total{result="success"}'
-    bad = 'certbound_jwks_refresh_total{result="failure"}'
+    ok = 'certbound_jwks_refresh_total{issuer="0",result="success"}'
+    bad = 'certbound_jwks_refresh_total{issuer="0",result="failure"}'
     assert value(after, ok) - value(before, ok) == 1
     assert value(after, bad) - value(before, bad) == 1
-    assert value(after, "certbound_jwks_keys") == 2
-    assert abs(value(after, "certbound_jwks_last_success_timestamp_seconds") - time.time()) < 10
+    assert value(after, 'certbound_jwks_keys{issuer="0"}') == 2
+    last = value(after, 'certbound_jwks_last_success_timestamp_seconds{issuer="0"}')
+    assert abs(last - time.time()) < 10
 
 
 async def test_certificate_expiry_and_build_info(running: Running) -> None:
@@ -188,5 +193,5 @@ async def test_counts_add_up_across_worker_processes(
             )
         assert sum(1 for n in served.values() if n > 0) == 2, f"both workers must serve: {served}"
         text = await asyncio.to_thread(proc.metrics)
-    assert value(text, 'certbound_requests_total{outcome="forwarded",reason="ok"}') == 40
+    assert value(text, 'certbound_requests_total{issuer="0",outcome="forwarded",reason="ok"}') == 40
     assert len(upstream.seen) == 40

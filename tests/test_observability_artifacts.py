@@ -44,6 +44,7 @@ CLOSED_LABEL_VALUES: dict[str, set[str] | None] = {
     "result": {"success", "failure"},
     "role": {"serving", "client_ca"},
     "index": None,  # None: any value
+    "issuer": None,  # configured names, whatever they are
     "version": None,
 }
 
@@ -69,6 +70,7 @@ REQUIRED_ALERTS = {
     "CertboundServingCertExpiringSoon",
     "CertboundJwksRefreshFailing",
     "CertboundUpstreamErrorRatioHigh",
+    "CertboundTokenReplayedByManyCertificates",
 }
 SEVERITIES = {"critical", "warning", "info"}
 

@@ -150,7 +150,9 @@ async def test_report_only_forwards_a_mismatch_but_counts_and_flags_it(
 ) -> None:
     running = await start_proxy(binding=BindingSettings(mode="report_only"))
     assert await running.metric("certbound_report_only") == 1
-    sample = 'certbound_requests_total{outcome="report_only",reason="thumbprint_mismatch"}'
+    sample = (
+        'certbound_requests_total{issuer="0",outcome="report_only",reason="thumbprint_mismatch"}'
+    )
     before = await running.metric(sample)
     token = running.issuer.mint(running.pki.alice)
     status, _, _ = await running.request(who="bob", token=token)

@@ -70,7 +70,7 @@ async def test_no_token_gets_bare_bearer_challenge_and_is_not_forwarded(running:
         ({"cnf": {"x5t#S256": 5}}, "invalid_cnf"),
         ({"exp": int(time.time()) - 3600}, "expired"),
         ({"nbf": int(time.time()) + 3600}, "not_yet_valid"),
-        ({"iss": "https://evil.example"}, "wrong_issuer"),
+        ({"iss": "https://evil.example"}, "unknown_issuer"),
         ({"aud": "https://other.example"}, "wrong_audience"),
         ({"exp": None}, "missing_claim"),
     ],
@@ -348,11 +348,17 @@ async def test_admin_port_serves_health_and_metrics_without_client_cert(running:
         for path in ("/healthz", "/readyz"):
             async with s.get(running.admin + path) as r:
                 assert r.status == 200
-    assert await running.metric('certbound_requests_total{outcome="forwarded",reason="ok"}') >= 1
     assert (
-        await running.metric('certbound_requests_total{outcome="rejected",reason="no_token"}') >= 1
+        await running.metric('certbound_requests_total{issuer="0",outcome="forwarded",reason="ok"}')
+        >= 1
     )
-    assert await running.metric("certbound_jwks_keys") == 1
+    assert (
+        await running.metric(
+            'certbound_requests_total{issuer="",outcome="rejected",reason="no_token"}'
+        )
+        >= 1
+    )
+    assert await running.metric('certbound_jwks_keys{issuer="0"}') == 1
 
 
 async def test_metrics_are_not_served_on_the_mtls_port(running: Running) -> None:

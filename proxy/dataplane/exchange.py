@@ -202,7 +202,10 @@ class Exchange:
                 added,
             )
         kept = kept_request_headers(
-            head.request.headers, head.request.lower_names, head.connection_named
+            head.request.headers,
+            head.request.lower_names,
+            head.connection_named,
+            plane.dropped_request_headers,
         )
         parts = [
             upstream_head(

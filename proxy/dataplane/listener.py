@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 
 from proxy import metrics
+from proxy.claim_headers import claim_header_names
 from proxy.config import Settings
 from proxy.dataplane.connection import ClientConnection
 from proxy.dataplane.upstream import UpstreamPool
+from proxy.headers import dropped_request_headers
 from proxy.pipeline import Pipeline
 from proxy.tls import ServerTLS
 
@@ -26,6 +28,10 @@ class DataPlane:
         self.upgrade_idle_timeout = settings.upstream.upgrade_idle_timeout_seconds
         self.upgrade_protocols = frozenset(p.lower() for p in settings.forwarding.upgrade_protocols)
         self.client_cert_header = settings.forwarding.client_cert_header
+        self.dropped_request_headers = dropped_request_headers(
+            claim_header_names(settings.forwarding.claim_headers),
+            strip_authorization=settings.forwarding.authorization == "strip",
+        )
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.in_flight = 0

@@ -177,7 +177,9 @@ def inject_template(template: Any, opts: SidecarOptions) -> Injected:
         raise InjectError(f"no TLS Secret: set the annotation {TLS_SECRET} or tls.secretName")
     config_map = str(annotations.get(CONFIG_MAP) or opts.config_map)
     tokens = opts.config.get("tokens")
-    if not config_map and not (isinstance(tokens, dict) and tokens.get("issuer")):
+    if not config_map and not (
+        isinstance(tokens, dict) and (tokens.get("issuer") or tokens.get("issuers"))
+    ):
         raise InjectError(
             "no certbound config: set proxy.config.tokens (issuer, audience) in the values, "
             f"or name a ConfigMap holding config.yaml with the annotation {CONFIG_MAP}"

@@ -21,10 +21,11 @@ from urllib.parse import quote
 
 import aiohttp
 
-from proxy.config import TokenSettings
+from proxy.claim_headers import ClaimHeaderSpec, render_claim_headers
+from proxy.config import IssuerSettings
 from proxy.errors import AuthError, Reason
 from proxy.tokens.cache import ExpiringCache
-from proxy.tokens.jwt import TokenClaims
+from proxy.tokens.claims import TokenClaims, check_lifetime, token_id
 from proxy.tokens.metadata import discover
 
 log = logging.getLogger("certbound.introspect")
@@ -40,9 +41,13 @@ _INACTIVE = _Inactive()
 
 
 class Introspector:
-    def __init__(self, settings: TokenSettings) -> None:
-        self._tokens = settings
-        self._settings = settings.introspection
+    """The introspection client of the one issuer that has it enabled (an opaque token names
+    no issuer, so check-config allows at most one)."""
+
+    def __init__(self, issuer: IssuerSettings, claim_headers: ClaimHeaderSpec = ()) -> None:
+        self._tokens = issuer
+        self._settings = issuer.introspection
+        self._claim_headers = claim_headers
         self._cache: ExpiringCache[TokenClaims | _Inactive] = ExpiringCache(
             self._settings.cache_size
         )
@@ -75,6 +80,13 @@ class Introspector:
             await self._session.close()
 
     async def introspect(self, token: str) -> TokenClaims:
+        try:
+            return await self._introspect(token)
+        except AuthError as error:
+            error.issuer = self._tokens.name
+            raise
+
+    async def _introspect(self, token: str) -> TokenClaims:
         now = time.time()
         digest = hashlib.sha256(token.encode("ascii")).digest()
         cached = self._cache.get(digest, now)
@@ -86,12 +98,12 @@ class Introspector:
         if answer.get("active") is not True:
             self._cache.put(digest, _INACTIVE, now + self._settings.negative_cache_ttl_seconds)
             raise AuthError(Reason.INACTIVE_TOKEN, "token is not active")
-        claims = self._claims(answer, now)
+        claims = self._claims(answer, now, digest)
         ttl_end = now + self._settings.cache_ttl_seconds
         self._cache.put(digest, claims, min(claims.expires_at, ttl_end))
         return claims
 
-    def _claims(self, answer: dict[str, Any], now: float) -> TokenClaims:
+    def _claims(self, answer: dict[str, Any], now: float, digest: bytes) -> TokenClaims:
         leeway = self._tokens.leeway_seconds
         exp, nbf = answer.get("exp"), answer.get("nbf")
         for name, value in (("exp", exp), ("nbf", nbf)):
@@ -108,9 +120,16 @@ class Introspector:
             raise AuthError(Reason.WRONG_ISSUER, "token issuer is not trusted")
         aud = answer.get("aud")
         audiences = aud if isinstance(aud, list) else [aud]
-        if self._tokens.audience not in audiences:
+        if not any(a in audiences for a in self._tokens.audience):
             # Without an audience the token could be meant for any service: refuse.
             raise AuthError(Reason.WRONG_AUDIENCE, "token audience does not name this service")
+        max_lifetime = self._tokens.max_lifetime_seconds
+        if max_lifetime > 0:
+            if exp is None:
+                raise AuthError(
+                    Reason.LIFETIME_TOO_LONG, "token has no exp, and its lifetime must be bounded"
+                )
+            check_lifetime(float(exp), answer.get("iat"), now, max_lifetime, leeway)
         scope = answer.get("scope", "")
         return TokenClaims(
             issuer=str(iss or self._tokens.issuer),
@@ -121,6 +140,9 @@ class Introspector:
             expires_at=float(exp) if exp is not None else now + self._settings.cache_ttl_seconds,
             not_before=float(nbf) if nbf is not None else 0.0,
             cnf=answer.get("cnf"),
+            issuer_name=self._tokens.name,
+            token_id=token_id(answer.get("jti"), digest),
+            claim_headers=render_claim_headers(self._claim_headers, answer),
         )
 
     async def _ask(self, token: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import aiohttp
 import jwt
 
 from proxy import metrics
-from proxy.config import TokenSettings
+from proxy.config import IssuerSettings, TokenSettings
 from proxy.tokens.metadata import FetchError, discover, get_json
 
 log = logging.getLogger("certbound.jwks")
@@ -58,20 +58,27 @@ def parse_jwks(document: object, algorithms: tuple[str, ...]) -> dict[str | None
 
 
 class KeySet:
-    """Holds the current keys; `on_change` runs when a refresh brings a different set."""
+    """One issuer's current keys; `on_change` runs when a refresh brings a different set."""
 
     def __init__(
         self,
+        issuer: IssuerSettings,
         settings: TokenSettings,
         session: aiohttp.ClientSession,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        self.issuer = issuer
         self._settings = settings
         self._session = session
         self._on_change = on_change
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._fingerprint: str = ""
-        self._jwks_uri: str = settings.jwks_uri
+        self._jwks_uri: str = issuer.jwks_uri
+        name = issuer.name
+        self._refreshed = metrics.JWKS_REFRESH.labels(result="success", issuer=name)
+        self._failed = metrics.JWKS_REFRESH.labels(result="failure", issuer=name)
+        self._key_count = metrics.JWKS_KEYS.labels(issuer=name)
+        self._last_success = metrics.JWKS_LAST_SUCCESS.labels(issuer=name)
         self._last_kid_refetch = float("-inf")
         self._lock = asyncio.Lock()
         self._loaded = asyncio.Event()
@@ -103,25 +110,34 @@ class KeySet:
                 try:
                     await self.refresh()
                 except KeySetError as exc:
-                    log.warning("key set refresh for unknown kid failed: %s", exc)
+                    log.warning(
+                        "key set refresh of issuer %s for unknown kid failed: %s",
+                        self.issuer.name,
+                        exc,
+                    )
         return self.get(kid)
 
     async def refresh(self) -> None:
         try:
             document = await self._load()
-            keys = parse_jwks(document, self._settings.algorithms)
+            keys = parse_jwks(document, self.issuer.algorithms)
         except KeySetError:
-            metrics.JWKS_REFRESH.labels(result="failure").inc()
+            self._failed.inc()
             raise
-        metrics.JWKS_REFRESH.labels(result="success").inc()
-        metrics.JWKS_LAST_SUCCESS.set(time.time())
-        metrics.JWKS_KEYS.set(len(keys))
+        self._refreshed.inc()
+        self._last_success.set(time.time())
+        self._key_count.set(len(keys))
         fingerprint = json.dumps(document, sort_keys=True)
         if fingerprint != self._fingerprint:
             changed = bool(self._fingerprint)
             self._keys, self._fingerprint = keys, fingerprint
             self._loaded.set()
-            log.info("key set loaded: %d keys, kids=%s", len(keys), sorted(map(str, keys)))
+            log.info(
+                "key set of issuer %s loaded: %d keys, kids=%s",
+                self.issuer.name,
+                len(keys),
+                sorted(map(str, keys)),
+            )
             if changed:
                 self._on_change()
 
@@ -132,7 +148,12 @@ class KeySet:
             try:
                 await self.refresh()
             except KeySetError as exc:
-                log.error("key set refresh failed: %s (retrying in %.0fs)", exc, delay)
+                log.error(
+                    "key set refresh of issuer %s failed: %s (retrying in %.0fs)",
+                    self.issuer.name,
+                    exc,
+                    delay,
+                )
                 wait = delay
                 delay = min(delay * 2, self._settings.jwks_refresh_seconds, 60.0)
             else:
@@ -144,16 +165,16 @@ class KeySet:
                 pass
 
     async def _load(self) -> object:
-        if self._settings.jwks_file:
+        if self.issuer.jwks_file:
             try:
-                text = await asyncio.to_thread(Path(self._settings.jwks_file).read_text, "utf-8")
+                text = await asyncio.to_thread(Path(self.issuer.jwks_file).read_text, "utf-8")
                 return json.loads(text)
             except (OSError, ValueError) as exc:
                 raise KeySetError(f"cannot read jwks_file: {exc}") from None
         if not self._jwks_uri:
-            uri = await discover(self._session, self._settings.issuer, "jwks_uri", time_limit=10)
+            uri = await discover(self._session, self.issuer.issuer, "jwks_uri", time_limit=10)
             if uri is None:
-                raise KeySetError(f"no jwks_uri in the metadata of issuer {self._settings.issuer}")
+                raise KeySetError(f"no jwks_uri in the metadata of issuer {self.issuer.issuer}")
             self._jwks_uri = uri
         try:
             return await get_json(self._session, self._jwks_uri, time_limit=10)

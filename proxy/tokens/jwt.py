@@ -1,8 +1,9 @@
 """Is the JWT genuine and meant for us? Signature, algorithm, iss, aud, exp/nbf/iat, typ.
 
-Verification is PyJWT's; this module decides which key and which rules, and maps PyJWT's
-exceptions onto our reasons. Verified claims are cached by the token's SHA-256 until the
-token expires; the cache is bounded and flushed when the key set changes.
+Verification is PyJWT's; this module decides which key and which rules (those of the issuer
+the token's `iss` picks, tokens/issuers.py), and maps PyJWT's exceptions onto our reasons.
+Verified claims are cached by the token's SHA-256 until the token expires; the cache is
+bounded and flushed when a key set changes.
 """
 
 from __future__ import annotations
@@ -11,48 +12,29 @@ import hashlib
 import math
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
-from proxy.config import TokenSettings
+from proxy.claim_headers import ClaimHeaderSpec, render_claim_headers
+from proxy.config import IssuerSettings
 from proxy.errors import AuthError, Reason
 from proxy.tokens.cache import ExpiringCache
-from proxy.tokens.jwks import KeySet
+from proxy.tokens.claims import TokenClaims, check_lifetime, claims_from_payload, token_id
+from proxy.tokens.issuers import Issuers, read_issuer
+
+__all__ = [
+    "JWTVerifier",
+    "TokenCache",
+    "TokenClaims",
+    "check_header",
+    "read_header",
+    "verify_with_key",
+]
 
 # Which JWK key types may verify which algorithm family. Stops, for example, an RSA public
 # key being used as an HMAC secret (the classic RS256 -> HS256 confusion attack).
 _KTY_FOR_ALG_PREFIX = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP", "HS": "oct"}
-
-
-@dataclass(frozen=True, slots=True)
-class TokenClaims:
-    issuer: str
-    subject: str
-    client_id: str
-    scope: str
-    jti: str
-    expires_at: float
-    not_before: float
-    cnf: object  # raw claim; binding.py decides what it means
-
-
-def claims_from_payload(payload: dict[str, Any]) -> TokenClaims:
-    scope = payload.get("scope", payload.get("scp", ""))
-    if isinstance(scope, list):
-        scope = " ".join(str(s) for s in scope)
-    client_id = payload.get("client_id", payload.get("azp", ""))
-    return TokenClaims(
-        issuer=str(payload.get("iss", "")),
-        subject=str(payload.get("sub", "")),
-        client_id=str(client_id),
-        scope=str(scope),
-        jti=str(payload.get("jti", "")),
-        expires_at=float(payload["exp"]),
-        not_before=float(payload.get("nbf", 0)),
-        cnf=payload.get("cnf"),
-    )
 
 
 # RFC 7515 §7.1: three base64url parts without padding. Anything else (padding, the standard
@@ -71,7 +53,7 @@ def read_header(token: str) -> dict[str, Any]:
     return header
 
 
-def check_header(header: dict[str, Any], settings: TokenSettings) -> str:
+def check_header(header: dict[str, Any], settings: IssuerSettings) -> str:
     """Algorithm and type rules that need no key. Returns the algorithm."""
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in settings.algorithms:
@@ -87,9 +69,15 @@ def check_header(header: dict[str, Any], settings: TokenSettings) -> str:
 
 
 def verify_with_key(
-    token: str, alg: str, key: jwt.PyJWK, settings: TokenSettings, now: float
+    token: str,
+    alg: str,
+    key: jwt.PyJWK,
+    settings: IssuerSettings,
+    now: float,
+    claim_headers: ClaimHeaderSpec = (),
 ) -> TokenClaims:
-    """Signature and registered claims. Pure apart from reading the clock value given."""
+    """Signature, registered claims and lifetime, by the rules of the issuer that `iss`
+    picked; the claims come back with that issuer's name and the claim-header lines."""
     if _KTY_FOR_ALG_PREFIX.get(alg[:2]) != key.key_type:
         raise AuthError(Reason.UNKNOWN_KEY, "no key of the right type for the token algorithm")
     try:
@@ -121,13 +109,22 @@ def verify_with_key(
     except jwt.InvalidTokenError:
         raise AuthError(Reason.INVALID_TOKEN, "token is malformed") from None
     try:
-        claims = claims_from_payload(payload)
+        expires_at, not_before = float(payload["exp"]), float(payload.get("nbf", 0))
     except (TypeError, ValueError, OverflowError):
         raise AuthError(Reason.INVALID_TOKEN, "token claims have the wrong types") from None
     # exp/nbf must be finite; PyJWT takes any integer, float() can give inf for huge ones.
-    if not (math.isfinite(claims.expires_at) and math.isfinite(claims.not_before)):
+    if not (math.isfinite(expires_at) and math.isfinite(not_before)):
         raise AuthError(Reason.INVALID_TOKEN, "token claims have the wrong types")
-    return claims
+    check_lifetime(
+        expires_at, payload.get("iat"), now, settings.max_lifetime_seconds, settings.leeway_seconds
+    )
+    digest = hashlib.sha256(token.encode("ascii")).digest()
+    return claims_from_payload(
+        payload,
+        issuer_name=settings.name,
+        token_id=token_id(payload.get("jti"), digest),
+        claim_headers=render_claim_headers(claim_headers, payload),
+    )
 
 
 class TokenCache(ExpiringCache[TokenClaims]):
@@ -135,10 +132,20 @@ class TokenCache(ExpiringCache[TokenClaims]):
 
 
 class JWTVerifier:
-    def __init__(self, settings: TokenSettings, keys: KeySet, cache: TokenCache) -> None:
-        self._settings = settings
-        self._keys = keys
+    """Cache first; on a miss, the token's `iss` picks the issuer whose keys and rules judge
+    it. One cache for all issuers (a key set change at any of them flushes it)."""
+
+    def __init__(
+        self, issuers: Issuers, cache: TokenCache, claim_headers: ClaimHeaderSpec = ()
+    ) -> None:
+        self._issuers = issuers
         self._cache = cache
+        self._claim_headers = claim_headers
+        self._leeway = {ks.issuer.name: ks.issuer.leeway_seconds for ks in issuers.key_sets}
+
+    def leeway_for(self, claims: TokenClaims) -> float:
+        """The clock leeway of the issuer that verified `claims`."""
+        return self._leeway.get(claims.issuer_name, 0)
 
     @property
     def generation(self) -> int:
@@ -150,8 +157,14 @@ class JWTVerifier:
         now = time.time()
         cached = self._cache.get(hashlib.sha256(token.encode("ascii")).digest(), now)
         # nbf may still lie ahead for a token cached early; recheck it cheaply.
-        if cached is not None and now + self._settings.leeway_seconds < cached.not_before:
-            raise AuthError(Reason.NOT_YET_VALID, "token is not yet valid")
+        if (
+            cached is not None
+            and now < cached.not_before
+            and now + self._leeway.get(cached.issuer_name, 0) < cached.not_before
+        ):
+            error = AuthError(Reason.NOT_YET_VALID, "token is not yet valid")
+            error.issuer = cached.issuer_name
+            raise error
         return cached
 
     async def verify(self, token: str) -> TokenClaims:
@@ -159,17 +172,23 @@ class JWTVerifier:
         if cached is not None:
             return cached
         now = time.time()
-        digest = hashlib.sha256(token.encode("ascii")).digest()
         header = read_header(token)
-        alg = check_header(header, self._settings)
-        if not self._keys.is_loaded:
-            raise AuthError(Reason.KEYS_UNAVAILABLE, "signing keys are not loaded yet")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise AuthError(Reason.UNKNOWN_KEY, "token kid is not a string")
-        key = await self._keys.key_for(kid)
-        if key is None:
-            raise AuthError(Reason.UNKNOWN_KEY, "token is signed with an unknown key")
-        claims = verify_with_key(token, alg, key, self._settings, now)
-        self._cache.put(digest, claims, claims.expires_at + self._settings.leeway_seconds)
+        keys = self._issuers.select(read_issuer(token))
+        issuer = keys.issuer
+        try:
+            alg = check_header(header, issuer)
+            if not keys.is_loaded:
+                raise AuthError(Reason.KEYS_UNAVAILABLE, "signing keys are not loaded yet")
+            kid = header.get("kid")
+            if kid is not None and not isinstance(kid, str):
+                raise AuthError(Reason.UNKNOWN_KEY, "token kid is not a string")
+            key = await keys.key_for(kid)
+            if key is None:
+                raise AuthError(Reason.UNKNOWN_KEY, "token is signed with an unknown key")
+            claims = verify_with_key(token, alg, key, issuer, now, self._claim_headers)
+        except AuthError as error:
+            error.issuer = issuer.name
+            raise
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        self._cache.put(digest, claims, claims.expires_at + issuer.leeway_seconds)
         return claims

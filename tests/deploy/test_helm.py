@@ -319,3 +319,64 @@ def test_readme_values_example_for_a_legacy_service_renders(
     assert config["upstream"]["url"] == "http://127.0.0.1:8080"
     find(docs, "ServiceMonitor")
     find(docs, "PrometheusRule")
+
+
+def test_several_issuers_claim_headers_and_strip_render_to_a_config_certbound_accepts(
+    render: RenderFn, tmp_path: Path
+) -> None:
+    """The chart's placeholder issuer/audience are set to null, as its README says; the
+    rendered config then loads, and the shorthand placeholders do not clash."""
+    values = tmp_path / "issuers.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "proxy": {
+                    "config": {
+                        "tokens": {
+                            "issuer": None,
+                            "audience": None,
+                            "max_lifetime_seconds": 900,
+                            "issuers": [
+                                {"name": "corp", "issuer": "https://login.example.com",
+                                 "audience": ["orders", "https://orders.example.com"]},
+                                {"issuer": "https://idp.partner.example", "audience": "orders",
+                                 "max_lifetime_seconds": 300},
+                            ],
+                        },
+                        "forwarding": {
+                            "claim_headers": {"X-User-Email": "email", "X-Roles": "roles"},
+                            "authorization": "strip",
+                        },
+                    }
+                }
+            }
+        )
+    )  # fmt: skip
+    config = _config(render([values]))
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        config["tls"][key] = "/dev/null"  # the mounted Secret's paths do not exist here
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    from proxy.config import load_settings, trusted_issuers
+
+    settings = load_settings(path, environ={})
+    assert [(e.name, e.max_lifetime_seconds) for e in trusted_issuers(settings.tokens)] == [
+        ("corp", 900),
+        ("1", 300),
+    ]
+    assert settings.forwarding.authorization == "strip"
+    # helm writes maps sorted by key; the order of claim headers carries no meaning
+    assert dict(settings.forwarding.claim_headers) == {"X-User-Email": "email", "X-Roles": "roles"}
+
+
+def test_values_schema_rejects_a_bad_claim_header_name(helm: str) -> None:
+    result = run_helm(
+        helm,
+        "template",
+        "demo",
+        str(CHART),
+        "--set",
+        "proxy.config.forwarding.claim_headers.X:Y=a",
+    )
+    assert result.returncode != 0, "X:Y was accepted"
+    assert "invalid propertyName 'X:Y'" in result.stderr, result.stderr

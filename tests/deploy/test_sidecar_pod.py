@@ -221,7 +221,10 @@ def test_request_with_bound_token_flows_through_the_chart_rendered_sidecar(
 
             with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
                 metrics = r.read().decode()
-            assert 'certbound_requests_total{outcome="forwarded",reason="ok"} 1.0' in metrics
+            assert (
+                'certbound_requests_total{issuer="0",outcome="forwarded",reason="ok"} 1.0'
+                in metrics
+            )
         finally:
             proc.terminate()
             try:

@@ -18,7 +18,9 @@ async def test_jwks_down_at_start_not_ready_then_ready_when_it_answers(
 ) -> None:
     issuer.available = False  # the endpoint answers 503
     async with proxy_with(pki, issuer, upstream, wait_keys=False) as r:
-        failures_before = await r.metric('certbound_jwks_refresh_total{result="failure"}')
+        failures_before = await r.metric(
+            'certbound_jwks_refresh_total{issuer="0",result="failure"}'
+        )
         token = issuer.mint(pki.alice)
         assert await admin_get(r.admin, "/healthz") == 200
         assert await admin_get(r.admin, "/readyz") == 503
@@ -29,7 +31,7 @@ async def test_jwks_down_at_start_not_ready_then_ready_when_it_answers(
         await asyncio.sleep(1.6)
         assert issuer.jwks_hits == 2, issuer.jwks_hits
         assert await admin_get(r.admin, "/readyz") == 503
-        assert await r.metric('certbound_jwks_refresh_total{result="failure"}') >= (
+        assert await r.metric('certbound_jwks_refresh_total{issuer="0",result="failure"}') >= (
             failures_before + 2
         )
         issuer.available = True

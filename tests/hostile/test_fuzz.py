@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import TokenSettings
+from proxy.config import IssuerSettings
 from proxy.errors import REFUSALS, AuthError, Reason
 from proxy.tokens.extract import MAX_TOKEN_LENGTH, extract_bearer
 from proxy.tokens.jwt import check_header, read_header, verify_with_key
@@ -35,12 +35,12 @@ B64TOKEN_CHARS = set(string.ascii_letters + string.digits + "-._~+/=")
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 PUBLIC = jwt.PyJWK(json.loads(jwt.algorithms.ECAlgorithm.to_jwk(KEY.public_key())))
-SETTINGS = TokenSettings(issuer="https://issuer.example", audience="https://orders.example")
+SETTINGS = IssuerSettings(issuer="https://issuer.example", audience=("https://orders.example",))
 
 
 def genuine(**overrides: Any) -> str:
     now = int(time.time())
-    claims = {"iss": SETTINGS.issuer, "aud": SETTINGS.audience, "exp": now + 600, "iat": now,
+    claims = {"iss": SETTINGS.issuer, "aud": SETTINGS.audience[0], "exp": now + 600, "iat": now,
               "sub": "alice", "cnf": {"x5t#S256": "A" * 43}, **overrides}  # fmt: skip
     return jwt.encode(claims, KEY, algorithm="ES256", headers={"kid": "k1", "typ": "at+jwt"})
 
@@ -199,7 +199,7 @@ def test_any_signed_claim_set_is_accepted_only_when_it_meets_the_rules(
         return
     assert claims["iss"] == SETTINGS.issuer
     aud = claims["aud"]
-    assert aud == SETTINGS.audience or (isinstance(aud, list) and SETTINGS.audience in aud)
+    assert aud == SETTINGS.audience[0] or (isinstance(aud, list) and SETTINGS.audience[0] in aud)
     assert out.expires_at + SETTINGS.leeway_seconds > time.time()
 
 

@@ -124,7 +124,7 @@ async def test_oversize_head_is_431_and_nothing_reaches_upstream(
     assert response.header("Connection") == "close"
     await asyncio.sleep(0.2)
     assert running.upstream.seen == []
-    metric = 'certbound_requests_total{outcome="rejected",reason="headers_too_large"}'
+    metric = 'certbound_requests_total{issuer="",outcome="rejected",reason="headers_too_large"}'
     assert await running.metric(metric) >= 1
 
 
