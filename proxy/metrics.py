@@ -115,6 +115,18 @@ CRL_NEXT_UPDATE = Gauge(
     ["index"],
     multiprocess_mode="livemin",
 )
+CRL_FETCH_LAST_SUCCESS = Gauge(
+    "certbound_crl_fetch_last_success_timestamp_seconds",
+    "Unix time of the last good download of each tls.fetch_crls source (0: none yet); index "
+    "follows tls.crl_files, and start-up logs the URL of each.",
+    ["index"],
+    multiprocess_mode="livemin",
+)
+CRL_FETCH_FAILURES = Counter(
+    "certbound_crl_fetch_failures",
+    "Downloads from a CRL distribution point that gave no usable CRL (the last good one stays).",
+    ["index"],
+)
 REVOCATION_UNAVAILABLE_ALLOWED = Gauge(
     "certbound_revocation_unavailable_allowed",
     "1 when tls.revocation_unavailable is allow: a certificate whose revocation status is "

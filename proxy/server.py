@@ -17,11 +17,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import metrics
 from proxy.config import Settings
+from proxy.crlfetch import CRLFetcher
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.upstream import UpstreamPool
 from proxy.forwarded import ForwardedCertVerifier
 from proxy.pipeline import Pipeline
-from proxy.tls import ServerTLS
+from proxy.tls import ServerTLS, crl_sources
 from proxy.tokens.introspect import Introspector
 from proxy.tokens.jwks import KeySet
 from proxy.tokens.jwt import JWTVerifier, TokenCache
@@ -120,12 +121,27 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     )
     await admin_site.start()
     proxy.admin_port = int(proxy.admin.addresses[0][1])
+    fetcher = None
+    if settings.tls.fetch_crls:
+        fetcher = CRLFetcher(
+            crl_sources(settings.tls),
+            len(settings.tls.crl_files),
+            settings.tls.client_ca_file,
+            http,
+            settings.tls.crl_fetch_interval_seconds,
+            tls.crls_fetched,
+        )
+        # Before the listener opens, so the first clients are not refused for want of a CRL;
+        # bounded by the download timeout, and a failure here is retried, not fatal.
+        await fetcher.refresh_all()
     proxy.data_port = await plane.listen(
         settings.listen.host, settings.listen.port, reuse_port=shared_ports
     )
     if settings.tokens.accept_jwt:
         proxy.tasks.append(asyncio.create_task(keys.run(proxy.stop_event)))
     proxy.tasks.append(asyncio.create_task(tls.watch(proxy.stop_event)))
+    if fetcher is not None:
+        proxy.tasks.append(asyncio.create_task(fetcher.run(proxy.stop_event)))
     log.info(
         "listening: mTLS on %s:%d, admin on %s:%d, upstream %s, event loop %s",
         settings.listen.host,
