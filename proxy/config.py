@@ -63,6 +63,7 @@ class TLSSettings:
     revocation_unavailable: str = "refuse"  # refuse | allow: no CRL for the issuer, or stale
     fetch_crls: bool = False  # download the CAs' CRLs from their http CRL Distribution Points
     crl_fetch_interval_seconds: float = 3600.0  # longest time between two downloads of a CRL
+    ocsp: str = "off"  # off | leaf: ask the leaf's AIA OCSP responder once per connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +338,8 @@ def validate(s: Settings) -> list[str]:
         problems.append(
             f"tls.revocation_unavailable: refuse or allow, got {s.tls.revocation_unavailable!r}"
         )
+    if s.tls.ocsp not in ("off", "leaf"):
+        problems.append(f"tls.ocsp: off or leaf, got {s.tls.ocsp!r}")
     if not 60 <= s.tls.crl_fetch_interval_seconds <= 86400:
         problems.append(
             "tls.crl_fetch_interval_seconds: must be 60 to 86400, "

@@ -21,6 +21,7 @@ from proxy.crlfetch import CRLFetcher
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.upstream import UpstreamPool
 from proxy.forwarded import ForwardedCertVerifier
+from proxy.ocsp import OCSPChecker
 from proxy.pipeline import Pipeline
 from proxy.tls import ServerTLS, crl_sources
 from proxy.tokens.introspect import Introspector
@@ -110,6 +111,12 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         forwarded_verifier=forwarded_verifier,
     )
     plane = DataPlane(settings, tls, pipeline, UpstreamPool(settings.upstream))
+    if settings.tls.ocsp == "leaf":
+        checker = OCSPChecker(
+            http, settings.tls.client_ca_file, settings.tls.revocation_unavailable == "allow"
+        )
+        plane.ocsp = checker
+        tls.on_reload.append(lambda: checker.reload(settings.tls.client_ca_file))
     proxy = Proxy(
         settings=settings, tls=tls, keys=keys, plane=plane, http=http, introspector=introspector
     )

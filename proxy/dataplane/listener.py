@@ -9,6 +9,7 @@ from proxy import metrics
 from proxy.config import Settings
 from proxy.dataplane.connection import ClientConnection
 from proxy.dataplane.upstream import UpstreamPool
+from proxy.ocsp import OCSPChecker
 from proxy.pipeline import Pipeline
 from proxy.tls import ServerTLS
 
@@ -26,6 +27,7 @@ class DataPlane:
         self.upgrade_idle_timeout = settings.upstream.upgrade_idle_timeout_seconds
         self.upgrade_protocols = frozenset(p.lower() for p in settings.forwarding.upgrade_protocols)
         self.client_cert_header = settings.forwarding.client_cert_header
+        self.ocsp: OCSPChecker | None = None  # tls.ocsp: leaf (set by server.start)
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.in_flight = 0
