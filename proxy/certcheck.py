@@ -70,8 +70,16 @@ def check_certificate(
             HandshakeFailure.BAD_PURPOSE, "extendedKeyUsage does not include clientAuth", out
         )
     out("   purpose     ok: clientAuth (or no extendedKeyUsage)")
+    fetched_note = (
+        "   revocation  tls.fetch_crls: the running proxy also checks the CRLs it downloads "
+        "(not downloaded here; see certbound_crl_fetch_* metrics)"
+    )
     if not tls.crl_files:
-        out("   revocation  not checked: no tls.crl_files configured")
+        out(
+            fetched_note
+            if tls.fetch_crls
+            else "   revocation  not checked: no tls.crl_files configured"
+        )
         return CertificateVerdict(None, "accepted")
     try:
         crls = load_revocation(tls)
@@ -83,6 +91,10 @@ def check_certificate(
     if verdict.status is Status.REVOKED:
         return _refused(HandshakeFailure.REVOKED, verdict.why, out)
     if verdict.status is not Status.GOOD:
+        if tls.fetch_crls:
+            out(f"   revocation  {verdict.why}")
+            out(fetched_note)
+            return CertificateVerdict(None, "accepted unless a fetched CRL lists it")
         if tls.revocation_unavailable == "allow":
             out(f"   revocation  {verdict.why}: accepted (tls.revocation_unavailable is allow)")
             return CertificateVerdict(None, "accepted with unknown revocation status")

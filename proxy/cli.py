@@ -141,12 +141,13 @@ def _thumbprint(path: str) -> int:
 def _load(path: str) -> Settings | None:
     """Settings with the TLS files loaded once to prove they work, or None (problems printed)."""
     from proxy.config import ConfigError, load_settings
-    from proxy.tls import TLSConfigError, build_server_context, load_revocation
+    from proxy.tls import TLSConfigError, build_server_context, crl_sources, load_revocation
 
     try:
         settings = load_settings(path)
         build_server_context(settings.tls)  # PEM that parses but does not load is an error too
         load_revocation(settings.tls)  # and a CRL its CA did not sign
+        crl_sources(settings.tls)  # and fetch_crls with nowhere to fetch from
     except ConfigError as exc:
         print(f"certbound: invalid configuration in {path}:", file=sys.stderr)
         for problem in exc.problems:

@@ -61,6 +61,9 @@ class TLSSettings:
     x509_strict: bool = False  # OpenSSL's extra checks (key identifiers, ...) on client chains
     crl_files: tuple[str, ...] = ()  # PEM or DER CRLs of the client CAs, one per file
     revocation_unavailable: str = "refuse"  # refuse | allow: no CRL for the issuer, or stale
+    fetch_crls: bool = False  # download the CAs' CRLs from their http CRL Distribution Points
+    crl_fetch_interval_seconds: float = 3600.0  # longest time between two downloads of a CRL
+    ocsp: str = "off"  # off | leaf: ask the leaf's AIA OCSP responder once per connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +428,13 @@ def validate(s: Settings) -> list[str]:
     if s.tls.revocation_unavailable not in ("refuse", "allow"):
         problems.append(
             f"tls.revocation_unavailable: refuse or allow, got {s.tls.revocation_unavailable!r}"
+        )
+    if s.tls.ocsp not in ("off", "leaf"):
+        problems.append(f"tls.ocsp: off or leaf, got {s.tls.ocsp!r}")
+    if not 60 <= s.tls.crl_fetch_interval_seconds <= 86400:
+        problems.append(
+            "tls.crl_fetch_interval_seconds: must be 60 to 86400, "
+            f"got {s.tls.crl_fetch_interval_seconds}"
         )
     if s.tls.min_version not in ("1.2", "1.3"):
         problems.append(f'tls.min_version: must be "1.2" or "1.3", got {s.tls.min_version!r}')

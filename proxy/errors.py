@@ -21,6 +21,8 @@ class Reason(enum.Enum):
     OK = "ok"
     NO_CLIENT_CERT = "no_client_cert"
     INVALID_CLIENT_CERT = "invalid_client_cert"
+    CLIENT_CERT_REVOKED = "client_cert_revoked"  # tls.ocsp: the responder said revoked
+    CLIENT_CERT_REVOCATION_UNKNOWN = "client_cert_revocation_unknown"  # tls.ocsp: no answer
     NO_TOKEN = "no_token"  # noqa: S105 - a reason name, not a secret
     MALFORMED_REQUEST = "malformed_request"
     HEADERS_TOO_LARGE = "headers_too_large"
@@ -86,6 +88,10 @@ REFUSALS: dict[Reason, Refusal] = {
     # Without a verified certificate there is nothing to bind the token to (RFC 8705 §3).
     Reason.NO_CLIENT_CERT: _INVALID_TOKEN,
     Reason.INVALID_CLIENT_CERT: _INVALID_TOKEN,
+    # A token bound to a revoked certificate is as bad as an unbound one (RFC 8705 §3); an
+    # unknown status refused by tls.revocation_unavailable is answered the same way.
+    Reason.CLIENT_CERT_REVOKED: _INVALID_TOKEN,
+    Reason.CLIENT_CERT_REVOCATION_UNKNOWN: _INVALID_TOKEN,
     Reason.NO_TOKEN: Refusal(401, None),
     Reason.MALFORMED_REQUEST: Refusal(400, "invalid_request"),
     # RFC 6585 §5; not an authentication problem, so no challenge.

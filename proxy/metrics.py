@@ -152,6 +152,24 @@ CRL_NEXT_UPDATE = Gauge(
     ["index"],
     multiprocess_mode="livemin",
 )
+CRL_FETCH_LAST_SUCCESS = Gauge(
+    "certbound_crl_fetch_last_success_timestamp_seconds",
+    "Unix time of the last good download of each tls.fetch_crls source (0: none yet); index "
+    "follows tls.crl_files, and start-up logs the URL of each.",
+    ["index"],
+    multiprocess_mode="livemin",
+)
+CRL_FETCH_FAILURES = Counter(
+    "certbound_crl_fetch_failures",
+    "Downloads from a CRL distribution point that gave no usable CRL (the last good one stays).",
+    ["index"],
+)
+OCSP_ANSWERS = Counter(
+    "certbound_ocsp_answers",
+    "tls.ocsp questions by answer: good, revoked, unknown (the responder does not know the "
+    "certificate), error (unreachable, refused, unsigned, stale or unreadable answer).",
+    ["status"],
+)
 REVOCATION_UNAVAILABLE_ALLOWED = Gauge(
     "certbound_revocation_unavailable_allowed",
     "1 when tls.revocation_unavailable is allow: a certificate whose revocation status is "
@@ -173,6 +191,8 @@ for _kind in ("connect", "timeout", "reset"):
     UPSTREAM_ERRORS.labels(kind=_kind)
 for _result in ("good", "revoked", "unknown"):
     REVOCATION_CHECKS.labels(result=_result)
+for _status in ("good", "revoked", "unknown", "error"):
+    OCSP_ANSWERS.labels(status=_status)
 for _failure in HandshakeFailure:
     TLS_HANDSHAKE_FAILURES.labels(reason=_failure.value)
 

@@ -2,7 +2,7 @@
 
 Pure apart from reading the files in `load_crls`: `CRLSet.check` takes a certificate and a
 time and returns a verdict. It checks the leaf only (not intermediates), and knows no delta or
-indirect CRLs. Fetching CRLs and OCSP are not done here.
+indirect CRLs. Fetching CRLs (proxy/crlfetch.py) and OCSP (proxy/ocsp.py) are not done here.
 """
 
 from __future__ import annotations
@@ -34,11 +34,16 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class IssuerCRL:
-    index: int  # position in tls.crl_files: the only label metrics carry
+    index: int  # position in tls.crl_files, then the fetched ones: the only label metrics carry
     issuer: x509.Name
     last_update: dt.datetime
     next_update: dt.datetime | None
     revoked: frozenset[int]  # serial numbers
+    name: str = ""  # for log lines: tls.crl_files[i], or the fetched CRL's URL
+
+    @property
+    def source(self) -> str:
+        return self.name or f"tls.crl_files[{self.index}]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +61,18 @@ class CRLSet:
     def check(self, certificate: x509.Certificate, now: dt.datetime) -> Verdict:
         crl = self.for_issuer(certificate.issuer)
         if crl is None:
-            return Verdict(Status.UNKNOWN, "no CRL in tls.crl_files for the certificate's issuer")
+            return Verdict(
+                Status.UNKNOWN,
+                "no CRL (tls.crl_files or tls.fetch_crls) for the certificate's issuer",
+            )
         if certificate.serial_number in crl.revoked:
-            return Verdict(Status.REVOKED, f"serial is on the CRL tls.crl_files[{crl.index}]")
+            return Verdict(Status.REVOKED, f"serial is on the CRL {crl.source}")
         if crl.next_update is not None and now > crl.next_update:
             return Verdict(
                 Status.UNKNOWN,
-                f"the CRL tls.crl_files[{crl.index}] is past its nextUpdate "
-                f"{crl.next_update.isoformat()}",
+                f"the CRL {crl.source} is past its nextUpdate {crl.next_update.isoformat()}",
             )
-        return Verdict(Status.GOOD, f"not on the CRL tls.crl_files[{crl.index}]")
+        return Verdict(Status.GOOD, f"not on the CRL {crl.source}")
 
 
 def parse_crl(data: bytes) -> x509.CertificateRevocationList:
@@ -78,7 +85,10 @@ def parse_crl(data: bytes) -> x509.CertificateRevocationList:
 
 
 def index_crl(
-    index: int, crl: x509.CertificateRevocationList, cas: Iterable[x509.Certificate]
+    index: int,
+    crl: x509.CertificateRevocationList,
+    cas: Iterable[x509.Certificate],
+    name: str = "",
 ) -> IssuerCRL:
     """Accept a CRL only with a valid signature by a CA of the bundle that names its issuer."""
     signers = [ca for ca in cas if ca.subject == crl.issuer]
@@ -92,6 +102,7 @@ def index_crl(
         last_update=crl.last_update_utc,
         next_update=crl.next_update_utc,
         revoked=frozenset(entry.serial_number for entry in crl),
+        name=name,
     )
 
 

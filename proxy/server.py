@@ -17,11 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import metrics
 from proxy.config import Settings, trusted_issuers
+from proxy.crlfetch import CRLFetcher
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.upstream import UpstreamPool
 from proxy.forwarded import ForwardedCertVerifier
+from proxy.ocsp import OCSPChecker
 from proxy.pipeline import Pipeline
-from proxy.tls import ServerTLS
+from proxy.tls import ServerTLS, crl_sources
 from proxy.tokens.introspect import Introspector
 from proxy.tokens.issuers import Issuers
 from proxy.tokens.jwt import JWTVerifier, TokenCache
@@ -114,6 +116,12 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         issuer_names=keys.names,
     )
     plane = DataPlane(settings, tls, pipeline, UpstreamPool(settings.upstream))
+    if settings.tls.ocsp == "leaf":
+        checker = OCSPChecker(
+            http, settings.tls.client_ca_file, settings.tls.revocation_unavailable == "allow"
+        )
+        plane.ocsp = checker
+        tls.on_reload.append(lambda: checker.reload(settings.tls.client_ca_file))
     proxy = Proxy(
         settings=settings, tls=tls, keys=keys, plane=plane, http=http, introspector=introspector
     )
@@ -125,12 +133,27 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     )
     await admin_site.start()
     proxy.admin_port = int(proxy.admin.addresses[0][1])
+    fetcher = None
+    if settings.tls.fetch_crls:
+        fetcher = CRLFetcher(
+            crl_sources(settings.tls),
+            len(settings.tls.crl_files),
+            settings.tls.client_ca_file,
+            http,
+            settings.tls.crl_fetch_interval_seconds,
+            tls.crls_fetched,
+        )
+        # Before the listener opens, so the first clients are not refused for want of a CRL;
+        # bounded by the download timeout, and a failure here is retried, not fatal.
+        await fetcher.refresh_all()
     proxy.data_port = await plane.listen(
         settings.listen.host, settings.listen.port, reuse_port=shared_ports
     )
     if settings.tokens.accept_jwt:
         proxy.tasks.append(asyncio.create_task(keys.run(proxy.stop_event)))
     proxy.tasks.append(asyncio.create_task(tls.watch(proxy.stop_event)))
+    if fetcher is not None:
+        proxy.tasks.append(asyncio.create_task(fetcher.run(proxy.stop_event)))
     log.info(
         "listening: mTLS on %s:%d, admin on %s:%d, upstream %s, event loop %s",
         settings.listen.host,

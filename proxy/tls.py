@@ -18,7 +18,8 @@ from cryptography import x509
 
 from proxy import metrics
 from proxy.config import TLSSettings
-from proxy.revocation import CRLSet, RevocationConfigError, load_crls
+from proxy.crlfetch import distribution_points
+from proxy.revocation import CRLSet, IssuerCRL, RevocationConfigError, load_crls
 
 log = logging.getLogger("certbound.tls")
 
@@ -95,13 +96,33 @@ def record_expiry(settings: TLSSettings) -> None:
 
 
 def load_revocation(settings: TLSSettings) -> CRLSet | None:
-    """The CRLs of tls.crl_files, each verified against its CA; None when none are configured."""
-    if not settings.crl_files:
+    """The CRLs of tls.crl_files, each verified against its CA; None when revocation is not
+    checked (no crl_files and no fetch_crls)."""
+    if not settings.crl_files and not settings.fetch_crls:
         return None
     try:
         return load_crls(settings.crl_files, settings.client_ca_file)
     except RevocationConfigError as exc:
         raise TLSConfigError(str(exc)) from None
+
+
+def crl_sources(settings: TLSSettings) -> list[str]:
+    """The http CRL Distribution Points of the client CAs, for tls.fetch_crls."""
+    if not settings.fetch_crls:
+        return []
+    try:
+        cas = x509.load_pem_x509_certificates(Path(settings.client_ca_file).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise TLSConfigError(f"tls.client_ca_file: cannot read it: {_why(exc)}") from None
+    urls, ignored = distribution_points(cas)
+    for url in ignored:
+        log.warning("tls.fetch_crls: %s is not an http:// distribution point; not fetched", url)
+    if not urls:
+        raise TLSConfigError(
+            "tls.fetch_crls: no CA in tls.client_ca_file names an http:// CRL distribution "
+            "point (use tls.crl_files, or turn tls.fetch_crls off)"
+        )
+    return urls
 
 
 def record_crls(crls: CRLSet | None) -> None:
@@ -123,20 +144,36 @@ class ServerTLS:
         # Revocation is checked in Python after the handshake (proxy/handshake.py), not by
         # OpenSSL: a stale CRL can then be allowed (tls.revocation_unavailable), and a refusal
         # is logged with the certificate it refused, which OpenSSL's path gives us no way to see.
-        self.revocation = load_revocation(settings)
+        self._from_files = load_revocation(settings)
+        self._fetched: tuple[IssuerCRL, ...] = ()  # tls.fetch_crls, kept across file reloads
+        self.revocation = self._from_files
         self.allow_unknown_revocation = settings.revocation_unavailable == "allow"
         self._stamp = self._file_stamp()
         self.on_reload: list[Callable[[], None]] = []
         record_expiry(settings)
         record_crls(self.revocation)
+        checks = self._from_files is not None
         metrics.REVOCATION_UNAVAILABLE_ALLOWED.set(
-            1 if self.allow_unknown_revocation and settings.crl_files else 0
+            1 if self.allow_unknown_revocation and checks else 0
         )
-        if self.allow_unknown_revocation and settings.crl_files:
+        if self.allow_unknown_revocation and checks:
             log.warning(
                 "tls.revocation_unavailable is allow: a client certificate whose revocation "
                 "status is unknown (no CRL for its issuer, or a CRL past nextUpdate) is ACCEPTED"
             )
+
+    def crls_fetched(self, fetched: tuple[IssuerCRL, ...]) -> None:
+        """tls.fetch_crls brought a new CRL: new connections check against it."""
+        self._fetched = fetched
+        self._combine()
+
+    def _combine(self) -> None:
+        files = self._from_files
+        if files is None:
+            self.revocation = None
+        else:
+            self.revocation = CRLSet(files.crls + self._fetched) if self._fetched else files
+        record_crls(self.revocation)
 
     def _file_stamp(self) -> tuple[tuple[int, int, int], ...]:
         stamps = []
@@ -172,8 +209,8 @@ class ServerTLS:
             except TLSConfigError as exc:
                 log.error("TLS files changed but cannot be used; keeping the old ones: %s", exc)
                 continue
-            self.current, self.revocation = current, revocation
-            record_crls(revocation)
+            self.current, self._from_files = current, revocation
+            self._combine()
             await asyncio.to_thread(record_expiry, self._settings)
             for callback in self.on_reload:
                 await asyncio.to_thread(callback)

@@ -37,6 +37,7 @@ basicConstraints = critical,CA:true
 keyUsage = critical,keyCertSign,cRLSign
 subjectKeyIdentifier = {ski}
 authorityKeyIdentifier = none
+{cdp}
 [client_ext]
 basicConstraints = CA:false
 keyUsage = critical,digitalSignature
@@ -44,6 +45,13 @@ extendedKeyUsage = {eku}
 subjectKeyIdentifier = {ski}
 authorityKeyIdentifier = {aki}
 {cdp}
+{aia}
+[ocsp_ext]
+basicConstraints = CA:false
+keyUsage = critical,digitalSignature
+extendedKeyUsage = OCSPSigning
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 """
 
 
@@ -78,7 +86,10 @@ class OpenSSLCA:
         key_identifiers: bool = True,
         eku: str = "clientAuth",
         crl_url: str = "",
+        ocsp_url: str = "",
     ) -> None:
+        """`crl_url`: a CRL Distribution Point on the CA and on what it issues (a self-signed
+        CA's own CRL covers both); `ocsp_url`: an AIA OCSP responder on what it issues."""
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "newcerts").mkdir(exist_ok=True)
@@ -93,6 +104,7 @@ class OpenSSLCA:
                 aki="keyid" if key_identifiers else "none",
                 eku=eku,
                 cdp=f"crlDistributionPoints = URI:{crl_url}" if crl_url else "",
+                aia=f"authorityInfoAccess = OCSP;URI:{ocsp_url}" if ocsp_url else "",
             )
         )
         openssl(
@@ -109,7 +121,10 @@ class OpenSSLCA:
         *,
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
+        extensions: str = "client_ext",
     ) -> Leaf:
+        """`extensions`: client_ext (a client certificate), ocsp_ext (a delegated OCSP
+        responder: OCSPSigning EKU)."""
         key, csr, cert = (self.dir / f"{name}{ext}" for ext in (".key", ".csr", ".pem"))
         openssl(
             "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -123,7 +138,7 @@ class OpenSSLCA:
         if not_after is not None:
             dates += ["-enddate", openssl_time(not_after)]
         openssl(
-            "ca", "-batch", "-config", "ca.cnf", "-extensions", "client_ext", "-notext",
+            "ca", "-batch", "-config", "ca.cnf", "-extensions", extensions, "-notext",
             "-in", str(csr), "-out", str(cert), *dates,
             cwd=self.dir,
         )  # fmt: skip

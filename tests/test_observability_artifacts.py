@@ -43,6 +43,7 @@ CLOSED_LABEL_VALUES: dict[str, set[str] | None] = {
     "kind": {"connect", "timeout", "reset"},
     "result": {"success", "failure"},
     "role": {"serving", "client_ca"},
+    "status": {"good", "revoked", "unknown", "error"},  # certbound_ocsp_answers
     "index": None,  # None: any value
     "issuer": None,  # configured names, whatever they are
     "version": None,

@@ -229,7 +229,9 @@ async def test_certificate_of_a_ca_without_a_crl_is_unknown_and_refused(
             proc.url + "/orders", pki.ca_file, alice, token=issuer.mint(pki.alice)
         )
         assert status == "000"
-        assert "no CRL in tls.crl_files for the certificate's issuer" in proc.output()
+        assert (
+            "no CRL (tls.crl_files or tls.fetch_crls) for the certificate's issuer" in proc.output()
+        )
 
 
 def test_check_config_reports_an_unusable_crl(

@@ -84,6 +84,7 @@ class ClientConnection(asyncio.Protocol):
         "added_headers",
         "identity",
         "memo",
+        "ocsp",
         "plane",
         "tunnel",
     )
@@ -93,6 +94,8 @@ class ClientConnection(asyncio.Protocol):
         self.identity: ClientIdentity | None = None
         self.tunnel: UpstreamConnection | None = None
         self.memo = TokenMemo()  # the checks' own memory of this connection's token
+        # tls.ocsp: None (nothing to wait for), a refusal, or the question still out.
+        self.ocsp: AuthError | asyncio.Task[AuthError | None] | None = None
         # The last identity header lines rendered on this connection, and what they depend on.
         self.added_headers: (
             tuple[TokenClaims | None, ClientIdentity, str, bytes | None, bytes] | None
@@ -207,6 +210,7 @@ class ClientConnection(asyncio.Protocol):
         self._receiving = None
         self.memo = TokenMemo()
         self.added_headers = None
+        self.ocsp = None
 
     def pause_writing(self) -> None:
         self._is_write_paused = True
@@ -285,6 +289,9 @@ class ClientConnection(asyncio.Protocol):
                     self._counted_failure_close()
                     return
                 self.identity = identity_from_certificate(certificate, der)
+                if self.plane.ocsp is not None:
+                    # Asked now, answered beside the connection; its first request waits.
+                    self.ocsp = self.plane.ocsp.begin(certificate)
         self._state = _OPEN
         self._parser = httptools.HttpRequestParser(self)
         metrics.OPEN_CONNECTIONS.inc()

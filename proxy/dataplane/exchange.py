@@ -87,6 +87,12 @@ class Exchange:
 
     def start(self) -> None:
         self.conn.plane.request_started()
+        self._check()
+
+    def _check(self) -> None:
+        # tls.ocsp: one attribute check once the connection's answer is known (None).
+        if self.conn.ocsp is not None and not self._revocation_settled():
+            return
         try:
             decision = self.conn.plane.pipeline.admit(
                 self.head.request, self.conn.identity, self.seen, self.conn.memo
@@ -98,6 +104,29 @@ class Exchange:
             self._admitted(decision)
         else:
             self._run(decision, self._decided)
+
+    def _revocation_settled(self) -> bool:
+        """The connection's OCSP answer: True to go on; False when this request was refused,
+        or waits for the answer (only this connection's requests, only until it comes)."""
+        answer = self.conn.ocsp
+        if isinstance(answer, asyncio.Task):
+            if not answer.done():
+                answer.add_done_callback(self._ocsp_answered)
+                return False
+            if answer.cancelled() or answer.exception() is not None:
+                answer = AuthError.internal()
+            else:
+                answer = answer.result()
+            self.conn.ocsp = answer
+        if answer is None:
+            return True
+        self.seen.identity = self.conn.identity
+        self.refuse(answer)
+        return False
+
+    def _ocsp_answered(self, _: asyncio.Task[AuthError | None]) -> None:
+        if not self.is_finished:
+            self._check()
 
     def _run(self, work: Coroutine[Any, Any, Any], then: Any) -> None:
         self._task = asyncio.get_running_loop().create_task(work)

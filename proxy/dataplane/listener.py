@@ -11,6 +11,7 @@ from proxy.config import Settings
 from proxy.dataplane.connection import ClientConnection
 from proxy.dataplane.upstream import UpstreamPool
 from proxy.headers import dropped_request_headers
+from proxy.ocsp import OCSPChecker
 from proxy.pipeline import Pipeline
 from proxy.tls import ServerTLS
 
@@ -32,6 +33,7 @@ class DataPlane:
             claim_header_names(settings.forwarding.claim_headers),
             strip_authorization=settings.forwarding.authorization == "strip",
         )
+        self.ocsp: OCSPChecker | None = None  # tls.ocsp: leaf (set by server.start)
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.in_flight = 0
