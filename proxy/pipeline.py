@@ -110,7 +110,8 @@ class Pipeline:
         # Only JWTs (whose cache entries live until exp) verified for a certificate fixed for
         # the connection's life (the TLS session, not a forwarded header) are remembered.
         self._remembers = (
-            self.settings.tokens.accept_jwt
+            self.settings.tokens.cache_size > 0  # tokens.cache_size: 0 means verify every time
+            and self.settings.tokens.accept_jwt
             and self.introspector is None
             and self.settings.client_cert.source == "tls"
         )

@@ -422,3 +422,28 @@ async def test_another_token_on_the_same_connection_gets_every_check(running: Ru
         assert status == 401 and b"thumbprint_mismatch" in body
         assert (await get(session, running, good))[0] == 200
     assert len(running.upstream.seen) == 2
+
+
+async def test_with_the_token_cache_off_every_request_is_verified_again(
+    start_proxy: StartProxy, pki: PKI, issuer: Issuer, upstream: Upstream
+) -> None:
+    """tokens.cache_size: 0 turns off the connection's token memo too: on one kept-alive
+    connection, every request's token is verified again (counted on the real verifier)."""
+    tokens = make_settings(pki, issuer, upstream).tokens
+    running = await start_proxy(tokens=replace(tokens, cache_size=0))
+    token = running.issuer.mint(running.pki.alice)
+    async with await kept_alive(running) as session:
+        assert (await get(session, running, token))[0] == 200
+        verified = running.proxy.pipeline.verifier
+        calls = 0
+        real = verified.verify
+
+        async def counting(t: str) -> object:
+            nonlocal calls
+            calls += 1
+            return await real(t)
+
+        verified.verify = counting  # type: ignore[method-assign]
+        assert (await get(session, running, token))[0] == 200
+        assert (await get(session, running, token))[0] == 200
+    assert calls == 2
