@@ -79,11 +79,15 @@ for i in range(int(sys.argv[1])):
              "sub": "user%d" % i, "client_id": "app", "issuer": "corp", "token_id": "tok%09d" % i}
     out.write(json.dumps(entry).encode() + b"\\n" + filler * 3 + b"not json at all\\n")
 """
+# VmHWM, not getrusage's ru_maxrss: Linux carries the maximum across exec, so a child of a big
+# pytest process would report pytest's peak (281 MiB in a full run) instead of its own.
 MEASURE = """
-import resource, sys
+import sys
 from proxy.cli import main
 code = main(["audit", "report", "-", "--json"])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+with open("/proc/self/status") as status:
+    peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+print(peak, file=sys.stderr)
 sys.exit(code)
 """
 
