@@ -64,6 +64,9 @@ class TLSSettings:
     fetch_crls: bool = False  # download the CAs' CRLs from their http CRL Distribution Points
     crl_fetch_interval_seconds: float = 3600.0  # longest time between two downloads of a CRL
     ocsp: str = "off"  # off | leaf: ask the leaf's AIA OCSP responder once per connection
+    # required: no certificate, no handshake. optional: a connection without one is accepted;
+    # its requests pass only with a DPoP-bound token or on a public route.
+    client_cert: str = "required"
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +432,8 @@ def validate(s: Settings) -> list[str]:
         problems.append(
             f"tls.revocation_unavailable: refuse or allow, got {s.tls.revocation_unavailable!r}"
         )
+    if s.tls.client_cert not in ("required", "optional"):
+        problems.append(f"tls.client_cert: required or optional, got {s.tls.client_cert!r}")
     if s.tls.ocsp not in ("off", "leaf"):
         problems.append(f"tls.ocsp: off or leaf, got {s.tls.ocsp!r}")
     if not 60 <= s.tls.crl_fetch_interval_seconds <= 86400:

@@ -54,7 +54,7 @@ class Admitted(NamedTuple):
     """A request the checks let through, and what the forwarder needs to know about it
     (immutable; a tuple because one is built for every request)."""
 
-    identity: ClientIdentity
+    identity: ClientIdentity | None  # None: tls.client_cert optional and none was presented
     target: str  # the request-target to send: as received, or the normalised matched path
     binding: str  # bound | unbound | report_only_failed | none (X-Certbound-Binding)
     claims: TokenClaims | None = None
@@ -115,6 +115,8 @@ class Pipeline:
             and self.introspector is None
             and self.settings.client_cert.source == "tls"
         )
+        # tls.client_cert: optional lets a connection without a certificate reach the checks.
+        self._certless = self.settings.tls.client_cert == "optional"
         self.trusted_networks = tuple(
             ipaddress.ip_network(c) for c in self.settings.client_cert.trusted_proxies
         )
@@ -144,7 +146,7 @@ class Pipeline:
             # glued onto the upstream URL, and `*` or authority-form name no resource of it.
             raise AuthError.malformed("the request target must be an absolute path")
         identity = seen.identity = self._identity(request, from_tls)
-        if identity is None:
+        if identity is None and not self._certless:
             raise AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate")
         target, route = request.target, None
         if self.policy.is_enabled:
@@ -156,7 +158,7 @@ class Pipeline:
                     return Admitted(identity, target, binding="none")
         query = request.query
         authorization = request.values(b"authorization")
-        if not self._remembers:
+        if not self._remembers or identity is None:
             memo = None
         single = authorization[0] if len(authorization) == 1 and not query else None
         claims = None
@@ -184,7 +186,7 @@ class Pipeline:
     async def _admit_verified(
         self,
         token: str,
-        identity: ClientIdentity,
+        identity: ClientIdentity | None,
         target: str,
         route: Route | None,
         seen: Seen,
@@ -197,7 +199,7 @@ class Pipeline:
     def _bind_and_authorize(
         self,
         claims: TokenClaims,
-        identity: ClientIdentity,
+        identity: ClientIdentity | None,
         target: str,
         route: Route | None,
         authorization: str | None,
@@ -205,6 +207,10 @@ class Pipeline:
     ) -> Admitted:
         mode = route.binding_mode if route else self.settings.binding.mode
         reported, is_bound = None, False
+        if identity is None:
+            # Nothing to bind to and, without DPoP, no other proof of possession: refused
+            # whatever the route's binding_mode (as a connection without a certificate was).
+            raise AuthError(Reason.NO_CLIENT_CERT, _CERTLESS_REFUSAL)
         try:
             is_bound = check_binding(
                 claims.cnf,
@@ -228,7 +234,7 @@ class Pipeline:
     def _authorize(
         self,
         claims: TokenClaims,
-        identity: ClientIdentity,
+        identity: ClientIdentity | None,
         target: str,
         route: Route | None,
         binding: str,
@@ -356,6 +362,9 @@ class Pipeline:
                 token_id=claims.token_id if claims else "",
             )
         )
+
+
+_CERTLESS_REFUSAL = "no client certificate, and the token is not DPoP-bound"
 
 
 def _issuer_of(seen: Seen) -> str:

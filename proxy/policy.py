@@ -152,8 +152,12 @@ def match_route(policy: Policy, method: str, path: str) -> Route | None:
     return None
 
 
-def check_subject(route: Route, identity: ClientIdentity) -> None:
-    if route.subjects and not (
+def check_subject(route: Route, identity: ClientIdentity | None) -> None:
+    if not route.subjects:
+        return
+    if identity is None:
+        raise AuthError(Reason.NO_CLIENT_CERT, "this route names certificate subjects")
+    if not (
         identity.subject in route.subjects or any(uri in route.subjects for uri in identity.uris)
     ):
         raise AuthError(Reason.SUBJECT_NOT_ALLOWED, "client certificate is not allowed here")
