@@ -205,6 +205,14 @@ class ClientCertSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DPoPSettings:
+    algorithms: tuple[str, ...] = ("ES256", "PS256", "EdDSA", "RS256")  # asymmetric only
+    max_age_seconds: int = 300  # how old a proof's iat may be (plus the issuer's leeway)
+    external_base_url: str = ""  # https://host[:port][/prefix] clients use; empty: Host header
+    replay_cache_size: int = 100000  # jti values remembered (per process) within the window
+
+
+@dataclass(frozen=True, slots=True)
 class AdminSettings:
     host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet on the pod IP
     port: int = 9090
@@ -234,6 +242,7 @@ class Settings:
     binding: BindingSettings = field(default_factory=BindingSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     client_cert: ClientCertSettings = field(default_factory=ClientCertSettings)
+    dpop: DPoPSettings = field(default_factory=DPoPSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -465,6 +474,7 @@ def validate(s: Settings) -> list[str]:
     problems.extend(_validate_forwarding(s.forwarding))
     problems.extend(_validate_policy(s))
     problems.extend(_validate_client_cert(s.client_cert))
+    problems.extend(_validate_dpop(s.dpop))
     if s.log.level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log.level: one of debug, info, warning, error; got {s.log.level!r}")
     return problems
@@ -540,4 +550,31 @@ def _validate_client_cert(c: ClientCertSettings) -> list[str]:
             "client_cert.trusted_proxies: required with source: header "
             "(otherwise anyone could claim any certificate)"
         )
+    return problems
+
+
+def _validate_dpop(d: DPoPSettings) -> list[str]:
+    from proxy.tokens.dpop import ASYMMETRIC_ALGORITHMS
+
+    problems = []
+    if not d.algorithms:
+        problems.append("dpop.algorithms: at least one algorithm")
+    for alg in d.algorithms:
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            problems.append(
+                f"dpop.algorithms: {alg!r} is not an asymmetric JWS algorithm "
+                f"({', '.join(sorted(ASYMMETRIC_ALGORITHMS))})"
+            )
+    if not 1 <= d.max_age_seconds <= 3600:
+        problems.append(f"dpop.max_age_seconds: must be 1 to 3600, got {d.max_age_seconds}")
+    if not 1 <= d.replay_cache_size <= 10_000_000:
+        problems.append(f"dpop.replay_cache_size: must be 1 to 10000000, got {d.replay_cache_size}")
+    if d.external_base_url:
+        url = urlsplit(d.external_base_url)
+        if url.scheme != "https" or not url.hostname:
+            problems.append(
+                f"dpop.external_base_url: must be an https:// URL, got {d.external_base_url!r}"
+            )
+        elif url.query or url.fragment:
+            problems.append("dpop.external_base_url: must not have a query or fragment")
     return problems
