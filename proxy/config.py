@@ -188,6 +188,7 @@ class RouteSettings:
     allow_unbound_tokens: bool = False
     public: bool = False
     binding_mode: str = ""  # empty: binding.mode
+    binding: str = "any"  # mtls | dpop | any: which kind of key binding the token must carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +502,7 @@ def _validate_forwarding(f: ForwardingSettings) -> list[str]:
 
 
 BINDING_MODES = ("enforce", "report_only")
+BINDING_KINDS = ("mtls", "dpop", "any")
 
 
 def _validate_policy(s: Settings) -> list[str]:
@@ -520,6 +522,13 @@ def _validate_policy(s: Settings) -> list[str]:
         if route.binding_mode and route.binding_mode not in BINDING_MODES:
             problems.append(
                 f"{key}.binding_mode: enforce or report_only, got {route.binding_mode!r}"
+            )
+        if route.binding not in BINDING_KINDS:
+            problems.append(f"{key}.binding: mtls, dpop or any, got {route.binding!r}")
+        elif route.binding != "any" and (route.public or route.allow_unbound_tokens):
+            problems.append(
+                f"{key}.binding: {route.binding} asks for a bound token; a public route or "
+                "allow_unbound_tokens cannot apply with it"
             )
         for method in route.methods:
             if not method.isalpha():

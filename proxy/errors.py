@@ -59,6 +59,7 @@ class Reason(enum.Enum):
     DPOP_KEY_MISMATCH = "dpop_key_mismatch"
     DPOP_TOKEN_AS_BEARER = "dpop_token_as_bearer"  # noqa: S105 - a reason name, not a secret
     BEARER_TOKEN_AS_DPOP = "bearer_token_as_dpop"  # noqa: S105 - a reason name, not a secret
+    WRONG_BINDING_KIND = "wrong_binding_kind"  # a route's binding: mtls | dpop
     INSUFFICIENT_SCOPE = "insufficient_scope"
     CLIENT_NOT_ALLOWED = "client_not_allowed"
     SUBJECT_NOT_ALLOWED = "subject_not_allowed"
@@ -147,6 +148,8 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.DPOP_KEY_MISMATCH: _INVALID_TOKEN,
     Reason.DPOP_TOKEN_AS_BEARER: _INVALID_TOKEN,
     Reason.BEARER_TOKEN_AS_DPOP: _INVALID_TOKEN,
+    # This token can never be used here, whoever holds it: not a permission (scope) matter.
+    Reason.WRONG_BINDING_KIND: _INVALID_TOKEN,
     # RFC 6750 §3.1 has one code for "authenticated but not permitted".
     Reason.INSUFFICIENT_SCOPE: _POLICY,
     Reason.CLIENT_NOT_ALLOWED: _POLICY,

@@ -319,7 +319,12 @@ class Pipeline:
     ) -> Admitted:
         """Route policy, a step of its own: binding proves possession, not permission."""
         if route is not None:
-            authorize(route, claims)
+            try:
+                authorize(route, claims)
+            except AuthError as refusal:
+                if refusal.reason is Reason.WRONG_BINDING_KIND and route.binding == "dpop":
+                    refusal.dpop_algs = self._dpop_algs  # RFC 9449 §7.1: ask for DPoP
+                raise
         elif self.policy.is_enabled and not self.policy.unmatched_allowed:
             raise AuthError.no_route()
         return Admitted(identity, target, binding, claims, reported)
