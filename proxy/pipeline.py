@@ -206,7 +206,12 @@ class Pipeline:
         seen: Seen,
         memo: TokenMemo | None,
     ) -> Admitted:
-        claims = seen.claims = await self._verify(presented.token)
+        try:
+            claims = seen.claims = await self._verify(presented.token)
+        except AuthError as refusal:
+            if presented.is_dpop:  # RFC 9449 §7.1: answer in the scheme the client used
+                refusal.dpop_algs = self._dpop_algs
+            raise
         return self._bind_and_authorize(claims, presented, identity, target, route, memo)
 
     def _bind_and_authorize(

@@ -274,3 +274,20 @@ async def test_mtls_bound_token_is_unchanged_by_dpop_support(dpop: Running) -> N
     status, _, body = await dpop.request(token=token, who=None)
     assert status == 401
     assert body.startswith(b"401 no_client_cert:")
+
+
+async def test_extra_claims_in_a_proof_are_allowed(dpop: Running) -> None:
+    client = Client(dpop)
+    proof = client.proof(aud="https://elsewhere.example", iss="client", nonce_hint="x")
+    status, _, body = await client.send([proof])
+    assert status == 200, body
+
+
+async def test_expired_token_in_the_dpop_scheme_gets_a_dpop_challenge(dpop: Running) -> None:
+    client = Client(dpop)
+    token = dpop.issuer.mint(cnf={"jkt": thumbprint(client.jwk)}, exp=int(time.time()) - 3600)
+    status, headers, body = await client.send([client.proof(token=token)], token=token)
+    assert status == 401
+    assert body.startswith(b"401 expired:")
+    assert headers["WWW-Authenticate"].startswith('DPoP error="invalid_token"')
+    assert dpop.upstream.seen == []

@@ -101,8 +101,15 @@ def verify_proof(
             proof,
             key,
             algorithms=[alg],
-            # Times are checked below with the DPoP window; a proof has no exp or aud.
-            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+            # Times are checked below with the DPoP window; a proof has no exp or aud, and
+            # an extra claim a client adds (RFC 9449 §4.2 allows them) is not ours to judge.
+            options={
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+                "verify_aud": False,
+                "verify_iss": False,
+            },
         )
     except jwt.InvalidSignatureError:
         raise _refuse(Reason.DPOP_INVALID_SIGNATURE, "DPoP proof signature is invalid") from None
