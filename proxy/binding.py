@@ -9,7 +9,7 @@ from proxy.errors import AuthError, Reason
 
 # A SHA-256 digest in base64url without padding is exactly 43 characters of this alphabet.
 # Anything else (padding, the standard alphabet, whitespace) is not a thumbprint we could match.
-_THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
+THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def check_binding(cnf: object, thumbprint: str, *, allow_unbound: bool = False) -> bool:
@@ -28,7 +28,7 @@ def check_binding(cnf: object, thumbprint: str, *, allow_unbound: bool = False) 
         if allow_unbound:
             return False
         raise AuthError(Reason.MISSING_CNF, "cnf claim has no x5t#S256 member")
-    if not isinstance(expected, str) or _THUMBPRINT.fullmatch(expected) is None:
+    if not isinstance(expected, str) or THUMBPRINT.fullmatch(expected) is None:
         raise AuthError(Reason.INVALID_CNF, "cnf x5t#S256 is not a base64url SHA-256 thumbprint")
     # Constant time, so response timing does not reveal how much of a guess was right.
     if not hmac.compare_digest(expected.encode("ascii"), thumbprint.encode("ascii")):

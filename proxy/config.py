@@ -64,6 +64,9 @@ class TLSSettings:
     fetch_crls: bool = False  # download the CAs' CRLs from their http CRL Distribution Points
     crl_fetch_interval_seconds: float = 3600.0  # longest time between two downloads of a CRL
     ocsp: str = "off"  # off | leaf: ask the leaf's AIA OCSP responder once per connection
+    # required: no certificate, no handshake. optional: a connection without one is accepted;
+    # its requests pass only with a DPoP-bound token or on a public route.
+    client_cert: str = "required"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +188,7 @@ class RouteSettings:
     allow_unbound_tokens: bool = False
     public: bool = False
     binding_mode: str = ""  # empty: binding.mode
+    binding: str = "any"  # mtls | dpop | any: which kind of key binding the token must carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +203,14 @@ class ClientCertSettings:
     header_format: str = "rfc9440"  # rfc9440 (Client-Cert) | xfcc (X-Forwarded-Client-Cert)
     trusted_proxies: tuple[str, ...] = ()  # CIDRs allowed to send the header
     trusted_proxy_subjects: tuple[str, ...] = ()  # and, if set, only over mTLS with these
+
+
+@dataclass(frozen=True, slots=True)
+class DPoPSettings:
+    algorithms: tuple[str, ...] = ("ES256", "PS256", "EdDSA", "RS256")  # asymmetric only
+    max_age_seconds: int = 300  # how old a proof's iat may be (plus the issuer's leeway)
+    external_base_url: str = ""  # https://host[:port][/prefix] clients use; empty: Host header
+    replay_cache_size: int = 100000  # jti values remembered (per process) within the window
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +243,7 @@ class Settings:
     binding: BindingSettings = field(default_factory=BindingSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     client_cert: ClientCertSettings = field(default_factory=ClientCertSettings)
+    dpop: DPoPSettings = field(default_factory=DPoPSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -429,6 +442,8 @@ def validate(s: Settings) -> list[str]:
         problems.append(
             f"tls.revocation_unavailable: refuse or allow, got {s.tls.revocation_unavailable!r}"
         )
+    if s.tls.client_cert not in ("required", "optional"):
+        problems.append(f"tls.client_cert: required or optional, got {s.tls.client_cert!r}")
     if s.tls.ocsp not in ("off", "leaf"):
         problems.append(f"tls.ocsp: off or leaf, got {s.tls.ocsp!r}")
     if not 60 <= s.tls.crl_fetch_interval_seconds <= 86400:
@@ -460,6 +475,7 @@ def validate(s: Settings) -> list[str]:
     problems.extend(_validate_forwarding(s.forwarding))
     problems.extend(_validate_policy(s))
     problems.extend(_validate_client_cert(s.client_cert))
+    problems.extend(_validate_dpop(s.dpop))
     if s.log.level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log.level: one of debug, info, warning, error; got {s.log.level!r}")
     return problems
@@ -486,6 +502,7 @@ def _validate_forwarding(f: ForwardingSettings) -> list[str]:
 
 
 BINDING_MODES = ("enforce", "report_only")
+BINDING_KINDS = ("mtls", "dpop", "any")
 
 
 def _validate_policy(s: Settings) -> list[str]:
@@ -505,6 +522,13 @@ def _validate_policy(s: Settings) -> list[str]:
         if route.binding_mode and route.binding_mode not in BINDING_MODES:
             problems.append(
                 f"{key}.binding_mode: enforce or report_only, got {route.binding_mode!r}"
+            )
+        if route.binding not in BINDING_KINDS:
+            problems.append(f"{key}.binding: mtls, dpop or any, got {route.binding!r}")
+        elif route.binding != "any" and (route.public or route.allow_unbound_tokens):
+            problems.append(
+                f"{key}.binding: {route.binding} asks for a bound token; a public route or "
+                "allow_unbound_tokens cannot apply with it"
             )
         for method in route.methods:
             if not method.isalpha():
@@ -535,4 +559,31 @@ def _validate_client_cert(c: ClientCertSettings) -> list[str]:
             "client_cert.trusted_proxies: required with source: header "
             "(otherwise anyone could claim any certificate)"
         )
+    return problems
+
+
+def _validate_dpop(d: DPoPSettings) -> list[str]:
+    from proxy.tokens.dpop import ASYMMETRIC_ALGORITHMS
+
+    problems = []
+    if not d.algorithms:
+        problems.append("dpop.algorithms: at least one algorithm")
+    for alg in d.algorithms:
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            problems.append(
+                f"dpop.algorithms: {alg!r} is not an asymmetric JWS algorithm "
+                f"({', '.join(sorted(ASYMMETRIC_ALGORITHMS))})"
+            )
+    if not 1 <= d.max_age_seconds <= 3600:
+        problems.append(f"dpop.max_age_seconds: must be 1 to 3600, got {d.max_age_seconds}")
+    if not 1 <= d.replay_cache_size <= 10_000_000:
+        problems.append(f"dpop.replay_cache_size: must be 1 to 10000000, got {d.replay_cache_size}")
+    if d.external_base_url:
+        url = urlsplit(d.external_base_url)
+        if url.scheme != "https" or not url.hostname:
+            problems.append(
+                f"dpop.external_base_url: must be an https:// URL, got {d.external_base_url!r}"
+            )
+        elif url.query or url.fragment:
+            problems.append("dpop.external_base_url: must not have a query or fragment")
     return problems

@@ -43,6 +43,23 @@ class Reason(enum.Enum):
     MISSING_CNF = "missing_cnf"
     INVALID_CNF = "invalid_cnf"
     THUMBPRINT_MISMATCH = "thumbprint_mismatch"
+    # DPoP (RFC 9449): the proof, then the token's use of it.
+    DPOP_PROOF_MISSING = "dpop_proof_missing"
+    DPOP_MULTIPLE_PROOFS = "dpop_multiple_proofs"
+    INVALID_DPOP_PROOF = "invalid_dpop_proof"
+    DPOP_DISALLOWED_ALGORITHM = "dpop_disallowed_algorithm"
+    DPOP_PRIVATE_KEY = "dpop_private_key"
+    DPOP_INVALID_SIGNATURE = "dpop_invalid_signature"
+    DPOP_WRONG_METHOD = "dpop_wrong_method"
+    DPOP_WRONG_URL = "dpop_wrong_url"
+    DPOP_PROOF_EXPIRED = "dpop_proof_expired"
+    DPOP_PROOF_NOT_YET_VALID = "dpop_proof_not_yet_valid"
+    DPOP_WRONG_ATH = "dpop_wrong_ath"
+    DPOP_REPLAYED = "dpop_replayed"
+    DPOP_KEY_MISMATCH = "dpop_key_mismatch"
+    DPOP_TOKEN_AS_BEARER = "dpop_token_as_bearer"  # noqa: S105 - a reason name, not a secret
+    BEARER_TOKEN_AS_DPOP = "bearer_token_as_dpop"  # noqa: S105 - a reason name, not a secret
+    WRONG_BINDING_KIND = "wrong_binding_kind"  # a route's binding: mtls | dpop
     INSUFFICIENT_SCOPE = "insufficient_scope"
     CLIENT_NOT_ALLOWED = "client_not_allowed"
     SUBJECT_NOT_ALLOWED = "subject_not_allowed"
@@ -79,6 +96,7 @@ class Refusal:
 
 
 _INVALID_TOKEN = Refusal(401, "invalid_token")
+_INVALID_PROOF = Refusal(401, "invalid_dpop_proof")  # RFC 9449 §7.1
 
 # RFC 6750 §3.1: no credentials -> bare challenge; malformed -> 400; bad token -> 401;
 # RFC 8705 §3: a thumbprint mismatch is invalid_token with 401, like any other bad token.
@@ -113,6 +131,25 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.MISSING_CNF: _INVALID_TOKEN,
     Reason.INVALID_CNF: _INVALID_TOKEN,
     Reason.THUMBPRINT_MISMATCH: _INVALID_TOKEN,
+    Reason.DPOP_PROOF_MISSING: _INVALID_PROOF,
+    Reason.DPOP_MULTIPLE_PROOFS: _INVALID_PROOF,
+    Reason.INVALID_DPOP_PROOF: _INVALID_PROOF,
+    Reason.DPOP_DISALLOWED_ALGORITHM: _INVALID_PROOF,
+    Reason.DPOP_PRIVATE_KEY: _INVALID_PROOF,
+    Reason.DPOP_INVALID_SIGNATURE: _INVALID_PROOF,
+    Reason.DPOP_WRONG_METHOD: _INVALID_PROOF,
+    Reason.DPOP_WRONG_URL: _INVALID_PROOF,
+    Reason.DPOP_PROOF_EXPIRED: _INVALID_PROOF,
+    Reason.DPOP_PROOF_NOT_YET_VALID: _INVALID_PROOF,
+    Reason.DPOP_WRONG_ATH: _INVALID_PROOF,
+    Reason.DPOP_REPLAYED: _INVALID_PROOF,
+    # A genuine proof by a key the token does not name, and the scheme confusions of RFC 9449
+    # §7.2: the token is what cannot be used this way, so invalid_token.
+    Reason.DPOP_KEY_MISMATCH: _INVALID_TOKEN,
+    Reason.DPOP_TOKEN_AS_BEARER: _INVALID_TOKEN,
+    Reason.BEARER_TOKEN_AS_DPOP: _INVALID_TOKEN,
+    # This token can never be used here, whoever holds it: not a permission (scope) matter.
+    Reason.WRONG_BINDING_KIND: _INVALID_TOKEN,
     # RFC 6750 §3.1 has one code for "authenticated but not permitted".
     Reason.INSUFFICIENT_SCOPE: _POLICY,
     Reason.CLIENT_NOT_ALLOWED: _POLICY,
@@ -137,6 +174,8 @@ class AuthError(Exception):
         self.description = description
         self.scope = scope
         self.issuer = ""  # the configured issuer's name, once the token's iss picked one
+        # Set when the refusal concerns DPoP: the challenge is then `DPoP ..., algs="..."`.
+        self.dpop_algs: str | None = None
 
     @property
     def refusal(self) -> Refusal:
@@ -170,6 +209,9 @@ def challenge(error: AuthError) -> str | None:
     parts = [f'error="{refusal.error}"', f'error_description="{_quote(error.description)}"']
     if error.scope is not None:
         parts.append(f'scope="{_quote(error.scope)}"')
+    if error.dpop_algs is not None:
+        # RFC 9449 §7.1: the DPoP scheme, with the algorithms a proof may use.
+        return "DPoP " + ", ".join([*parts, f'algs="{error.dpop_algs}"'])
     return "Bearer " + ", ".join(parts)
 
 

@@ -139,6 +139,15 @@ async def explain(
 
     out("6. certificate binding (RFC 8705)")
     cnf = claims.cnf
+    if isinstance(cnf, dict) and cnf.get("jkt") is not None:
+        # RFC 9449: bound to a key proven per request; explain takes no proof (yet).
+        out(f"   token cnf.jkt         {cnf.get('jkt')}  (DPoP-bound, RFC 9449)")
+        out("   with Authorization: DPoP it passes only with a valid DPoP proof for the request,")
+        out("   which explain does not check; sent as Bearer it is refused:")
+        return refused(
+            "binding",
+            AuthError(Reason.DPOP_TOKEN_AS_BEARER, "DPoP-bound token sent as Bearer"),
+        )
     expected = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
     out(f"   token cnf.x5t#S256    {expected if expected is not None else '(none)'}")
     out(f"   presented x5t#S256    {identity.thumbprint}")

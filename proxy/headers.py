@@ -111,7 +111,7 @@ def header_value(value: str) -> str:
 
 
 def identity_headers(
-    identity: ClientIdentity,
+    identity: ClientIdentity | None,
     claims: TokenClaims | None,
     *,
     binding: str,
@@ -135,11 +135,10 @@ def identity_headers(
             + claims.claim_headers  # forwarding.claim_headers, rendered when it was verified
         )
     # bound | unbound (allowed by the route) | report_only_failed | none (public route)
-    lines.append(
-        f"X-Certbound-Thumbprint: {identity.thumbprint}\r\n"
-        f"X-Certbound-Binding: {binding}\r\n".encode("ascii")
-    )
-    if client_cert_header:
+    if identity is not None:  # None: tls.client_cert optional and no certificate presented
+        lines.append(f"X-Certbound-Thumbprint: {identity.thumbprint}\r\n".encode("ascii"))
+    lines.append(f"X-Certbound-Binding: {binding}\r\n".encode("ascii"))
+    if client_cert_header and identity is not None:
         # RFC 9440 §2.2: a structured-field byte sequence of the DER certificate.
         lines.append(b"Client-Cert: :" + base64.b64encode(identity.der) + b":\r\n")
     return b"".join(lines)

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from proxy import audit, metrics
-from proxy.binding import check_binding
+from proxy.binding import THUMBPRINT, check_binding
 from proxy.config import Settings
 from proxy.errors import AuthError, Outcome, Reason
 from proxy.forwarded import ForwardedCertVerifier, is_trusted_peer, parse_client_cert, parse_xfcc
@@ -35,7 +35,8 @@ from proxy.policy import (
 )
 from proxy.replay import ForeignCertificates
 from proxy.request import Request
-from proxy.tokens.extract import extract_bearer
+from proxy.tokens.dpop import ReplayCache, check_key, verify_proof
+from proxy.tokens.extract import extract_credentials
 from proxy.tokens.introspect import Introspector
 from proxy.tokens.jwt import JWTVerifier, TokenClaims, read_header
 
@@ -54,7 +55,7 @@ class Admitted(NamedTuple):
     """A request the checks let through, and what the forwarder needs to know about it
     (immutable; a tuple because one is built for every request)."""
 
-    identity: ClientIdentity
+    identity: ClientIdentity | None  # None: tls.client_cert optional and none was presented
     target: str  # the request-target to send: as received, or the normalised matched path
     binding: str  # bound | unbound | report_only_failed | none (X-Certbound-Binding)
     claims: TokenClaims | None = None
@@ -115,6 +116,13 @@ class Pipeline:
             and self.introspector is None
             and self.settings.client_cert.source == "tls"
         )
+        # tls.client_cert: optional lets a connection without a certificate reach the checks.
+        self._certless = self.settings.tls.client_cert == "optional"
+        dpop = self.settings.dpop
+        self._dpop_algorithms = frozenset(dpop.algorithms)
+        self._dpop_algs = " ".join(dpop.algorithms)
+        self._dpop_base = dpop.external_base_url.rstrip("/")
+        self.replays = ReplayCache(dpop.replay_cache_size)
         self.trusted_networks = tuple(
             ipaddress.ip_network(c) for c in self.settings.client_cert.trusted_proxies
         )
@@ -144,7 +152,7 @@ class Pipeline:
             # glued onto the upstream URL, and `*` or authority-form name no resource of it.
             raise AuthError.malformed("the request target must be an absolute path")
         identity = seen.identity = self._identity(request, from_tls)
-        if identity is None:
+        if identity is None and not self._certless:
             raise AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate")
         target, route = request.target, None
         if self.policy.is_enabled:
@@ -156,68 +164,78 @@ class Pipeline:
                     return Admitted(identity, target, binding="none")
         query = request.query
         authorization = request.values(b"authorization")
-        if not self._remembers:
+        if not self._remembers or identity is None:
             memo = None
         single = authorization[0] if len(authorization) == 1 and not query else None
-        claims = None
+        claims, token, is_dpop = None, "", False
         if single is not None:
             if memo is not None:
+                # Only mTLS-bound tokens sent as Bearer are remembered: a DPoP request never
+                # gets here without its proof being checked below.
                 claims = memo.recall(single, self.verifier.generation)
                 if claims is not None:
                     seen.claims = claims
                     return self._authorize(claims, identity, target, route, "bound", None)
-            if single[:7].lower() == "bearer " and single.isascii():
-                # A cache hit is the very string that passed extract_bearer when it was
+            if single.isascii():
+                # A cache hit is the very string that passed extract_credentials when it was
                 # verified: its syntax need not be checked again.
-                claims = self._cached(single[7:])
+                if single[:7].lower() == "bearer ":
+                    token = single[7:]
+                elif single[:5].lower() == "dpop ":
+                    token, is_dpop = single[5:], True
+                claims = self._cached(token) if token else None
         if claims is None:
-            token = extract_bearer(
+            token, is_dpop = extract_credentials(
                 authorization,
                 [name for name, _ in parse_qsl(query, keep_blank_values=True)] if query else (),
             )
             claims = self._cached(token)
             if claims is None:
-                return self._admit_verified(token, identity, target, route, seen, single, memo)
+                presented = Presented(token, is_dpop, request, single)
+                return self._admit_verified(presented, identity, target, route, seen, memo)
         seen.claims = claims
-        return self._bind_and_authorize(claims, identity, target, route, single, memo)
+        presented = Presented(token, is_dpop, request, single)
+        return self._bind_and_authorize(claims, presented, identity, target, route, memo)
 
     async def _admit_verified(
         self,
-        token: str,
-        identity: ClientIdentity,
+        presented: Presented,
+        identity: ClientIdentity | None,
         target: str,
         route: Route | None,
         seen: Seen,
-        authorization: str | None,
         memo: TokenMemo | None,
     ) -> Admitted:
-        claims = seen.claims = await self._verify(token)
-        return self._bind_and_authorize(claims, identity, target, route, authorization, memo)
+        try:
+            claims = seen.claims = await self._verify(presented.token)
+        except AuthError as refusal:
+            if presented.is_dpop:  # RFC 9449 §7.1: answer in the scheme the client used
+                refusal.dpop_algs = self._dpop_algs
+            raise
+        return self._bind_and_authorize(claims, presented, identity, target, route, memo)
 
     def _bind_and_authorize(
         self,
         claims: TokenClaims,
-        identity: ClientIdentity,
+        presented: Presented,
+        identity: ClientIdentity | None,
         target: str,
         route: Route | None,
-        authorization: str | None,
         memo: TokenMemo | None,
     ) -> Admitted:
         mode = route.binding_mode if route else self.settings.binding.mode
         reported, is_bound = None, False
         try:
-            is_bound = check_binding(
-                claims.cnf,
-                identity.thumbprint,
-                allow_unbound=route.allow_unbound_tokens if route else False,
-            )
+            is_bound = self._bind(claims, presented, identity, route)
             binding = "bound" if is_bound else "unbound"
         except AuthError as failure:
-            if mode != "report_only":
+            if mode != "report_only" or failure.reason is Reason.NO_CLIENT_CERT:
+                # No certificate was never a report-only matter (it refused the handshake).
                 raise
             # Rollout: count and log what enforce would have done, then go on.
             reported, binding = failure, "report_only_failed"
-        if is_bound and memo is not None and authorization is not None:
+        authorization = presented.authorization
+        if is_bound and memo is not None and authorization is not None and not presented.is_dpop:
             # Bound to this connection's certificate: true for every route, whatever its
             # allow_unbound_tokens or binding_mode say.
             memo.remember(
@@ -225,10 +243,80 @@ class Pipeline:
             )
         return self._authorize(claims, identity, target, route, binding, reported)
 
+    def _bind(
+        self,
+        claims: TokenClaims,
+        presented: Presented,
+        identity: ClientIdentity | None,
+        route: Route | None,
+    ) -> bool:
+        """True when bound (to the certificate, to the DPoP key, or both as cnf says), False
+        when unbound and the route allows it; raises AuthError otherwise."""
+        cnf = claims.cnf
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        try:
+            if jkt is not None:
+                if not presented.is_dpop:
+                    # RFC 9449 §7.2: a DPoP-bound token must not be accepted as a bearer one.
+                    raise AuthError(Reason.DPOP_TOKEN_AS_BEARER, "DPoP-bound token sent as Bearer")
+                self._check_proof(jkt, presented, claims)
+                if not (isinstance(cnf, dict) and "x5t#S256" in cnf):
+                    return True
+            elif presented.is_dpop:
+                raise AuthError(Reason.BEARER_TOKEN_AS_DPOP, "token is not DPoP-bound; use Bearer")
+        except AuthError as failure:
+            failure.dpop_algs = self._dpop_algs
+            raise
+        if identity is None:
+            # Nothing to bind to and no other proof of possession.
+            raise AuthError(Reason.NO_CLIENT_CERT, _CERTLESS_REFUSAL)
+        return check_binding(
+            cnf,
+            identity.thumbprint,
+            # cnf with jkt: x5t#S256 beside it must match too (it cannot be "unbound").
+            allow_unbound=route.allow_unbound_tokens if route and jkt is None else False,
+        )
+
+    def _check_proof(self, jkt: object, presented: Presented, claims: TokenClaims) -> None:
+        """RFC 9449 §4.3 and §7.1: one proof, about this request and this token, by the key
+        cnf.jkt names, and never seen before."""
+        if not isinstance(jkt, str) or THUMBPRINT.fullmatch(jkt) is None:
+            raise AuthError(Reason.INVALID_CNF, "cnf jkt is not a base64url SHA-256 thumbprint")
+        request = presented.request
+        proofs = request.values(b"dpop")
+        if not proofs:
+            raise AuthError(Reason.DPOP_PROOF_MISSING, "no DPoP proof header")
+        if len(proofs) > 1:
+            raise AuthError(Reason.DPOP_MULTIPLE_PROOFS, "more than one DPoP header")
+        leeway = self.verifier.leeway_for(claims)
+        max_age = float(self.settings.dpop.max_age_seconds)
+        proof = verify_proof(
+            proofs[0],
+            method=request.method,
+            url=self._request_url(request),
+            access_token=presented.token,
+            algorithms=self._dpop_algorithms,
+            max_age=max_age,
+            leeway=leeway,
+        )
+        check_key(jkt, proof)
+        # Last, so only proofs that passed everything else take a place in the cache.
+        if not self.replays.first_use(f"{jkt} {proof.jti}", proof.iat + max_age + leeway):
+            raise AuthError(Reason.DPOP_REPLAYED, "DPoP proof jti was used before")
+
+    def _request_url(self, request: Request) -> str:
+        """The URL the client used, as htu must name it (RFC 9449 §4.3 step 9)."""
+        if self._dpop_base:
+            return self._dpop_base + request.path
+        hosts = request.values(b"host")
+        if len(hosts) != 1:
+            raise AuthError(Reason.DPOP_WRONG_URL, "the request has no single Host header")
+        return f"https://{hosts[0]}{request.path}"
+
     def _authorize(
         self,
         claims: TokenClaims,
-        identity: ClientIdentity,
+        identity: ClientIdentity | None,
         target: str,
         route: Route | None,
         binding: str,
@@ -236,7 +324,12 @@ class Pipeline:
     ) -> Admitted:
         """Route policy, a step of its own: binding proves possession, not permission."""
         if route is not None:
-            authorize(route, claims)
+            try:
+                authorize(route, claims)
+            except AuthError as refusal:
+                if refusal.reason is Reason.WRONG_BINDING_KIND and route.binding == "dpop":
+                    refusal.dpop_algs = self._dpop_algs  # RFC 9449 §7.1: ask for DPoP
+                raise
         elif self.policy.is_enabled and not self.policy.unmatched_allowed:
             raise AuthError.no_route()
         return Admitted(identity, target, binding, claims, reported)
@@ -356,6 +449,18 @@ class Pipeline:
                 token_id=claims.token_id if claims else "",
             )
         )
+
+
+class Presented(NamedTuple):
+    """The credentials of one request: the token, its scheme, and what a proof is about."""
+
+    token: str
+    is_dpop: bool
+    request: Request
+    authorization: str | None  # the single Authorization value, for the TokenMemo
+
+
+_CERTLESS_REFUSAL = "no client certificate, and the token is not DPoP-bound"
 
 
 def _issuer_of(seen: Seen) -> str:

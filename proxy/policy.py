@@ -95,6 +95,7 @@ class Route:
     allow_unbound_tokens: bool
     public: bool
     binding_mode: str
+    binding: str = "any"  # mtls | dpop | any
 
     def matches(self, method: str, segments: Sequence[str]) -> bool:
         if self.methods and method not in self.methods:
@@ -140,6 +141,7 @@ def _route(r: RouteSettings, default_binding_mode: str) -> Route:
         allow_unbound_tokens=r.allow_unbound_tokens,
         public=r.public,
         binding_mode=r.binding_mode or default_binding_mode,
+        binding=r.binding,
     )
 
 
@@ -152,8 +154,12 @@ def match_route(policy: Policy, method: str, path: str) -> Route | None:
     return None
 
 
-def check_subject(route: Route, identity: ClientIdentity) -> None:
-    if route.subjects and not (
+def check_subject(route: Route, identity: ClientIdentity | None) -> None:
+    if not route.subjects:
+        return
+    if identity is None:
+        raise AuthError(Reason.NO_CLIENT_CERT, "this route names certificate subjects")
+    if not (
         identity.subject in route.subjects or any(uri in route.subjects for uri in identity.uris)
     ):
         raise AuthError(Reason.SUBJECT_NOT_ALLOWED, "client certificate is not allowed here")
@@ -161,6 +167,8 @@ def check_subject(route: Route, identity: ClientIdentity) -> None:
 
 def authorize(route: Route, claims: TokenClaims) -> None:
     """Client and scope rules of a matched route (the certificate was checked before)."""
+    if route.binding != "any":
+        check_binding_kind(route.binding, claims.cnf)
     if route.clients and claims.client_id not in route.clients:
         raise AuthError(Reason.CLIENT_NOT_ALLOWED, "client is not allowed on this route")
     missing = route.scopes - set(claims.scope.split())
@@ -170,4 +178,15 @@ def authorize(route: Route, claims: TokenClaims) -> None:
             Reason.INSUFFICIENT_SCOPE,
             "token lacks a scope this route requires",
             scope=" ".join(sorted(route.scopes)),
+        )
+
+
+def check_binding_kind(kind: str, cnf: object) -> None:
+    """A route's `binding: mtls | dpop`: the token must carry that kind of confirmation (a
+    token with both satisfies either). Whether it matches was, or will be, checked by binding."""
+    member = "x5t#S256" if kind == "mtls" else "jkt"
+    if not (isinstance(cnf, dict) and cnf.get(member) is not None):
+        raise AuthError(
+            Reason.WRONG_BINDING_KIND,
+            f"this route requires a {'certificate' if kind == 'mtls' else 'DPoP'}-bound token",
         )

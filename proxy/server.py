@@ -91,7 +91,10 @@ def build_admin_app(proxy: Proxy) -> web.Application:
 async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     """Bind both listeners and start background tasks. Raises TLSConfigError on bad files."""
     header_source = settings.client_cert.source == "header"
-    tls = ServerTLS(settings.tls, client_cert_optional=header_source)
+    tls = ServerTLS(
+        settings.tls,
+        client_cert_optional=header_source or settings.tls.client_cert == "optional",
+    )
     cache = TokenCache(settings.tokens.cache_size)
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
     issuers = trusted_issuers(settings.tokens)

@@ -201,3 +201,12 @@ def test_revoked_certificate_is_explained_from_the_crl_files(tmp_path: Path, pki
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "the listener refuses it: revoked" in refused.stdout
     assert "issue the client a new certificate" in refused.stdout
+
+
+def test_dpop_bound_token_is_named_and_not_explained_as_unbound(tmp_path: Path, pki: PKI) -> None:
+    issuer = Issuer(url="https://issuer.invalid")
+    issuer.add_key("k1")
+    result = explain(tmp_path, pki, issuer, "alice", issuer.mint(cnf={"jkt": "A" * 43}))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "DPoP-bound, RFC 9449" in result.stdout
+    assert "reason dpop_token_as_bearer" in result.stdout

@@ -55,3 +55,13 @@ def test_two_headers_are_invalid_request() -> None:
 def test_query_token_is_invalid_request_even_with_a_header() -> None:
     assert reason_of(["Bearer a"], ("access_token",)) is Reason.MALFORMED_REQUEST
     assert reason_of([], ("access_token",)) is Reason.MALFORMED_REQUEST
+
+
+def test_dpop_scheme_gives_the_token_and_says_it_is_dpop() -> None:
+    from proxy.tokens.extract import extract_credentials
+
+    assert extract_credentials(["DPoP a.b.c"], ()) == ("a.b.c", True)
+    assert extract_credentials(["dpop a.b.c"], ()) == ("a.b.c", True)
+    assert extract_credentials(["Bearer a.b.c"], ()) == ("a.b.c", False)
+    with pytest.raises(AuthError):
+        extract_bearer(["DPoP a.b.c"], ())

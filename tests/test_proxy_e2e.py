@@ -66,7 +66,7 @@ async def test_no_token_gets_bare_bearer_challenge_and_is_not_forwarded(running:
     [
         ({"cnf": None}, "missing_cnf"),
         ({"cnf": "abc"}, "invalid_cnf"),
-        ({"cnf": {"jkt": "x" * 43}}, "missing_cnf"),
+        ({"cnf": {"jkt": "x" * 43}}, "dpop_token_as_bearer"),
         ({"cnf": {"x5t#S256": 5}}, "invalid_cnf"),
         ({"exp": int(time.time()) - 3600}, "expired"),
         ({"nbf": int(time.time()) + 3600}, "not_yet_valid"),

@@ -98,7 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self.ocsp: AuthError | asyncio.Task[AuthError | None] | None = None
         # The last identity header lines rendered on this connection, and what they depend on.
         self.added_headers: (
-            tuple[TokenClaims | None, ClientIdentity, str, bytes | None, bytes] | None
+            tuple[TokenClaims | None, ClientIdentity | None, str, bytes | None, bytes] | None
         ) = None
         self._transport: asyncio.Transport | None = None
         self._state = _HANDSHAKE

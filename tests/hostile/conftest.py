@@ -136,10 +136,11 @@ def www(headers: dict[str, str]) -> str | None:
     return headers.get("WWW-Authenticate")
 
 
-def assert_challenge(value: str | None, error: str | None) -> None:
-    """error=None: the bare RFC 6750 challenge; otherwise exactly that error code."""
+def assert_challenge(value: str | None, error: str | None, scheme: str = "Bearer") -> None:
+    """error=None: the bare RFC 6750 challenge; otherwise exactly that error code (in the
+    DPoP scheme of RFC 9449 §7.1 for refusals about DPoP)."""
     assert value is not None, "no WWW-Authenticate header"
     if error is None:
         assert value == "Bearer"
     else:
-        assert value.startswith(f'Bearer error="{error}", error_description="'), value
+        assert value.startswith(f'{scheme} error="{error}", error_description="'), value

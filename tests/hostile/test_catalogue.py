@@ -256,8 +256,9 @@ CASES: list[Case] = [
          401, INVALID_TOKEN, "invalid_cnf"),
     Case("cnf-sha1-x5t-only", tok(lambda e: e.mint(cnf={"x5t": b64url(hashlib.sha1(
         e.r.pki.alice.cert_der).digest())})), 401, INVALID_TOKEN, "missing_cnf"),
+    # RFC 9449 §7.2: a DPoP-bound token sent as Bearer is a downgrade.
     Case("cnf-jkt-only", tok(lambda e: e.mint(cnf={"jkt": "A" * 43})),
-         401, INVALID_TOKEN, "missing_cnf"),
+         401, INVALID_TOKEN, "dpop_token_as_bearer"),
     Case("cnf-x5t-hex-digest", tok(lambda e: e.mint(cnf={"x5t#S256": hashlib.sha256(
         e.r.pki.alice.cert_der).hexdigest()})), 401, INVALID_TOKEN, "invalid_cnf"),
     Case("cnf-x5t-with-padding", _carol(lambda t: t + "="), 401, INVALID_TOKEN, "invalid_cnf"),
@@ -301,8 +302,9 @@ CASES: list[Case] = [
     Case("bearer-bearer", lambda e: {"headers": [("Authorization", f"Bearer Bearer {e.mint()}")]},
          400, INVALID_REQUEST, "malformed_request"),
     Case("basic-scheme", auth("Basic YWxpY2U6cHc="), 400, INVALID_REQUEST, "malformed_request"),
+    # A token that is not DPoP-bound, in the DPoP scheme (RFC 9449 §7.1).
     Case("dpop-scheme", lambda e: {"headers": [("Authorization", "DPoP " + e.mint())]},
-         400, INVALID_REQUEST, "malformed_request"),
+         401, INVALID_TOKEN, "bearer_token_as_dpop"),
     Case("bearer-empty", auth("Bearer"), 400, INVALID_REQUEST, "malformed_request"),
     Case("bearer-tab-separator", lambda e: {"headers": [("Authorization", "Bearer\t" + e.mint())]},
          400, INVALID_REQUEST, "malformed_request"),
@@ -347,7 +349,8 @@ async def test_hostile_request_is_refused_and_never_forwarded(
     env = Env(hostile, bait, extra_certs)
     status, headers, body = await hostile.request(**case.make(env))
     assert status == case.status, body
-    assert_challenge(www(headers), case.error)
+    scheme = "DPoP" if case.reason in ("dpop_token_as_bearer", "bearer_token_as_dpop") else "Bearer"
+    assert_challenge(www(headers), case.error, scheme)
     assert body.startswith(f"{case.status} {case.reason}:".encode()), body
     assert b"eyJ" not in body  # no token echoed back
     assert headers.get("Cache-Control") == "no-store"

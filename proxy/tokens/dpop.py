@@ -1,0 +1,204 @@
+"""DPoP proofs (RFC 9449 §4.3): is this proof genuine, fresh and about this request? Pure.
+
+JOSE is PyJWT's (header, key import, signature); this module only decides which checks apply
+and says which one failed. The jti replay cache and the cnf.jkt comparison are here too; which
+token needs a proof is the pipeline's call.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+
+from proxy.errors import AuthError, Reason
+
+# Asymmetric JWS algorithms only: a proof shows possession of a private key (RFC 9449 §4.2).
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+# Members of a JWK that belong to a private or symmetric key (RFC 7518 §6); "oct" has "k".
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+# RFC 7638 §3.2: the required members hashed for a thumbprint, per key type.
+_THUMBPRINT_MEMBERS = {
+    "EC": ("crv", "kty", "x", "y"),
+    "RSA": ("e", "kty", "n"),
+    "OKP": ("crv", "kty", "x"),
+}
+MAX_PROOF_LENGTH = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """A proof that passed every check of its own: who signed it (thumbprint) and its jti."""
+
+    thumbprint: str  # RFC 7638 JWK thumbprint of the proof's key, base64url
+    jti: str
+    iat: float
+
+
+def b64url_sha256(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
+
+
+def jwk_thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 §3: SHA-256 over the required members, sorted, no whitespace."""
+    members = _THUMBPRINT_MEMBERS.get(str(jwk.get("kty")))
+    if members is None or not all(isinstance(jwk.get(m), str) for m in members):
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "the proof's jwk is not a usable public key")
+    canonical = json.dumps({m: jwk[m] for m in members}, sort_keys=True, separators=(",", ":"))
+    return b64url_sha256(canonical.encode("utf-8"))
+
+
+def _refuse(reason: Reason, description: str) -> AuthError:
+    return AuthError(reason, description)
+
+
+def verify_proof(
+    proof: str,
+    *,
+    method: str,
+    url: str,
+    access_token: str,
+    algorithms: frozenset[str],
+    max_age: float,
+    leeway: float,
+    now: float | None = None,
+) -> Proof:
+    """Every check of RFC 9449 §4.3 that needs only the proof and the request; raises
+    AuthError with the reason of the first that fails."""
+    if len(proof) > MAX_PROOF_LENGTH:
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof too long")
+    try:
+        header = jwt.get_unverified_header(proof)
+    except jwt.PyJWTError:
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof is not a JWS") from None
+    if header.get("typ") != "dpop+jwt":
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof typ is not dpop+jwt")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms or alg not in ASYMMETRIC_ALGORITHMS:
+        raise _refuse(Reason.DPOP_DISALLOWED_ALGORITHM, "DPoP proof alg is not allowed")
+    jwk = header.get("jwk")
+    if not isinstance(jwk, dict):
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no jwk header")
+    if _PRIVATE_MEMBERS & jwk.keys():
+        raise _refuse(Reason.DPOP_PRIVATE_KEY, "DPoP proof jwk holds private key material")
+    thumbprint = jwk_thumbprint(jwk)
+    try:
+        key = jwt.PyJWK(jwk, algorithm=alg)
+    except jwt.PyJWTError:
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "the proof's jwk does not fit its alg") from None
+    try:
+        claims = jwt.decode(
+            proof,
+            key,
+            algorithms=[alg],
+            # Times are checked below with the DPoP window; a proof has no exp or aud, and
+            # an extra claim a client adds (RFC 9449 §4.2 allows them) is not ours to judge.
+            options={
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+                "verify_aud": False,
+                "verify_iss": False,
+            },
+        )
+    except jwt.InvalidSignatureError:
+        raise _refuse(Reason.DPOP_INVALID_SIGNATURE, "DPoP proof signature is invalid") from None
+    except jwt.PyJWTError:
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof cannot be decoded") from None
+    return _check_claims(claims, thumbprint, method, url, access_token, max_age, leeway, now)
+
+
+def _check_claims(
+    claims: dict[str, Any],
+    thumbprint: str,
+    method: str,
+    url: str,
+    access_token: str,
+    max_age: float,
+    leeway: float,
+    now: float | None,
+) -> Proof:
+    jti, iat = claims.get("jti"), claims.get("iat")
+    if not isinstance(jti, str) or not jti or len(jti) > 256:
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no usable jti")
+    if not isinstance(iat, int | float) or isinstance(iat, bool):
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no numeric iat")
+    if claims.get("htm") != method:
+        raise _refuse(Reason.DPOP_WRONG_METHOD, "DPoP proof htm is not the request method")
+    htu = claims.get("htu")
+    if not isinstance(htu, str) or normalize_url(htu) != normalize_url(url):
+        raise _refuse(Reason.DPOP_WRONG_URL, "DPoP proof htu is not the request URL")
+    current = time.time() if now is None else now
+    if iat < current - max_age - leeway:
+        raise _refuse(Reason.DPOP_PROOF_EXPIRED, "DPoP proof iat is too old")
+    if iat > current + leeway:
+        raise _refuse(Reason.DPOP_PROOF_NOT_YET_VALID, "DPoP proof iat is in the future")
+    ath = claims.get("ath")
+    # RFC 9449 §4.3 step 12: ath is the hash of the very token sent with the proof.
+    expected = b64url_sha256(access_token.encode("ascii"))
+    if not isinstance(ath, str) or not hmac.compare_digest(ath.encode(), expected.encode()):
+        raise _refuse(Reason.DPOP_WRONG_ATH, "DPoP proof ath is not the access token's hash")
+    return Proof(thumbprint=thumbprint, jti=jti, iat=float(iat))
+
+
+def normalize_url(url: str) -> str | None:
+    """RFC 9449 §4.3 step 9 with RFC 3986 §6.2.2-6.2.3 normalisation: scheme and host in
+    lower case, no default port. A query or fragment in htu is refused (None), not dropped."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme != "https" or not host:
+        return None
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    authority = host if port in (None, 443) else f"{host}:{port}"
+    return f"{scheme}://{authority}{parts.path or '/'}"
+
+
+def check_key(jkt: str, proof: Proof) -> None:
+    """The token's cnf.jkt names the proof's key (RFC 9449 §6.1), in constant time."""
+    if not hmac.compare_digest(jkt.encode("ascii"), proof.thumbprint.encode("ascii")):
+        raise _refuse(Reason.DPOP_KEY_MISMATCH, "token is bound to a different DPoP key")
+
+
+class ReplayCache:
+    """jti values seen within the window (RFC 9449 §11.1), in this process only. Bounded:
+    entries are inserted in time order and live equally long, so the oldest goes first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()  # key -> expiry (time.time())
+        self._max = max_entries
+
+    def first_use(self, key: str, expires: float, now: float | None = None) -> bool:
+        """True and remembered when `key` was not seen (or has expired); False for a replay."""
+        current = time.time() if now is None else now
+        seen = self._seen
+        while seen:
+            oldest, expiry = next(iter(seen.items()))
+            if expiry > current and len(seen) < self._max:
+                break
+            del seen[oldest]
+        known = seen.get(key)
+        if known is not None and known > current:
+            return False
+        seen[key] = expires
+        seen.move_to_end(key)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)

@@ -1,0 +1,89 @@
+"""The DPoP proof module alone: thumbprints, URL comparison, the replay cache, config keys."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from proxy.config import DPoPSettings, Settings, validate
+from proxy.errors import AuthError, Reason
+from proxy.tokens.dpop import ReplayCache, jwk_thumbprint, normalize_url
+
+# RFC 7638 §3.1: the example RSA key and its thumbprint.
+RFC7638_N = (
+    "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECP"
+    "ebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY"
+    "368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0f"
+    "M4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+)
+
+
+def test_rsa_thumbprint_is_the_rfc_7638_example() -> None:
+    jwk = {"kty": "RSA", "n": RFC7638_N, "e": "AQAB", "alg": "RS256", "kid": "2011-04-29"}
+    assert jwk_thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@pytest.mark.parametrize("jwk", [{"kty": "oct", "k": "x"}, {"kty": "EC", "x": "a"}, {}])
+def test_unusable_jwk_has_no_thumbprint(jwk: dict[str, str]) -> None:
+    with pytest.raises(AuthError) as refused:
+        jwk_thumbprint(jwk)
+    assert refused.value.reason is Reason.INVALID_DPOP_PROOF
+
+
+@pytest.mark.parametrize(
+    ("htu", "expected"),
+    [
+        ("https://Example.COM/a/b", "https://example.com/a/b"),
+        ("https://example.com:443/a", "https://example.com/a"),
+        ("https://example.com:8443/a", "https://example.com:8443/a"),
+        ("https://example.com", "https://example.com/"),
+        ("https://example.com/a?", None),
+        ("https://example.com/a?x=1", None),
+        ("https://example.com/a#f", None),
+        ("http://example.com/a", None),
+        ("https://example.com:99999/a", None),
+    ],
+)
+def test_htu_is_normalised_and_a_query_is_refused(htu: str, expected: str | None) -> None:
+    assert normalize_url(htu) == expected
+
+
+def test_replay_cache_refuses_a_jti_until_it_expires() -> None:
+    cache = ReplayCache(10)
+    assert cache.first_use("a", expires=100.0, now=0.0)
+    assert not cache.first_use("a", expires=100.0, now=50.0)
+    assert cache.first_use("a", expires=300.0, now=101.0)
+
+
+def test_replay_cache_is_bounded_and_drops_expired_entries_first() -> None:
+    cache = ReplayCache(3)
+    for i in range(3):
+        assert cache.first_use(str(i), expires=10.0 + i, now=0.0)
+    assert cache.first_use("3", expires=20.0, now=0.0)
+    assert len(cache) == 3
+    assert cache.first_use("4", expires=30.0, now=12.5)  # 1 and 2 have expired
+    assert len(cache) == 2
+
+
+@pytest.mark.parametrize(
+    ("dpop", "problem"),
+    [
+        (DPoPSettings(algorithms=("HS256",)), "dpop.algorithms: 'HS256' is not an asymmetric"),
+        (DPoPSettings(algorithms=("none",)), "dpop.algorithms: 'none' is not an asymmetric"),
+        (DPoPSettings(algorithms=()), "dpop.algorithms: at least one"),
+        (DPoPSettings(max_age_seconds=0), "dpop.max_age_seconds"),
+        (DPoPSettings(replay_cache_size=0), "dpop.replay_cache_size"),
+        (DPoPSettings(external_base_url="http://x.example"), "dpop.external_base_url"),
+        (DPoPSettings(external_base_url="https://x.example/?a"), "dpop.external_base_url"),
+    ],
+)
+def test_dpop_settings_are_validated_with_their_key(dpop: DPoPSettings, problem: str) -> None:
+    problems = validate(replace(Settings(), dpop=dpop))
+    assert any(p.startswith(problem) for p in problems), problems
+
+
+def test_tls_client_cert_is_required_or_optional() -> None:
+    tls = replace(Settings().tls, client_cert="sometimes")
+    problems = validate(replace(Settings(), tls=tls))
+    assert any(p.startswith("tls.client_cert: required or optional") for p in problems)
