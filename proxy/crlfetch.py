@@ -22,6 +22,7 @@ import aiohttp
 from cryptography import x509
 
 from proxy import metrics
+from proxy.fetch import FetchError, get_bounded
 from proxy.revocation import IssuerCRL, index_crl, parse_crl
 
 log = logging.getLogger("certbound.tls")
@@ -30,10 +31,6 @@ MAX_CRL_BYTES = 10 * 1024 * 1024  # larger answers are refused, not read on
 FETCH_TIMEOUT = 10.0  # seconds for one download, connect to last byte
 RETRY_SECONDS = 60.0  # after a failed fetch (never later than the refresh interval)
 MIN_REFRESH_SECONDS = 30.0
-
-
-class FetchError(Exception):
-    """A download that gave no usable CRL; the text says why, without the body."""
 
 
 def distribution_points(cas: Sequence[x509.Certificate]) -> tuple[list[str], list[str]]:
@@ -53,28 +50,6 @@ def distribution_points(cas: Sequence[x509.Certificate]) -> tuple[list[str], lis
                 if name.value not in target:
                     target.append(name.value)
     return urls, ignored
-
-
-async def download(session: aiohttp.ClientSession, url: str, limit: int = MAX_CRL_BYTES) -> bytes:
-    """The body at `url`, at most `limit` bytes, within FETCH_TIMEOUT. Raises FetchError."""
-    try:
-        async with session.get(
-            url, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT), allow_redirects=False
-        ) as response:
-            if response.status != 200:
-                raise FetchError(f"HTTP status {response.status}")
-            if response.content_length is not None and response.content_length > limit:
-                raise FetchError(f"Content-Length {response.content_length} over {limit} bytes")
-            body = bytearray()
-            async for piece in response.content.iter_chunked(64 * 1024):
-                body += piece
-                if len(body) > limit:
-                    raise FetchError(f"larger than {limit} bytes")
-            return bytes(body)
-    except TimeoutError:
-        raise FetchError(f"no complete answer within {FETCH_TIMEOUT:g} s") from None
-    except aiohttp.ClientError as exc:
-        raise FetchError(f"{type(exc).__name__}: {exc}") from None
 
 
 def _verify(data: bytes, index: int, url: str, ca_file: str) -> IssuerCRL:
@@ -123,7 +98,9 @@ class CRLFetcher:
         """Download one CRL now; on failure the last good one stays. True on success."""
         url = self.sources[index]
         try:
-            data = await download(self._session, url)
+            data = await get_bounded(
+                self._session, url, limit=MAX_CRL_BYTES, time_limit=FETCH_TIMEOUT
+            )
             crl = await asyncio.to_thread(_verify, data, index, url, self._ca_file)
             held = self.held.get(index)
             if held is not None and crl.last_update < held.last_update:

@@ -20,7 +20,8 @@ import jwt
 
 from proxy import metrics
 from proxy.config import IssuerSettings, TokenSettings
-from proxy.tokens.metadata import FetchError, discover, get_json
+from proxy.fetch import FetchError
+from proxy.tokens.metadata import discover, get_json
 
 log = logging.getLogger("certbound.jwks")
 

@@ -1,5 +1,5 @@
 """The issuer's metadata (RFC 8414, OpenID Connect Discovery): where its jwks_uri and
-introspection_endpoint are, and a bounded JSON fetch for such documents."""
+introspection_endpoint are, and a bounded JSON fetch (proxy/fetch.py) for such documents."""
 
 from __future__ import annotations
 
@@ -9,29 +9,21 @@ from typing import Any
 
 import aiohttp
 
+from proxy.fetch import FetchError, get_bounded
+
 log = logging.getLogger("certbound.metadata")
 
 METADATA_PATHS = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
 MAX_DOCUMENT_BYTES = 1 << 20
 
 
-class FetchError(Exception):
-    """A document could not be fetched or is not JSON; the text is safe to log."""
-
-
 async def get_json(session: aiohttp.ClientSession, url: str, *, time_limit: float) -> Any:
     try:
-        async with session.get(
-            url, timeout=aiohttp.ClientTimeout(total=time_limit), allow_redirects=False
-        ) as resp:
-            if resp.status != 200:
-                raise FetchError(f"GET {url}: HTTP {resp.status}")
-            body = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
-            if len(body) > MAX_DOCUMENT_BYTES:
-                raise FetchError(f"GET {url}: document larger than {MAX_DOCUMENT_BYTES} bytes")
-            return json.loads(body)
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise FetchError(f"GET {url}: {type(exc).__name__}") from None
+        body = await get_bounded(session, url, limit=MAX_DOCUMENT_BYTES, time_limit=time_limit)
+    except FetchError as exc:
+        raise FetchError(f"GET {url}: {exc}") from None
+    try:
+        return json.loads(body)
     except ValueError:
         raise FetchError(f"GET {url}: not JSON") from None
 
