@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import __version__
+from proxy.config import ConfigError
 
 NAME = "certbound"
 CONFIG_PATH = "/etc/certbound/config.yaml"
@@ -83,12 +84,8 @@ class Mode(enum.Enum):
     CONTAINER = "container"
 
 
-class ValuesError(Exception):
+class ValuesError(ConfigError):
     """Every problem with the values at once, one `key.path: message` line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from proxy.config import ConfigError
 from proxy.inject.manifests import (
     InjectError,
     describe,
@@ -38,10 +39,8 @@ MAX_BODY = 4 * 1024 * 1024
 _POD = {"group": "", "version": "v1", "kind": "Pod"}
 
 
-class InjectorConfigError(Exception):
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
+class InjectorConfigError(ConfigError):
+    """Every problem with the injector's config file at once."""
 
 
 @dataclass(frozen=True, slots=True)
