@@ -8,7 +8,12 @@ import aiohttp
 
 
 class FetchError(Exception):
-    """A document could not be fetched or used; the text is safe to log."""
+    """A document could not be fetched or used; the text is safe to log. `status`: the HTTP
+    status of an answer other than 200, for callers that word it their own way."""
+
+    def __init__(self, text: str, *, status: int | None = None) -> None:
+        super().__init__(text)
+        self.status = status
 
 
 async def get_bounded(
@@ -20,7 +25,7 @@ async def get_bounded(
             url, timeout=aiohttp.ClientTimeout(total=time_limit), allow_redirects=False
         ) as response:
             if response.status != 200:
-                raise FetchError(f"HTTP status {response.status}")
+                raise FetchError(f"HTTP status {response.status}", status=response.status)
             if response.content_length is not None and response.content_length > limit:
                 raise FetchError(f"Content-Length {response.content_length} over {limit} bytes")
             body = bytearray()

@@ -21,7 +21,8 @@ async def get_json(session: aiohttp.ClientSession, url: str, *, time_limit: floa
     try:
         body = await get_bounded(session, url, limit=MAX_DOCUMENT_BYTES, time_limit=time_limit)
     except FetchError as exc:
-        raise FetchError(f"GET {url}: {exc}") from None
+        reason = f"HTTP {exc.status}" if exc.status is not None else str(exc)
+        raise FetchError(f"GET {url}: {reason}") from None
     try:
         return json.loads(body)
     except ValueError:
