@@ -211,6 +211,13 @@ class DPoPSettings:
     max_age_seconds: int = 300  # how old a proof's iat may be (plus the issuer's leeway)
     external_base_url: str = ""  # https://host[:port][/prefix] clients use; empty: Host header
     replay_cache_size: int = 100000  # jti values remembered (per process) within the window
+    # "" keeps jti values in this process; redis:// or rediss:// shares them between replicas.
+    replay_cache: str = ""
+    replay_cache_timeout_seconds: float = 0.1  # per Redis round trip, connecting included
+    replay_cache_unavailable: str = "refuse"  # refuse | allow, when Redis does not answer
+    nonce: bool = False  # RFC 9449 §9: proofs must carry a nonce we issued (use_dpop_nonce)
+    nonce_rotation_seconds: int = 300  # a nonce is good in its period and the next one
+    nonce_secret_file: str = ""  # shared HMAC key so replicas accept each other's nonces
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +443,8 @@ def validate(s: Settings) -> list[str]:
     readable("tls.client_ca_file", s.tls.client_ca_file)
     if not 0 <= s.tls.session_tickets <= 4:
         problems.append(f"tls.session_tickets: must be 0 to 4, got {s.tls.session_tickets}")
+    if s.dpop.nonce_secret_file:
+        readable("dpop.nonce_secret_file", s.dpop.nonce_secret_file)
     for index, crl_file in enumerate(s.tls.crl_files):
         readable(f"tls.crl_files[{index}]", crl_file)
     if s.tls.revocation_unavailable not in ("refuse", "allow"):
@@ -578,6 +587,13 @@ def _validate_dpop(d: DPoPSettings) -> list[str]:
         problems.append(f"dpop.max_age_seconds: must be 1 to 3600, got {d.max_age_seconds}")
     if not 1 <= d.replay_cache_size <= 10_000_000:
         problems.append(f"dpop.replay_cache_size: must be 1 to 10000000, got {d.replay_cache_size}")
+    problems.extend(_validate_replay_cache(d))
+    if not 10 <= d.nonce_rotation_seconds <= 86400:
+        problems.append(
+            f"dpop.nonce_rotation_seconds: must be 10 to 86400, got {d.nonce_rotation_seconds}"
+        )
+    if d.nonce_secret_file and not d.nonce:
+        problems.append("dpop.nonce_secret_file: set, but dpop.nonce is false")
     if d.external_base_url:
         url = urlsplit(d.external_base_url)
         if url.scheme != "https" or not url.hostname:
@@ -586,4 +602,27 @@ def _validate_dpop(d: DPoPSettings) -> list[str]:
             )
         elif url.query or url.fragment:
             problems.append("dpop.external_base_url: must not have a query or fragment")
+    return problems
+
+
+def _validate_replay_cache(d: DPoPSettings) -> list[str]:
+    problems = []
+    if d.replay_cache:
+        try:
+            url = urlsplit(d.replay_cache)
+            url.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            url = None
+        if url is None or url.scheme not in ("redis", "rediss") or not url.hostname:
+            # Never echo the value: it may hold the Redis password.
+            problems.append("dpop.replay_cache: must be empty or a redis:// or rediss:// URL")
+    if not 0.005 <= d.replay_cache_timeout_seconds <= 5:
+        problems.append(
+            "dpop.replay_cache_timeout_seconds: must be 0.005 to 5, "
+            f"got {d.replay_cache_timeout_seconds}"
+        )
+    if d.replay_cache_unavailable not in ("refuse", "allow"):
+        problems.append(
+            f"dpop.replay_cache_unavailable: refuse or allow, got {d.replay_cache_unavailable!r}"
+        )
     return problems

@@ -56,6 +56,8 @@ class Reason(enum.Enum):
     DPOP_PROOF_NOT_YET_VALID = "dpop_proof_not_yet_valid"
     DPOP_WRONG_ATH = "dpop_wrong_ath"
     DPOP_REPLAYED = "dpop_replayed"
+    DPOP_NONCE_MISSING = "dpop_nonce_missing"  # dpop.nonce: the proof carries none
+    DPOP_NONCE_INVALID = "dpop_nonce_invalid"  # not one we issued, or from an old period
     DPOP_KEY_MISMATCH = "dpop_key_mismatch"
     DPOP_TOKEN_AS_BEARER = "dpop_token_as_bearer"  # noqa: S105 - a reason name, not a secret
     BEARER_TOKEN_AS_DPOP = "bearer_token_as_dpop"  # noqa: S105 - a reason name, not a secret
@@ -65,6 +67,7 @@ class Reason(enum.Enum):
     SUBJECT_NOT_ALLOWED = "subject_not_allowed"
     NO_MATCHING_ROUTE = "no_matching_route"
     KEYS_UNAVAILABLE = "keys_unavailable"
+    REPLAY_CACHE_UNAVAILABLE = "replay_cache_unavailable"  # dpop.replay_cache did not answer
     INTROSPECTION_UNAVAILABLE = "introspection_unavailable"
     UPSTREAM_CONNECT = "upstream_connect"
     UPSTREAM_TIMEOUT = "upstream_timeout"
@@ -143,6 +146,9 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.DPOP_PROOF_NOT_YET_VALID: _INVALID_PROOF,
     Reason.DPOP_WRONG_ATH: _INVALID_PROOF,
     Reason.DPOP_REPLAYED: _INVALID_PROOF,
+    # RFC 9449 §9: the client retries with the nonce sent in the DPoP-Nonce header.
+    Reason.DPOP_NONCE_MISSING: Refusal(401, "use_dpop_nonce"),
+    Reason.DPOP_NONCE_INVALID: Refusal(401, "use_dpop_nonce"),
     # A genuine proof by a key the token does not name, and the scheme confusions of RFC 9449
     # §7.2: the token is what cannot be used this way, so invalid_token.
     Reason.DPOP_KEY_MISMATCH: _INVALID_TOKEN,
@@ -157,6 +163,7 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.NO_MATCHING_ROUTE: _POLICY,
     # The token may be fine; we could not check it. Our fault, never an accept.
     Reason.KEYS_UNAVAILABLE: Refusal(503, None),
+    Reason.REPLAY_CACHE_UNAVAILABLE: Refusal(503, None),
     Reason.INTROSPECTION_UNAVAILABLE: Refusal(503, None),
     Reason.UPSTREAM_CONNECT: Refusal(502, None),
     Reason.UPSTREAM_RESET: Refusal(502, None),
@@ -176,6 +183,7 @@ class AuthError(Exception):
         self.issuer = ""  # the configured issuer's name, once the token's iss picked one
         # Set when the refusal concerns DPoP: the challenge is then `DPoP ..., algs="..."`.
         self.dpop_algs: str | None = None
+        self.dpop_nonce: str | None = None  # sent as DPoP-Nonce with a use_dpop_nonce refusal
 
     @property
     def refusal(self) -> Refusal:
@@ -221,5 +229,7 @@ def error_parts(error: AuthError) -> tuple[int, list[tuple[str, str]], bytes]:
     value = challenge(error)
     if value is not None:
         headers.append(("WWW-Authenticate", value))
+    if error.dpop_nonce is not None:
+        headers.append(("DPoP-Nonce", error.dpop_nonce))
     body = f"{error.refusal.status} {error.reason.value}: {_quote(error.description)}\n"
     return error.refusal.status, headers, body.encode("ascii")

@@ -170,6 +170,18 @@ OCSP_ANSWERS = Counter(
     "certificate), error (unreachable, refused, unsigned, stale or unreadable answer).",
     ["status"],
 )
+DPOP_REPLAY_CACHE_FAILURES = Counter(
+    "certbound_dpop_replay_cache_failures",
+    "DPoP proofs whose jti the shared replay cache (dpop.replay_cache) could not record in "
+    "time, by what was done: refused (503) or allowed (dpop.replay_cache_unavailable: allow).",
+    ["outcome"],
+)
+DPOP_REPLAY_CACHE_UNAVAILABLE_ALLOWED = Gauge(
+    "certbound_dpop_replay_cache_unavailable_allowed",
+    "1 when dpop.replay_cache_unavailable is allow: a proof is accepted unchecked for replay "
+    "while the shared replay cache does not answer.",
+    multiprocess_mode="livemax",
+)
 REVOCATION_UNAVAILABLE_ALLOWED = Gauge(
     "certbound_revocation_unavailable_allowed",
     "1 when tls.revocation_unavailable is allow: a certificate whose revocation status is "
