@@ -56,8 +56,8 @@ def dropped_request_headers(
 ) -> frozenset[bytes]:
     """Every lower-case name never copied from the client to the workload: the fixed ones,
     the configured claim headers (only the proxy may set them, like X-Certbound-*), and
-    Authorization with forwarding.authorization: strip."""
-    extra = claim_header_names | ({b"authorization"} if strip_authorization else set())
+    Authorization (and its DPoP proof) with forwarding.authorization: strip."""
+    extra = claim_header_names | ({b"authorization", b"dpop"} if strip_authorization else set())
     return DROPPED_FROM_REQUEST | extra
 
 

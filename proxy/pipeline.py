@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -35,10 +36,16 @@ from proxy.policy import (
 )
 from proxy.replay import ForeignCertificates
 from proxy.request import Request
-from proxy.tokens.dpop import ReplayCache, check_key, verify_proof
+from proxy.tokens.dpop import Nonces, check_key, verify_proof
 from proxy.tokens.extract import extract_credentials
 from proxy.tokens.introspect import Introspector
 from proxy.tokens.jwt import JWTVerifier, TokenClaims, read_header
+from proxy.tokens.replay_cache import (
+    ReplayCache,
+    ReplayCacheUnavailable,
+    SharedReplayCache,
+    replay_key,
+)
 
 log = logging.getLogger("certbound.pipeline")
 
@@ -60,6 +67,7 @@ class Admitted(NamedTuple):
     binding: str  # bound | unbound | report_only_failed | none (X-Certbound-Binding)
     claims: TokenClaims | None = None
     reported: AuthError | None = None  # a binding failure that report_only let through
+    dpop_nonce: str | None = None  # dpop.nonce: the new nonce for a client whose one aged
 
 
 Decision = Admitted | Coroutine[Any, Any, Admitted]
@@ -101,6 +109,9 @@ class Pipeline:
     introspector: Introspector | None
     forwarded_verifier: ForwardedCertVerifier | None = None
     issuer_names: tuple[str, ...] = ()  # the closed set of metric labels
+    # dpop.replay_cache: the shared jti store (server.start builds it, and closes it).
+    shared_replays: SharedReplayCache | None = None
+    nonce_key: bytes = b""  # dpop.nonce: the HMAC key of the nonces (server.start reads it)
     policy: Policy = field(init=False)
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(init=False)
     foreign: ForeignCertificates = field(init=False, default_factory=ForeignCertificates)
@@ -123,6 +134,11 @@ class Pipeline:
         self._dpop_algs = " ".join(dpop.algorithms)
         self._dpop_base = dpop.external_base_url.rstrip("/")
         self.replays = ReplayCache(dpop.replay_cache_size)
+        self._unrecorded_allowed = dpop.replay_cache_unavailable == "allow"
+        self._replay_cache_logged = -math.inf
+        self.nonces = Nonces(self.nonce_key, dpop.nonce_rotation_seconds) if dpop.nonce else None
+        for outcome in ("refused", "allowed"):  # alerts take increase(): exist before the first
+            metrics.DPOP_REPLAY_CACHE_FAILURES.labels(outcome=outcome)
         self.trusted_networks = tuple(
             ipaddress.ip_network(c) for c in self.settings.client_cert.trusted_proxies
         )
@@ -212,7 +228,8 @@ class Pipeline:
             if presented.is_dpop:  # RFC 9449 §7.1: answer in the scheme the client used
                 refusal.dpop_algs = self._dpop_algs
             raise
-        return self._bind_and_authorize(claims, presented, identity, target, route, memo)
+        decision = self._bind_and_authorize(claims, presented, identity, target, route, memo)
+        return decision if isinstance(decision, Admitted) else await decision
 
     def _bind_and_authorize(
         self,
@@ -222,11 +239,11 @@ class Pipeline:
         target: str,
         route: Route | None,
         memo: TokenMemo | None,
-    ) -> Admitted:
+    ) -> Decision:
         mode = route.binding_mode if route else self.settings.binding.mode
-        reported, is_bound = None, False
+        reported, is_bound, checked = None, False, None
         try:
-            is_bound = self._bind(claims, presented, identity, route)
+            is_bound, checked = self._bind(claims, presented, identity, route)
             binding = "bound" if is_bound else "unbound"
         except AuthError as failure:
             if mode != "report_only" or failure.reason is Reason.NO_CLIENT_CERT:
@@ -234,6 +251,14 @@ class Pipeline:
                 raise
             # Rollout: count and log what enforce would have done, then go on.
             reported, binding = failure, "report_only_failed"
+        if checked is not None:
+            if checked.shared_key is not None:
+                return self._record_then_authorize(
+                    checked, claims, identity, target, route, binding, mode == "report_only"
+                )
+            nonce = checked.nonce
+        else:
+            nonce = reported.dpop_nonce if reported is not None else None
         authorization = presented.authorization
         if is_bound and memo is not None and authorization is not None and not presented.is_dpop:
             # Bound to this connection's certificate: true for every route, whatever its
@@ -241,7 +266,52 @@ class Pipeline:
             memo.remember(
                 authorization, claims, self.verifier.generation, self.verifier.leeway_for(claims)
             )
-        return self._authorize(claims, identity, target, route, binding, reported)
+        return self._authorize(claims, identity, target, route, binding, reported, nonce)
+
+    async def _record_then_authorize(
+        self,
+        checked: CheckedProof,
+        claims: TokenClaims,
+        identity: ClientIdentity | None,
+        target: str,
+        route: Route | None,
+        binding: str,
+        report_only: bool,
+    ) -> Admitted:
+        """The proof passed every check but the shared replay cache: ask it, then policy."""
+        assert self.shared_replays is not None and checked.shared_key is not None
+        reported = None
+        try:
+            is_first = await self.shared_replays.first_use(checked.shared_key, checked.ttl)
+        except ReplayCacheUnavailable as exc:
+            is_first = self._unrecorded(str(exc))
+        if not is_first:
+            failure = AuthError(Reason.DPOP_REPLAYED, "DPoP proof jti was used before")
+            failure.dpop_algs = self._dpop_algs
+            if not report_only:
+                raise failure
+            reported, binding = failure, "report_only_failed"
+        return self._authorize(claims, identity, target, route, binding, reported, checked.nonce)
+
+    def _unrecorded(self, why: str) -> bool:
+        """dpop.replay_cache_unavailable: True to accept the proof unrecorded, or raise."""
+        outcome = "allowed" if self._unrecorded_allowed else "refused"
+        metrics.DPOP_REPLAY_CACHE_FAILURES.labels(outcome=outcome).inc()
+        now = time.monotonic()
+        if now - self._replay_cache_logged >= 10:  # one line per 10 s, not one per request
+            self._replay_cache_logged = now
+            assert self.shared_replays is not None
+            log.warning(
+                "DPoP replay cache %s did not answer (%s): proofs are %s",
+                self.shared_replays.where,
+                why,
+                "ACCEPTED unchecked for replay" if self._unrecorded_allowed else "refused (503)",
+            )
+        if self._unrecorded_allowed:
+            return True
+        raise AuthError(
+            Reason.REPLAY_CACHE_UNAVAILABLE, "the DPoP replay cache is unavailable; try again"
+        )
 
     def _bind(
         self,
@@ -249,19 +319,21 @@ class Pipeline:
         presented: Presented,
         identity: ClientIdentity | None,
         route: Route | None,
-    ) -> bool:
+    ) -> tuple[bool, CheckedProof | None]:
         """True when bound (to the certificate, to the DPoP key, or both as cnf says), False
-        when unbound and the route allows it; raises AuthError otherwise."""
+        when unbound and the route allows it; raises AuthError otherwise. With a DPoP proof,
+        also what is left to do about it."""
         cnf = claims.cnf
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        checked = None
         try:
             if jkt is not None:
                 if not presented.is_dpop:
                     # RFC 9449 §7.2: a DPoP-bound token must not be accepted as a bearer one.
                     raise AuthError(Reason.DPOP_TOKEN_AS_BEARER, "DPoP-bound token sent as Bearer")
-                self._check_proof(jkt, presented, claims)
+                checked = self._check_proof(jkt, presented, claims)
                 if not (isinstance(cnf, dict) and "x5t#S256" in cnf):
-                    return True
+                    return True, checked
             elif presented.is_dpop:
                 raise AuthError(Reason.BEARER_TOKEN_AS_DPOP, "token is not DPoP-bound; use Bearer")
         except AuthError as failure:
@@ -270,16 +342,18 @@ class Pipeline:
         if identity is None:
             # Nothing to bind to and no other proof of possession.
             raise AuthError(Reason.NO_CLIENT_CERT, _CERTLESS_REFUSAL)
-        return check_binding(
+        is_bound = check_binding(
             cnf,
             identity.thumbprint,
             # cnf with jkt: x5t#S256 beside it must match too (it cannot be "unbound").
             allow_unbound=route.allow_unbound_tokens if route and jkt is None else False,
         )
+        return is_bound, checked
 
-    def _check_proof(self, jkt: object, presented: Presented, claims: TokenClaims) -> None:
-        """RFC 9449 §4.3 and §7.1: one proof, about this request and this token, by the key
-        cnf.jkt names, and never seen before."""
+    def _check_proof(self, jkt: object, presented: Presented, claims: TokenClaims) -> CheckedProof:
+        """RFC 9449 §4.3, §7.1 and §9: one proof, about this request and this token, by the key
+        cnf.jkt names, with our nonce when asked for, and never seen before (here, or left to
+        the shared replay cache)."""
         if not isinstance(jkt, str) or THUMBPRINT.fullmatch(jkt) is None:
             raise AuthError(Reason.INVALID_CNF, "cnf jkt is not a base64url SHA-256 thumbprint")
         request = presented.request
@@ -300,9 +374,14 @@ class Pipeline:
             leeway=leeway,
         )
         check_key(jkt, proof)
+        nonce = self.nonces.check(proof.nonce) if self.nonces is not None else None
         # Last, so only proofs that passed everything else take a place in the cache.
-        if not self.replays.first_use(f"{jkt} {proof.jti}", proof.iat + max_age + leeway):
+        key, expires = replay_key(jkt, proof.jti), proof.iat + max_age + leeway
+        if self.shared_replays is not None:
+            return CheckedProof(nonce, key, expires - time.time())
+        if not self.replays.first_use(key, expires):
             raise AuthError(Reason.DPOP_REPLAYED, "DPoP proof jti was used before")
+        return CheckedProof(nonce)
 
     def _request_url(self, request: Request) -> str:
         """The URL the client used, as htu must name it (RFC 9449 §4.3 step 9)."""
@@ -321,6 +400,7 @@ class Pipeline:
         route: Route | None,
         binding: str,
         reported: AuthError | None,
+        dpop_nonce: str | None = None,
     ) -> Admitted:
         """Route policy, a step of its own: binding proves possession, not permission."""
         if route is not None:
@@ -332,7 +412,7 @@ class Pipeline:
                 raise
         elif self.policy.is_enabled and not self.policy.unmatched_allowed:
             raise AuthError.no_route()
-        return Admitted(identity, target, binding, claims, reported)
+        return Admitted(identity, target, binding, claims, reported, dpop_nonce)
 
     def _identity(self, request: Request, from_tls: ClientIdentity | None) -> ClientIdentity | None:
         """From the TLS session, or from a header a trusted ingress set (client_cert.source)."""
@@ -458,6 +538,15 @@ class Presented(NamedTuple):
     is_dpop: bool
     request: Request
     authorization: str | None  # the single Authorization value, for the TokenMemo
+
+
+class CheckedProof(NamedTuple):
+    """A DPoP proof that passed its checks: the nonce to send back, and, with a shared replay
+    cache, the key still to record there and for how long."""
+
+    nonce: str | None
+    shared_key: str | None = None
+    ttl: float = 0.0
 
 
 _CERTLESS_REFUSAL = "no client certificate, and the token is not DPoP-bound"

@@ -7,16 +7,19 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import secrets
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import metrics
-from proxy.config import Settings, trusted_issuers
+from proxy.config import DPoPSettings, Settings, trusted_issuers
 from proxy.crlfetch import CRLFetcher
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.upstream import UpstreamPool
@@ -27,6 +30,8 @@ from proxy.tls import ServerTLS, crl_sources
 from proxy.tokens.introspect import Introspector
 from proxy.tokens.issuers import Issuers
 from proxy.tokens.jwt import JWTVerifier, TokenCache
+from proxy.tokens.replay_cache import SharedReplayCache
+from proxy.workers import NONCE_KEY_ENV
 
 log = logging.getLogger("certbound.server")
 
@@ -41,6 +46,7 @@ class Proxy:
     plane: DataPlane
     http: aiohttp.ClientSession
     introspector: Introspector | None = None
+    shared_replays: SharedReplayCache | None = None
     draining: bool = False
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -111,12 +117,19 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
             settings.tls.client_ca_file, x509_strict=settings.tls.x509_strict
         )
         tls.on_reload.append(forwarded_verifier.reload)
+    shared_replays = None
+    if settings.dpop.replay_cache:
+        shared_replays = SharedReplayCache(
+            settings.dpop.replay_cache, settings.dpop.replay_cache_timeout_seconds
+        )
     pipeline = Pipeline(
         settings=settings,
         verifier=JWTVerifier(keys, cache, claim_headers),
         introspector=introspector,
         forwarded_verifier=forwarded_verifier,
         issuer_names=keys.names,
+        shared_replays=shared_replays,
+        nonce_key=nonce_key(settings.dpop) if settings.dpop.nonce else b"",
     )
     plane = DataPlane(settings, tls, pipeline, UpstreamPool(settings.upstream))
     if settings.tls.ocsp == "leaf":
@@ -128,7 +141,14 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     proxy = Proxy(
         settings=settings, tls=tls, keys=keys, plane=plane, http=http, introspector=introspector
     )
+    proxy.shared_replays = shared_replays
     _announce(pipeline)
+    if shared_replays is not None:
+        # Not fatal: Redis may come up after us; until then replay_cache_unavailable decides.
+        if await shared_replays.ping():
+            log.info("DPoP replay cache: %s", shared_replays.where)
+        else:
+            log.warning("DPoP replay cache %s does not answer yet", shared_replays.where)
     proxy.admin = web.AppRunner(build_admin_app(proxy), access_log=None)
     await proxy.admin.setup()
     admin_site = web.TCPSite(
@@ -180,6 +200,19 @@ def _announce(pipeline: Pipeline) -> None:
         )
     else:
         metrics.REPORT_ONLY.set(0)
+    dpop = pipeline.settings.dpop
+    unrecorded_allowed = bool(dpop.replay_cache) and dpop.replay_cache_unavailable == "allow"
+    metrics.DPOP_REPLAY_CACHE_UNAVAILABLE_ALLOWED.set(int(unrecorded_allowed))
+    if unrecorded_allowed:
+        log.warning(
+            "dpop.replay_cache_unavailable is allow: while the replay cache does not answer, "
+            "DPoP proofs are accepted without a replay check"
+        )
+    if dpop.nonce and not dpop.nonce_secret_file:
+        log.info(
+            "dpop.nonce: nonces are made with a key of this pod alone; with several replicas "
+            "set dpop.nonce_secret_file (one Secret) or clients will be asked again per replica"
+        )
     if not pipeline.policy.is_enabled:
         log.info("no route policy configured: every request with a valid bound token is forwarded")
     if pipeline.settings.client_cert.source == "header":
@@ -209,6 +242,8 @@ async def stop(proxy: Proxy, grace_seconds: float = 30.0) -> None:
             await task
     if proxy.introspector is not None:
         await proxy.introspector.close()
+    if proxy.shared_replays is not None:
+        await proxy.shared_replays.close()
     await proxy.http.close()
 
 
@@ -253,3 +288,12 @@ async def serve(
     log.info("signal received: draining for up to %.0fs", grace_seconds)
     await stop(proxy, grace_seconds)
     log.info("stopped")
+
+
+def nonce_key(dpop: DPoPSettings) -> bytes:
+    """The HMAC key of DPoP nonces: dpop.nonce_secret_file, the file the supervisor made for
+    its workers, or a random key of this process alone."""
+    path = dpop.nonce_secret_file or os.environ.get(NONCE_KEY_ENV, "")
+    if path:
+        return Path(path).read_bytes().strip()
+    return secrets.token_bytes(32)

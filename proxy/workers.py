@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,6 +25,9 @@ log = logging.getLogger("certbound.workers")
 # Not CERTBOUND_*: that prefix is reserved for configuration keys.
 WORKER_ENV = "_CERTBOUND_WORKER"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# dpop.nonce without nonce_secret_file: one key for all workers, so that a nonce one worker
+# issued is good on the others (a client's next connection may land on any of them).
+NONCE_KEY_ENV = "_CERTBOUND_NONCE_KEY_FILE"
 
 
 def _cgroup_cpu_limit() -> float | None:
@@ -60,8 +64,18 @@ def prepare_metrics_dir() -> str:
 
 def supervise(config: str, workers: int, grace_seconds: float) -> int:
     """Run `workers` worker processes until SIGTERM/SIGINT; restart any that die."""
+    descriptor, key_file = tempfile.mkstemp(prefix="certbound-nonce-key-")  # mode 0600
+    with os.fdopen(descriptor, "w") as key:
+        key.write(secrets.token_hex(32))
+    try:
+        return _supervise(config, workers, grace_seconds, key_file)
+    finally:
+        os.unlink(key_file)
+
+
+def _supervise(config: str, workers: int, grace_seconds: float, key_file: str) -> int:
     metrics_dir = os.environ.get(MULTIPROC_ENV) or prepare_metrics_dir()
-    env = dict(os.environ, **{MULTIPROC_ENV: metrics_dir, WORKER_ENV: "1"})
+    env = dict(os.environ, **{MULTIPROC_ENV: metrics_dir, WORKER_ENV: "1", NONCE_KEY_ENV: key_file})
     command = [
         sys.executable,
         "-m",

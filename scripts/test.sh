@@ -13,9 +13,12 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[test]'
 
 # Tools the tests drive for real; a missing tool fails its test, it is never skipped.
-if ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
+# redis-server: the shared DPoP replay cache's tests start their own on loopback.
+if ! command -v curl >/dev/null || ! command -v openssl >/dev/null \
+    || ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl openssl ca-certificates
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        curl openssl ca-certificates redis-server redis-tools
 fi
 as_root bash .ci/install-promtool.sh
 as_root env VENV="$PWD/.venv" bash .ci/install-deploy-tools.sh

@@ -8,7 +8,8 @@ import pytest
 
 from proxy.config import DPoPSettings, Settings, validate
 from proxy.errors import AuthError, Reason
-from proxy.tokens.dpop import ReplayCache, jwk_thumbprint, normalize_url
+from proxy.tokens.dpop import Nonces, jwk_thumbprint, normalize_url
+from proxy.tokens.replay_cache import ReplayCache
 
 # RFC 7638 §3.1: the example RSA key and its thumbprint.
 RFC7638_N = (
@@ -76,6 +77,13 @@ def test_replay_cache_is_bounded_and_drops_expired_entries_first() -> None:
         (DPoPSettings(replay_cache_size=0), "dpop.replay_cache_size"),
         (DPoPSettings(external_base_url="http://x.example"), "dpop.external_base_url"),
         (DPoPSettings(external_base_url="https://x.example/?a"), "dpop.external_base_url"),
+        (DPoPSettings(replay_cache="http://redis:6379"), "dpop.replay_cache: must be"),
+        (DPoPSettings(replay_cache="redis://h:port/0"), "dpop.replay_cache: must be"),
+        (DPoPSettings(replay_cache_timeout_seconds=0), "dpop.replay_cache_timeout_seconds"),
+        (DPoPSettings(replay_cache_unavailable="ignore"), "dpop.replay_cache_unavailable"),
+        (DPoPSettings(nonce=True, nonce_rotation_seconds=1), "dpop.nonce_rotation_seconds"),
+        (DPoPSettings(nonce_secret_file="/etc/passwd"), "dpop.nonce_secret_file: set, but"),
+        (DPoPSettings(nonce=True, nonce_secret_file="/nonexistent"), "dpop.nonce_secret_file"),
     ],
 )
 def test_dpop_settings_are_validated_with_their_key(dpop: DPoPSettings, problem: str) -> None:
@@ -87,3 +95,25 @@ def test_tls_client_cert_is_required_or_optional() -> None:
     tls = replace(Settings().tls, client_cert="sometimes")
     problems = validate(replace(Settings(), tls=tls))
     assert any(p.startswith("tls.client_cert: required or optional") for p in problems)
+
+
+def test_a_redis_password_is_never_echoed_by_validation() -> None:
+    dpop = DPoPSettings(replay_cache="redis://:hunter2-secret@h:notaport/0")
+    problems = validate(replace(Settings(), dpop=dpop))
+    assert problems and not any("hunter2" in p for p in problems)
+
+
+def test_nonces_are_good_for_their_period_and_the_next() -> None:
+    nonces = Nonces(b"k" * 32, 100)
+    issued = nonces.current(now=1050.0)
+    assert nonces.check(issued, now=1099.0) is None
+    assert nonces.check(issued, now=1100.0) == nonces.current(now=1100.0)  # renewed on a 200
+    for now in (1200.0, 999.0):  # two periods on, or one before it was issued
+        with pytest.raises(AuthError) as refused:
+            nonces.check(issued, now=now)
+        assert refused.value.reason is Reason.DPOP_NONCE_INVALID
+        assert refused.value.dpop_nonce == nonces.current(now=now)
+    with pytest.raises(AuthError) as refused:
+        nonces.check(None, now=1050.0)
+    assert refused.value.reason is Reason.DPOP_NONCE_MISSING
+    assert Nonces(b"x" * 32, 100).current(now=1050.0) != issued  # another key, other nonces

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +42,7 @@ class Proof:
     thumbprint: str  # RFC 7638 JWK thumbprint of the proof's key, base64url
     jti: str
     iat: float
+    nonce: str | None = None  # RFC 9449 §9: checked only with dpop.nonce
 
 
 def b64url_sha256(data: bytes) -> str:
@@ -148,7 +148,13 @@ def _check_claims(
     expected = b64url_sha256(access_token.encode("ascii"))
     if not isinstance(ath, str) or not hmac.compare_digest(ath.encode(), expected.encode()):
         raise _refuse(Reason.DPOP_WRONG_ATH, "DPoP proof ath is not the access token's hash")
-    return Proof(thumbprint=thumbprint, jti=jti, iat=float(iat))
+    nonce = claims.get("nonce")
+    return Proof(
+        thumbprint=thumbprint,
+        jti=jti,
+        iat=float(iat),
+        nonce=nonce if isinstance(nonce, str) and len(nonce) <= 256 else None,
+    )
 
 
 def normalize_url(url: str) -> str | None:
@@ -176,29 +182,36 @@ def check_key(jkt: str, proof: Proof) -> None:
         raise _refuse(Reason.DPOP_KEY_MISMATCH, "token is bound to a different DPoP key")
 
 
-class ReplayCache:
-    """jti values seen within the window (RFC 9449 §11.1), in this process only. Bounded:
-    entries are inserted in time order and live equally long, so the oldest goes first."""
+class Nonces:
+    """RFC 9449 §9 server nonces with no state to share: a nonce is the HMAC of a period number
+    under a key, so every replica holding the key issues and accepts the same ones. A nonce is
+    good in its period and the next, so one issued just before a rotation still works."""
 
-    def __init__(self, max_entries: int) -> None:
-        self._seen: OrderedDict[str, float] = OrderedDict()  # key -> expiry (time.time())
-        self._max = max_entries
+    def __init__(self, key: bytes, rotation_seconds: int) -> None:
+        self._key = key
+        self._rotation = rotation_seconds
 
-    def first_use(self, key: str, expires: float, now: float | None = None) -> bool:
-        """True and remembered when `key` was not seen (or has expired); False for a replay."""
-        current = time.time() if now is None else now
-        seen = self._seen
-        while seen:
-            oldest, expiry = next(iter(seen.items()))
-            if expiry > current and len(seen) < self._max:
-                break
-            del seen[oldest]
-        known = seen.get(key)
-        if known is not None and known > current:
-            return False
-        seen[key] = expires
-        seen.move_to_end(key)
-        return True
+    def _for(self, period: int) -> str:
+        mac = hmac.new(self._key, b"certbound-dpop-nonce:%d" % period, hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()[:18]).decode("ascii")
 
-    def __len__(self) -> int:
-        return len(self._seen)
+    def current(self, now: float | None = None) -> str:
+        return self._for(int((time.time() if now is None else now) // self._rotation))
+
+    def check(self, nonce: str | None, now: float | None = None) -> str | None:
+        """None when `nonce` is this period's; the current nonce when `nonce` is the previous
+        period's (still good; send the client the new one). Raises AuthError, carrying the
+        current nonce, for a missing or unknown one."""
+        period = int((time.time() if now is None else now) // self._rotation)
+        current = self._for(period)
+        if nonce is None:
+            refusal = _refuse(Reason.DPOP_NONCE_MISSING, "resource server requires a DPoP nonce")
+        else:
+            given = nonce.encode()
+            if hmac.compare_digest(given, current.encode()):
+                return None
+            if hmac.compare_digest(given, self._for(period - 1).encode()):
+                return current
+            refusal = _refuse(Reason.DPOP_NONCE_INVALID, "DPoP nonce is unknown or expired")
+        refusal.dpop_nonce = current
+        raise refusal
