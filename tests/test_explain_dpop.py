@@ -125,6 +125,7 @@ async def walk(
     url: str = URL,
     target: str | None = None,
     certificate: x509.Certificate | None = None,
+    now: float | None = None,
 ) -> tuple[int, str]:
     lines: list[str] = []
     request = Request(
@@ -135,7 +136,7 @@ async def walk(
         proof=proof,
         url=url,
     )
-    code = await explain(settings, request, lines.append)
+    code = await explain(settings, request, lines.append, now=now)
     out = "\n".join(lines)
     assert "note:" not in out, out  # the walk and verify_proof never disagree
     return code, out
@@ -336,7 +337,8 @@ async def test_alg_none_is_refused_as_not_asymmetric(
 async def test_stale_proof_prints_its_age(settings: Settings, dpop_issuer: Issuer) -> None:
     client = Client()
     token = dpop_issuer.mint(cnf={"jkt": client.jkt})
-    code, out = await walk(settings, token, client.proof(token, iat=int(time.time()) - 1000))
+    now = int(time.time())
+    code, out = await walk(settings, token, client.proof(token, iat=now - 1000), now=now)
     assert code == 1
     assert "1000 s old, at most 300 s + 30 s leeway" in out
     assert "(reason dpop_proof_expired)" in out
@@ -491,3 +493,14 @@ async def test_replay_cache_in_redis_and_nonces_are_named_not_checked(
     assert "in Redis (dpop.replay_cache), shared by the replicas" in out
     assert "secret" not in out  # the Redis URL may hold a password
     assert "none, and dpop.nonce is true: the proxy requires a nonce it issued" in out
+
+
+async def test_mtls_bound_token_without_a_certificate_says_to_give_it(
+    settings: Settings, pki: PKI, dpop_issuer: Issuer
+) -> None:
+    # What the API allows and the CLI refuses as usage: no --cert, no --dpop.
+    code, out = await walk(settings, dpop_issuer.mint(pki.alice), "")
+    assert code == 1
+    assert f"token cnf.x5t#S256    {thumbprint(pki.alice)}" in out
+    assert "explain with --cert CLIENT.pem" in out
+    assert out.endswith('outcome: REFUSE 401 error="invalid_token" (reason no_client_cert)')
