@@ -37,17 +37,26 @@ def _parser() -> argparse.ArgumentParser:
     thumb.add_argument("cert")
 
     explain = sub.add_parser(
-        "explain", help="walk a certificate and token through the decision, step by step"
+        "explain",
+        help="walk a certificate, token and DPoP proof through the decision, step by step",
     )
     explain.add_argument("--config", required=True)
-    explain.add_argument("--cert", required=True, help="the client's PEM certificate")
+    explain.add_argument(
+        "--cert", help="the client's PEM certificate (none: a DPoP client without one)"
+    )
     explain.add_argument(
         "--token",
-        default="-",
-        help="the access token, or - for stdin (default); none: the certificate alone",
+        help="the access token, @FILE, or - for stdin (the default unless --dpop is -); "
+        "none: the certificate or proof alone",
+    )
+    explain.add_argument(
+        "--dpop", metavar="PROOF", help="the DPoP header's value, @FILE, or - for stdin"
     )
     explain.add_argument("--method", default="GET")
-    explain.add_argument("--path", default="/")
+    explain.add_argument(
+        "--url", help="the URL the client used (htu is compared to it); sets the path too"
+    )
+    explain.add_argument("--path", help="the path the proxy sees (default: --url's path, else /)")
 
     audit = sub.add_parser("audit", help="read certbound audit logs")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -97,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.config, args.grace_seconds)
     if args.command == "explain":
-        return _explain(args.config, args.cert, args.token, args.method, args.path)
+        return _explain(args)
     if args.command == "audit":
         return _audit_report(args.files, as_json=args.json, since=args.since)
     if args.command == "kube-inject":
@@ -159,29 +168,77 @@ def _load(path: str) -> Settings | None:
     return settings
 
 
-def _explain(config: str, cert: str, token: str, method: str, path: str) -> int:
+def _explain(args: argparse.Namespace) -> int:
     from cryptography import x509
 
-    from proxy.explain import explain
+    from proxy.explain import Request, UsageError, explain, request_target
 
-    settings = _load(config)
+    def usage(message: str) -> int:
+        print(f"certbound: explain: {message}", file=sys.stderr)
+        return 2
+
+    if args.cert is None and args.dpop is None:
+        return usage(
+            "give --cert (the client's certificate), --dpop (its DPoP proof), or both: "
+            "a request without either is refused before any token is read"
+        )
+    if args.dpop is not None and args.url is None:
+        return usage("--dpop needs --url, the URL the client used: the proof's htu must name it")
+    token_arg = args.token
+    if token_arg is None:
+        token_arg = "" if args.dpop == "-" else "-"
+    elif token_arg == "-" and args.dpop == "-":  # noqa: S105 - "-" means stdin
+        return usage("--token and --dpop cannot both read stdin")
+    settings = _load(args.config)
     if settings is None:
         return 2
+    certificate = None
+    if args.cert is not None:
+        try:
+            certificate = x509.load_pem_x509_certificate(Path(args.cert).read_bytes())
+        except OSError as exc:
+            print(f"certbound: cannot read {args.cert}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except ValueError:
+            print(f"certbound: {args.cert} holds no PEM certificate", file=sys.stderr)
+            return 2
     try:
-        certificate = x509.load_pem_x509_certificate(Path(cert).read_bytes())
-    except OSError as exc:
-        print(f"certbound: cannot read {cert}: {exc.strerror}", file=sys.stderr)
-        return 2
-    except ValueError:
-        print(f"certbound: {cert} holds no PEM certificate", file=sys.stderr)
-        return 2
-    if token == "-":  # noqa: S105 - "-" means stdin, not a password
-        # A terminal with nothing piped in means: check the certificate alone.
-        token = "" if sys.stdin.isatty() else sys.stdin.read()
-    token = token.strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
-    return asyncio.run(explain(settings, certificate, token, method, path, print))
+        # An empty stdin from a terminal means: no token, check what else was given.
+        token = _credential(token_arg, "--token", empty_on_tty=args.token is None)
+        proof = _credential(args.dpop or "", "--dpop", empty_on_tty=False)
+        target = request_target(settings, args.url or "", args.path)
+    except UsageError as exc:
+        return usage(str(exc))
+    for scheme in ("bearer ", "dpop "):  # a pasted Authorization value
+        if token.lower().startswith(scheme):
+            token = token[len(scheme) :].strip()
+    if proof.lower().startswith("dpop:"):  # a pasted header line
+        proof = proof[5:].strip()
+    request = Request(
+        certificate=certificate,
+        token=token,
+        method=args.method,
+        target=target,
+        proof=proof,
+        url=args.url or "",
+    )
+    return asyncio.run(explain(settings, request, print))
+
+
+def _credential(value: str, option: str, *, empty_on_tty: bool) -> str:
+    """An option's value, the contents of @FILE, or stdin for -; stripped."""
+    from proxy.explain import UsageError
+
+    if value == "-":
+        if empty_on_tty and sys.stdin.isatty():
+            return ""
+        value = sys.stdin.read()
+    elif value.startswith("@"):
+        try:
+            value = Path(value[1:]).read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            raise UsageError(f"{option}: cannot read {value[1:]}: {exc.strerror}") from None
+    return value.strip()
 
 
 def _audit_report(files: list[str], *, as_json: bool, since: str) -> int:
