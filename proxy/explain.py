@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -163,9 +164,9 @@ async def explain(settings: Settings, request: Request, out: Out, now: float | N
         leeway = float(max((e.leeway_seconds for e in trusted_issuers(settings.tokens)), default=0))
         try:
             _, proof_claims = _walk_proof(settings, request, method, "", leeway, current, out)
+            _proof_notes(settings, proof_claims, leeway, out)
         except AuthError as error:
             return refused("DPoP proof", error, dpop_scheme=True)
-        _proof_notes(settings, proof_claims, leeway, out)
         out(f"   {'cnf.jkt':<12}not checked: no token given")
         out("outcome: the proof passes every check explain can make without the token;")
         out("         give --token to check ath and the token's cnf.jkt as well")
@@ -637,7 +638,8 @@ def _walk_proof(
 
 
 def _proof_notes(settings: Settings, claims: dict[str, Any], leeway: float, out: Out) -> None:
-    """What the proxy checks but explain cannot: replay (the proxy's memory) and nonces."""
+    """The nonce (when explain can know the key) and what explain cannot check: replay."""
+    _check_nonce(settings, claims.get("nonce"), out)
     where = (
         "in Redis (dpop.replay_cache), shared by the replicas"
         if settings.dpop.replay_cache
@@ -647,14 +649,37 @@ def _proof_notes(settings: Settings, claims: dict[str, Any], leeway: float, out:
     out(f"   {'replay':<12}not checked: the proxy remembers each jti for {window:g} s {where};")
     out(f"   {'':<12}explain does not consult that, so a proof sent before is refused")
     out(f"   {'':<12}(dpop_replayed) though it passes here")
-    nonce = claims.get("nonce")
-    state = "true" if settings.dpop.nonce else "false"
-    if nonce is not None:
-        out(f"   {'nonce':<12}{json.dumps(nonce)[:120]}: checked only when dpop.nonce is true")
-        out(f"   {'':<12}(it is {state}); explain does not check nonces")
-    elif settings.dpop.nonce:
-        out(f"   {'nonce':<12}none, and dpop.nonce is true: the proxy requires a nonce it issued")
-        out(f"   {'':<12}(401 use_dpop_nonce); explain does not check nonces")
+
+
+def _check_nonce(settings: Settings, nonce: object, out: Out) -> None:
+    """dpop.nonce (RFC 9449 §9): checked as the proxy does when its key is in a file explain
+    can read too; a per-pod random key is known to that pod alone."""
+    shown = json.dumps(nonce)[:120] if nonce is not None else "none"
+    if not settings.dpop.nonce:
+        if nonce is not None:
+            out(f"   {'nonce':<12}{shown}: not checked (dpop.nonce is false)")
+        return
+    if not settings.dpop.nonce_secret_file:
+        out(f"   {'nonce':<12}{shown}: not checked: dpop.nonce is true with a random key per pod")
+        out(f"   {'':<12}(no dpop.nonce_secret_file), which explain cannot know")
+        return
+    try:
+        key = Path(settings.dpop.nonce_secret_file).read_bytes().strip()
+    except OSError as exc:
+        out(f"   {'nonce':<12}not checked: cannot read dpop.nonce_secret_file ({exc.strerror})")
+        return
+    nonces = dpop.Nonces(key, settings.dpop.nonce_rotation_seconds)
+    try:
+        renewed = nonces.check(nonce if isinstance(nonce, str) else None)
+    except AuthError as error:
+        out(f"   {'nonce':<12}FAIL {error.reason.value}: {error.description} ({shown})")
+        out("   fix: the client retries with the nonce of the DPoP-Nonce header of the 401;")
+        out("        a client that keeps failing here does not read that header")
+        raise
+    if renewed is None:
+        out(f"   {'nonce':<12}ok: the current nonce")
+    else:
+        out(f"   {'nonce':<12}ok: last period's nonce; the answer would carry a new DPoP-Nonce")
 
 
 def _shown_header(header: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.config import Settings, load_settings
 from proxy.explain import Request, explain, request_target
-from proxy.tokens.dpop import verify_proof
+from proxy.tokens.dpop import Nonces, verify_proof
 from tests.conftest import AUDIENCE, PKI, Issuer, thumbprint
 
 URL = "https://orders.example/orders"
@@ -177,7 +177,7 @@ def test_good_proof_without_a_certificate_is_forwarded_with_every_check_ok(
     assert f"thumbprint  ok: {client.jkt} (RFC 7638" in out
     assert "request  https://orders.example/orders  (https:// + Host header orders.example" in out
     assert "replay      not checked: the proxy remembers each jti for 330 s in each proxy" in out
-    assert 'nonce       "n-1": checked only when dpop.nonce is true' in out
+    assert 'nonce       "n-1": not checked (dpop.nonce is false)' in out
     assert "1. client certificate: none given" in out
     assert out.rstrip().endswith("outcome: FORWARD")
     assert_no_credentials(out, token, proof)
@@ -481,18 +481,44 @@ async def test_required_client_cert_refuses_a_dpop_client_without_one(
     assert out.endswith("outcome: REFUSE: the TLS handshake fails (reason no_certificate)")
 
 
-async def test_replay_cache_in_redis_and_nonces_are_named_not_checked(
+async def test_replay_cache_in_redis_is_named_and_a_per_pod_nonce_key_not_guessed(
     tmp_path: Path, pki: PKI, dpop_issuer: Issuer
 ) -> None:
-    dpop = {"replay_cache": "redis://:secret@redis.invalid:6379/0", "nonce": True}
+    dpop = {"replay_cache": "redis://:hunter2@redis.invalid:6379/0", "nonce": True}
     settings = load_settings(str(write_config(tmp_path, pki, dpop_issuer, dpop=dpop)))
     client = Client()
     token = dpop_issuer.mint(cnf={"jkt": client.jkt})
     code, out = await walk(settings, token, client.proof(token))
     assert code == 0, out
     assert "in Redis (dpop.replay_cache), shared by the replicas" in out
-    assert "secret" not in out  # the Redis URL may hold a password
-    assert "none, and dpop.nonce is true: the proxy requires a nonce it issued" in out
+    assert "hunter2" not in out  # the Redis URL may hold a password
+    assert "nonce       none: not checked: dpop.nonce is true with a random key per pod" in out
+
+
+async def test_nonces_are_checked_with_the_shared_key(
+    tmp_path: Path, pki: PKI, dpop_issuer: Issuer
+) -> None:
+    key = tmp_path / "nonce.key"
+    key.write_text("a key shared by the replicas, from one Secret\n")
+    dpop = {"nonce": True, "nonce_secret_file": str(key), "nonce_rotation_seconds": 60}
+    settings = load_settings(str(write_config(tmp_path, pki, dpop_issuer, dpop=dpop)))
+    nonces = Nonces(key.read_bytes().strip(), 60)
+    client = Client()
+    token = dpop_issuer.mint(cnf={"jkt": client.jkt})
+
+    code, out = await walk(settings, token, client.proof(token, nonce=nonces.current()))
+    assert code == 0, out
+    assert "nonce       ok: the current nonce" in out
+
+    code, out = await walk(settings, token, client.proof(token))
+    assert code == 1
+    assert "nonce       FAIL dpop_nonce_missing:" in out
+    assert out.endswith('outcome: REFUSE 401 error="use_dpop_nonce" (reason dpop_nonce_missing)')
+
+    stale = nonces.current(time.time() - 120)
+    code, out = await walk(settings, token, client.proof(token, nonce=stale))
+    assert code == 1
+    assert out.endswith('outcome: REFUSE 401 error="use_dpop_nonce" (reason dpop_nonce_invalid)')
 
 
 async def test_mtls_bound_token_without_a_certificate_says_to_give_it(
