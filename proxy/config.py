@@ -6,6 +6,7 @@ Validation collects every problem with its key path, so an operator fixes them i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -445,6 +446,13 @@ def validate(s: Settings) -> list[str]:
         problems.append(f"tls.session_tickets: must be 0 to 4, got {s.tls.session_tickets}")
     if s.dpop.nonce_secret_file:
         readable("dpop.nonce_secret_file", s.dpop.nonce_secret_file)
+        with contextlib.suppress(OSError):
+            # A short key makes nonces guessable, and a client could then make proofs ahead.
+            if len(Path(s.dpop.nonce_secret_file).read_bytes().strip()) < 32:
+                problems.append(
+                    "dpop.nonce_secret_file: holds fewer than 32 bytes "
+                    "(make one with: openssl rand -base64 48)"
+                )
     for index, crl_file in enumerate(s.tls.crl_files):
         readable(f"tls.crl_files[{index}]", crl_file)
     if s.tls.revocation_unavailable not in ("refuse", "allow"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +96,14 @@ def test_tls_client_cert_is_required_or_optional() -> None:
     tls = replace(Settings().tls, client_cert="sometimes")
     problems = validate(replace(Settings(), tls=tls))
     assert any(p.startswith("tls.client_cert: required or optional") for p in problems)
+
+
+def test_a_short_nonce_key_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "nonce.key"
+    key.write_text("too-short\n")
+    dpop = DPoPSettings(nonce=True, nonce_secret_file=str(key))
+    problems = validate(replace(Settings(), dpop=dpop))
+    assert any(p.startswith("dpop.nonce_secret_file: holds fewer than 32") for p in problems)
 
 
 def test_a_redis_password_is_never_echoed_by_validation() -> None:
