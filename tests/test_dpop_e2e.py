@@ -137,6 +137,11 @@ async def test_every_request_needs_a_fresh_proof_though_the_token_is_cached(
 
 def _hostile() -> list[Any]:
     other = ec.generate_private_key(ec.SECP256R1())
+
+    # iat relative to when the case runs, not to collection: the suite takes minutes.
+    def now() -> int:
+        return int(time.time())
+
     return [
         ("wrong_htm", lambda c: [c.proof("POST")], "dpop_wrong_method"),
         ("htu_query", lambda c: [c.proof(htu=c.url("/orders?a=1"))], "dpop_wrong_url"),
@@ -148,13 +153,8 @@ def _hostile() -> list[Any]:
         ),
         ("htu_other_path", lambda c: [c.proof(htu=c.url("/admin"))], "dpop_wrong_url"),
         ("htu_http", lambda c: [c.proof(htu=c.url().replace("https", "http"))], "dpop_wrong_url"),
-        # Times read when the test runs: the list is built at collection, minutes earlier.
-        ("stale_iat", lambda c: [c.proof(iat=int(time.time()) - 400)], "dpop_proof_expired"),
-        (
-            "future_iat",
-            lambda c: [c.proof(iat=int(time.time()) + 120)],
-            "dpop_proof_not_yet_valid",
-        ),
+        ("stale_iat", lambda c: [c.proof(iat=now() - 400)], "dpop_proof_expired"),
+        ("future_iat", lambda c: [c.proof(iat=now() + 120)], "dpop_proof_not_yet_valid"),
         ("no_ath", lambda c: [c.proof(ath=None)], "dpop_wrong_ath"),
         ("wrong_ath", lambda c: [c.proof(token="another.token.value")], "dpop_wrong_ath"),
         ("no_jti", lambda c: [c.proof(jti=None)], "invalid_dpop_proof"),

@@ -48,6 +48,11 @@ CLOSED_LABEL_VALUES: dict[str, set[str] | None] = {
     "issuer": None,  # configured names, whatever they are
     "version": None,
 }
+# A label whose values differ on one metric: {metric name as in metrics.py: {label: values}}.
+METRIC_LABEL_VALUES: dict[str, dict[str, set[str] | None]] = {
+    # What certbound did with a proof the shared replay cache could not record in time.
+    "certbound_dpop_replay_cache_failures": {"outcome": {"refused", "allowed"}},
+}
 
 
 def _contract() -> dict[str, dict[str, Any]]:
@@ -57,7 +62,8 @@ def _contract() -> dict[str, dict[str, Any]]:
             continue
         [family] = metric.describe()
         name = family.name + "_total" if family.type == "counter" else family.name
-        labels = {label: CLOSED_LABEL_VALUES[label] for label in metric._labelnames}
+        closed = CLOSED_LABEL_VALUES | METRIC_LABEL_VALUES.get(family.name, {})
+        labels = {label: closed[label] for label in metric._labelnames}
         contract[name] = {"type": family.type, "labels": labels}
     return contract
 
@@ -72,6 +78,7 @@ REQUIRED_ALERTS = {
     "CertboundJwksRefreshFailing",
     "CertboundUpstreamErrorRatioHigh",
     "CertboundTokenReplayedByManyCertificates",
+    "CertboundDpopReplayCacheFailing",
 }
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -287,3 +294,15 @@ def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:
     rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     proc = run_promtool("check", "rules", str(rules_file))
     assert proc.returncode == 0, f"invalid PromQL in the dashboard:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_dashboard_dpop_panel_lists_every_dpop_reason() -> None:
+    """The DPoP row's refusal panel enumerates its reasons: a new DPoP reason must join it."""
+    (expr,) = [e for title, e in dashboard_exprs() if title == "DPoP refusals by reason"]
+    found = re.search(r'reason=~"([^"]*)"', expr)
+    assert found, expr
+    listed = set(found.group(1).split("|"))
+    reasons = {r.value for r in Reason}
+    assert listed <= reasons, f"not reasons: {sorted(listed - reasons)}"
+    dpop = {r for r in reasons if "dpop" in r} | {"wrong_binding_kind", "replay_cache_unavailable"}
+    assert listed == dpop, f"DPoP reasons missing from the panel: {sorted(dpop - listed)}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,17 @@ NAME = "certbound"
 CONFIG_PATH = "/etc/certbound/config.yaml"
 TLS_DIR = "/etc/certbound/tls"
 CLIENT_CA_DIR = "/etc/certbound/client-ca"
+DPOP_NONCE_DIR = "/etc/certbound/dpop-nonce"
+# dpop.replay_cache from proxy.dpop.replayCache's Secret: the URL may hold a password.
+REPLAY_CACHE_ENV = "CERTBOUND_DPOP__REPLAY_CACHE"
 # Pod-level names are prefixed: legacy pods already have volumes called "config" or "tls".
-VOLUMES = ("certbound-config", "certbound-tls", "certbound-client-ca", "certbound-tmp")
+VOLUMES = (
+    "certbound-config",
+    "certbound-tls",
+    "certbound-client-ca",
+    "certbound-dpop-nonce",
+    "certbound-tmp",
+)
 PORT_NAMES = ("mtls", "admin")
 CONFIG_ANNOTATION = "certbound.io/config"
 
@@ -38,6 +48,10 @@ DEFAULT_VALUES: dict[str, Any] = {
         "config": {},
         "extraConfig": {},
         "env": [],
+        "dpop": {
+            "replayCache": {"secretName": "", "key": "url"},
+            "nonceKey": {"secretName": "", "key": "nonce.key"},
+        },
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -108,6 +122,10 @@ class SidecarOptions:
     tls_default_mode: int
     client_ca_secret: str
     client_ca_key: str
+    replay_cache_secret: str  # proxy.dpop.replayCache: CERTBOUND_DPOP__REPLAY_CACHE from it
+    replay_cache_key: str
+    nonce_secret: str  # proxy.dpop.nonceKey: mounted at DPOP_NONCE_DIR
+    nonce_key: str
     config_map: str
     mode: Mode
 
@@ -205,8 +223,14 @@ def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptio
         ("tls.clientCA.secretName", tls["clientCA"]["secretName"]),
         ("tls.clientCA.key", tls["clientCA"]["key"]),
         ("inject.configMap", v["inject"]["configMap"]),
+        *(
+            (f"proxy.dpop.{ref}.{key}", p["dpop"][ref][key])
+            for ref in ("replayCache", "nonceKey")
+            for key in ("secretName", "key")
+        ),
     ):
         _typed(value, str, path, problems)
+    problems.extend(_dpop_problems(p))
     if problems:
         raise ValuesError(problems)
     return SidecarOptions(
@@ -226,9 +250,53 @@ def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptio
         tls_default_mode=mode_bits,
         client_ca_secret=tls["clientCA"]["secretName"],
         client_ca_key=tls["clientCA"]["key"],
+        replay_cache_secret=p["dpop"]["replayCache"]["secretName"],
+        replay_cache_key=p["dpop"]["replayCache"]["key"],
+        nonce_secret=p["dpop"]["nonceKey"]["secretName"],
+        nonce_key=p["dpop"]["nonceKey"]["key"],
         config_map=v["inject"]["configMap"],
         mode=mode,
     )
+
+
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+# userinfo with a password (redis://:pw@host, redis://user:pw@host) or ?password=
+_URL_PASSWORD = re.compile(r"^[a-zA-Z]+://[^/@]*:[^/@]*@|[?&]password=", re.IGNORECASE)
+
+
+def _dpop_problems(p: Mapping[str, Any]) -> list[str]:
+    """The chart's checks of proxy.dpop against proxy.config.dpop (certbound.validate), as far
+    as values show them: the config may also come from a ConfigMap the injector never reads.
+    A replay_cache URL is never echoed: it may hold a password."""
+    problems = []
+    given: dict[str, Any] = {}
+    for source in (p["config"], p["extraConfig"]):
+        dpop = source.get("dpop") if isinstance(source, Mapping) else None
+        if isinstance(dpop, Mapping):
+            given |= {k: dpop[k] for k in ("replay_cache", "nonce_secret_file") if dpop.get(k)}
+    url = given.get("replay_cache")
+    secrets = p["dpop"]
+    for ref in ("replayCache", "nonceKey"):
+        key = secrets[ref]["key"]
+        if isinstance(key, str) and not _SECRET_KEY.fullmatch(key):
+            problems.append(f"proxy.dpop.{ref}.key: not a Secret key ([-._a-zA-Z0-9]+)")
+    if url and secrets["replayCache"]["secretName"]:
+        problems.append(
+            "proxy.config.dpop.replay_cache: set, and so is proxy.dpop.replayCache.secretName, "
+            "whose URL would silently win; leave proxy.config.dpop.replay_cache empty"
+        )
+    elif isinstance(url, str) and _URL_PASSWORD.search(url):
+        problems.append(
+            "proxy.config.dpop.replay_cache: holds a password, which would be written into the "
+            "pod or a ConfigMap (the value is not shown here): put the URL in a Secret and name "
+            "it in proxy.dpop.replayCache.secretName"
+        )
+    if given.get("nonce_secret_file") and secrets["nonceKey"]["secretName"]:
+        problems.append(
+            "proxy.config.dpop.nonce_secret_file: set by the injector from "
+            "proxy.dpop.nonceKey, not in values"
+        )
+    return problems
 
 
 def client_ca_file(opts: SidecarOptions) -> str:
@@ -249,7 +317,21 @@ def owned_env(opts: SidecarOptions, upstream_port: int) -> list[dict[str, Any]]:
         "TLS__CLIENT_CA_FILE": client_ca_file(opts),
         "UPSTREAM__URL": f"http://127.0.0.1:{upstream_port}",
     }
+    if opts.nonce_secret:
+        pairs["DPOP__NONCE_SECRET_FILE"] = nonce_secret_file(opts)
     return [{"name": f"CERTBOUND_{k}", "value": str(v)} for k, v in pairs.items()]
+
+
+def nonce_secret_file(opts: SidecarOptions) -> str:
+    return f"{DPOP_NONCE_DIR}/{opts.nonce_key}"
+
+
+def secret_env(opts: SidecarOptions) -> list[dict[str, Any]]:
+    """Environment taken from Secrets, in the chart's container as in an injected one."""
+    if not opts.replay_cache_secret:
+        return []
+    ref = {"name": opts.replay_cache_secret, "key": opts.replay_cache_key}
+    return [{"name": REPLAY_CACHE_ENV, "valueFrom": {"secretKeyRef": ref}}]
 
 
 def sidecar_container(opts: SidecarOptions, upstream_port: int | None = None) -> dict[str, Any]:
@@ -265,7 +347,11 @@ def sidecar_container(opts: SidecarOptions, upstream_port: int | None = None) ->
             {"name": "admin", "containerPort": opts.admin_port, "protocol": "TCP"},
         ],
     }
-    env = [*(owned_env(opts, upstream_port) if upstream_port else []), *opts.env]
+    env = [
+        *(owned_env(opts, upstream_port) if upstream_port else []),
+        *secret_env(opts),
+        *opts.env,
+    ]
     if env:
         container["env"] = copy.deepcopy(env)
     for probe in _PROBES:
@@ -281,6 +367,8 @@ def sidecar_container(opts: SidecarOptions, upstream_port: int | None = None) ->
     ]
     if opts.client_ca_secret:
         mounts.append({"name": "certbound-client-ca", "mountPath": CLIENT_CA_DIR})
+    if opts.nonce_secret:
+        mounts.append({"name": "certbound-dpop-nonce", "mountPath": DPOP_NONCE_DIR})
     for mount in mounts:
         mount["readOnly"] = True
     mounts.append({"name": "certbound-tmp", "mountPath": "/tmp"})  # noqa: S108 - an emptyDir
@@ -317,6 +405,15 @@ def pod_volumes(
         volumes.append(
             {
                 "name": "certbound-client-ca",
+                "secret": {**secret, "items": [{"key": key, "path": key}]},
+            }
+        )
+    if opts.nonce_secret:
+        key = opts.nonce_key
+        secret = {"secretName": opts.nonce_secret, "defaultMode": default_mode}
+        volumes.append(
+            {
+                "name": "certbound-dpop-nonce",
                 "secret": {**secret, "items": [{"key": key, "path": key}]},
             }
         )

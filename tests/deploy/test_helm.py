@@ -114,6 +114,14 @@ def test_defaults_render_no_optional_crd_objects(default_docs: list[dict[str, An
         ("proxy.config.tls.min_version=1.1", "at '/proxy/config/tls/min_version'"),
         ("proxy.config.tokens.nonsense=1", "additional properties 'nonsense' not allowed"),
         ("certManager.enabled=true", "at '/certManager/issuerRef/name': minLength"),
+        (
+            "proxy.config.dpop.replay_cache_unavailable=maybe",
+            "/proxy/config/dpop/replay_cache_unav",
+        ),
+        ("proxy.config.dpop.nonce_rotation_seconds=5", "at '/proxy/config/dpop/nonce_rotation"),
+        ("proxy.config.dpop.replay_cache_timeout_seconds=10", "/dpop/replay_cache_timeout_seconds"),
+        ("proxy.dpop.nonceKey.key=a/b", "at '/proxy/dpop/nonceKey/key'"),
+        ("proxy.dpop.replayCache.secretName=Bad_Name", "at '/proxy/dpop/replayCache/secretName'"),
     ],
 )
 def test_values_schema_rejects_bad_value_with_clear_message(
@@ -380,3 +388,165 @@ def test_values_schema_rejects_a_bad_claim_header_name(helm: str) -> None:
     )
     assert result.returncode != 0, "X:Y was accepted"
     assert "invalid propertyName 'X:Y'" in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------------------------ DPoP
+
+REDIS_URL = "rediss://:s3cr3t-pw@redis.shop.svc:6380/0"
+
+
+def test_dpop_secrets_render_env_from_secret_and_a_mounted_nonce_key(
+    render: RenderFn, tmp_path: Path
+) -> None:
+    docs = render(
+        sets=[
+            "proxy.dpop.replayCache.secretName=orders-dpop-redis",
+            "proxy.dpop.nonceKey.secretName=orders-dpop-nonce",
+            "proxy.config.dpop.nonce=true",
+            "proxy.env[0].name=CERTBOUND_LOG__LEVEL",
+            "proxy.env[0].value=debug",
+        ]
+    )
+    for doc in docs:
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    proxy = _containers(docs)["certbound"]
+    assert proxy["env"] == [
+        {
+            "name": "CERTBOUND_DPOP__REPLAY_CACHE",
+            "valueFrom": {"secretKeyRef": {"name": "orders-dpop-redis", "key": "url"}},
+        },
+        {"name": "CERTBOUND_LOG__LEVEL", "value": "debug"},  # proxy.env after: it may override
+    ]
+    mounts = {m["name"]: m for m in proxy["volumeMounts"]}
+    assert mounts["certbound-dpop-nonce"] == {
+        "name": "certbound-dpop-nonce",
+        "mountPath": "/etc/certbound/dpop-nonce",
+        "readOnly": True,
+    }
+    pod = find(docs, "Deployment", "demo-certbound")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["certbound-dpop-nonce"]["secret"] == {
+        "secretName": "orders-dpop-nonce",
+        "defaultMode": 0o440,
+        "items": [{"key": "nonce.key", "path": "nonce.key"}],
+    }
+    config = _config(docs)
+    assert config["dpop"]["nonce_secret_file"] == "/etc/certbound/dpop-nonce/nonce.key"
+    assert config["dpop"]["replay_cache"] == ""  # the URL stays out of the ConfigMap
+
+    # certbound reads the rendered config plus the Secret's URL as kubelet passes it.
+    key_file = tmp_path / "nonce.key"
+    key_file.write_text("c2hhcmVkLWtleS1mb3ItYWxsLXJlcGxpY2FzLTMyYnl0ZXM=\n")
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        config["tls"][key] = "/dev/null"  # the mounted Secret's paths do not exist here
+    config["dpop"]["nonce_secret_file"] = str(key_file)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    from proxy.config import load_settings
+
+    settings = load_settings(path, environ={"CERTBOUND_DPOP__REPLAY_CACHE": REDIS_URL + "\n"})
+    assert settings.dpop.replay_cache == REDIS_URL
+    assert settings.dpop.nonce is True
+    assert settings.dpop.replay_cache_unavailable == "refuse"
+
+
+def test_dpop_defaults_render_no_secret_env_or_volume(default_docs: list[dict[str, Any]]) -> None:
+    proxy = _containers(default_docs)["certbound"]
+    assert "env" not in proxy
+    assert "certbound-dpop-nonce" not in {m["name"] for m in proxy["volumeMounts"]}
+    dpop = _config(default_docs)["dpop"]
+    assert dpop["replay_cache"] == "" and dpop["nonce"] is False
+    assert dpop["nonce_secret_file"] == ""
+
+
+def test_dpop_nonce_on_a_single_replica_needs_no_key(render: RenderFn) -> None:
+    docs = render(sets=["replicaCount=1", "proxy.config.dpop.nonce=true"])
+    assert _config(docs)["dpop"]["nonce"] is True
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ["proxy.config.dpop.nonce=true"],
+            "proxy.config.dpop.nonce is true with replicaCount 2 but no shared nonce key",
+        ),
+        (
+            ["replicaCount=3", "proxy.extraConfig.dpop.nonce=true"],
+            "with replicaCount 3 but no shared nonce key",
+        ),
+        (
+            ["proxy.dpop.nonceKey.secretName=k"],
+            "proxy.dpop.nonceKey.secretName is set but proxy.config.dpop.nonce is not true",
+        ),
+        (
+            [
+                "proxy.config.dpop.nonce=true",
+                "proxy.dpop.nonceKey.secretName=k",
+                "proxy.config.dpop.nonce_secret_file=/k",
+            ],
+            "proxy.config.dpop.nonce_secret_file and proxy.dpop.nonceKey.secretName are both set",
+        ),
+        (
+            [
+                "proxy.config.dpop.replay_cache=redis://r:6379",
+                "proxy.dpop.replayCache.secretName=u",
+            ],
+            "proxy.config.dpop.replay_cache and proxy.dpop.replayCache.secretName are both set",
+        ),
+        (
+            [f"proxy.config.dpop.replay_cache={REDIS_URL}"],
+            "proxy.config.dpop.replay_cache holds a password",
+        ),
+        (
+            ["proxy.extraConfig.dpop.replay_cache=redis://r:6379/0?password=s3cr3t-pw"],
+            "proxy.config.dpop.replay_cache holds a password",
+        ),
+        (
+            ["proxy.config.dpop.replay_cache=https://:s3cr3t-pw@r"],
+            "proxy.config.dpop.replay_cache: must be empty or a redis:// or rediss:// URL",
+        ),
+    ],
+)
+def test_dpop_settings_the_chart_refuses_to_render(
+    helm: str, sets: list[str], message: str
+) -> None:
+    args = ["template", "demo", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    result = run_helm(helm, *args)
+    assert result.returncode != 0, f"{sets} was accepted"
+    assert message in result.stderr, result.stderr
+    assert "s3cr3t-pw" not in result.stderr  # a Redis password is never echoed
+
+
+def test_a_replay_cache_url_without_password_may_stay_in_values(render: RenderFn) -> None:
+    docs = render(sets=["proxy.config.dpop.replay_cache=redis://dpop-redis.shop.svc:6379/0"])
+    assert _config(docs)["dpop"]["replay_cache"] == "redis://dpop-redis.shop.svc:6379/0"
+
+
+def _notes(helm: str, *sets: str) -> str:
+    args = ["install", "demo", str(CHART), "--dry-run=client", "-n", "shop"]
+    for s in sets:
+        args += ["--set", s]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_warn_about_per_process_dpop_replay_caches_only_when_it_matters(
+    helm: str,
+) -> None:
+    warning = "each remember DPoP proof jti values on their own"
+    optional = "proxy.config.tls.client_cert=optional"
+    assert warning not in _notes(helm)  # mTLS only: nothing to say
+    notes = _notes(helm, optional)
+    assert f"the 2 replicas {warning}" in notes
+    assert "proxy.dpop.replayCache.secretName" in notes
+    assert warning in _notes(helm, "replicaCount=1", "proxy.workers=4", optional)
+    assert warning not in _notes(helm, "replicaCount=1", optional)
+    assert warning not in _notes(helm, optional, "proxy.dpop.replayCache.secretName=r")
+    assert warning not in _notes(helm, optional, "proxy.config.dpop.replay_cache=redis://r")
+    route = "proxy.config.policy.routes[0].path=/pay,proxy.config.policy.routes[0].binding=dpop"
+    assert warning in _notes(helm, route)

@@ -309,3 +309,88 @@ def test_a_kubectl_list_is_injected_item_by_item() -> None:
     deployment, service = out["items"]
     assert sidecar(deployment["spec"]["template"]) is not None
     assert service["spec"]["ports"][0]["targetPort"] == "mtls"
+
+
+DPOP_VALUES = """
+proxy:
+  config:
+    tokens: {issuer: https://login.example.com, audience: https://api.example.com}
+    tls: {client_cert: optional}
+    dpop: {nonce: true}
+  dpop:
+    replayCache: {secretName: orders-dpop-redis}
+    nonceKey: {secretName: orders-dpop-nonce, key: hmac}
+  env: [{name: CERTBOUND_LOG__LEVEL, value: debug}]
+tls: {secretName: certbound-mtls}
+"""
+
+
+@pytest.mark.parametrize("mode", ["native", "container"])
+def test_dpop_secrets_reach_the_injected_sidecar_as_in_the_chart(tmp_path: Any, mode: str) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(DPOP_VALUES)
+    result = kube_inject(
+        "-f", str(MANIFESTS / "orders.yaml"), "--values", str(path), "--mode", mode
+    )
+    assert result.returncode == 0, result.stderr
+    deployment = _by_name(list(yaml.safe_load_all(result.stdout)))[("Deployment", "orders")]
+    for version in K8S_VERSIONS[mode]:
+        kubernetes_validate.validate(deployment, version, strict=True)
+    template = deployment["spec"]["template"]
+    container = sidecar(template)
+    assert container is not None
+    env = container["env"]
+    names = [e["name"] for e in env]
+    # The pod's own keys, then the Secret, then proxy.env (which may override).
+    assert names[-2:] == ["CERTBOUND_DPOP__REPLAY_CACHE", "CERTBOUND_LOG__LEVEL"]
+    assert env[-2]["valueFrom"] == {"secretKeyRef": {"name": "orders-dpop-redis", "key": "url"}}
+    values = {e["name"]: e.get("value") for e in env}
+    # The config is the team's (annotation or ConfigMap): the file path comes as an override.
+    assert values["CERTBOUND_DPOP__NONCE_SECRET_FILE"] == "/etc/certbound/dpop-nonce/hmac"
+    config = yaml.safe_load(template["metadata"]["annotations"]["certbound.io/config"])
+    assert "nonce_secret_file" not in config["dpop"] and "replay_cache" not in config["dpop"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["certbound-dpop-nonce"]["mountPath"] == "/etc/certbound/dpop-nonce"
+    assert mounts["certbound-dpop-nonce"]["readOnly"] is True
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    assert volumes["certbound-dpop-nonce"]["secret"] == {
+        "secretName": "orders-dpop-nonce",
+        "defaultMode": 0o440,  # the pod has an fsGroup
+        "items": [{"key": "hmac", "path": "hmac"}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            "proxy: {config: {dpop: {replay_cache: 'rediss://:s3cr3t-pw@r:6380'}}}",
+            "proxy.config.dpop.replay_cache: holds a password",
+        ),
+        (
+            "proxy: {extraConfig: {dpop: {replay_cache: 'redis://r/0?password=s3cr3t-pw'}}}",
+            "proxy.config.dpop.replay_cache: holds a password",
+        ),
+        (
+            "proxy: {config: {dpop: {replay_cache: 'redis://r'}}, "
+            "dpop: {replayCache: {secretName: s}}}",
+            "proxy.config.dpop.replay_cache: set, and so is proxy.dpop.replayCache.secretName",
+        ),
+        (
+            "proxy: {config: {dpop: {nonce_secret_file: /k}}, dpop: {nonceKey: {secretName: s}}}",
+            "proxy.config.dpop.nonce_secret_file: set by the injector",
+        ),
+        ("proxy: {dpop: {nonceKey: {key: a/b}}}", "proxy.dpop.nonceKey.key: not a Secret key"),
+        ("proxy: {dpop: {replayCache: {secretName: 3}}}", "proxy.dpop.replayCache.secretName"),
+        ("proxy: {dpop: {redis: {}}}", "proxy.dpop.redis: unknown key"),
+    ],
+)
+def test_bad_dpop_values_are_refused_without_echoing_a_password(
+    tmp_path: Any, values: str, message: str
+) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(values)
+    result = kube_inject("-f", str(MANIFESTS / "orders.yaml"), "--values", str(path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "s3cr3t-pw" not in result.stderr

@@ -92,6 +92,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 so that rotated files show up and the proxy's file watch sees them). */}}
 {{- define "certbound.tlsDir" -}}/etc/certbound/tls{{- end }}
 {{- define "certbound.clientCADir" -}}/etc/certbound/client-ca{{- end }}
+{{/* Where proxy.dpop.nonceKey's Secret is mounted (dpop.nonce_secret_file points into it). */}}
+{{- define "certbound.dpopNonceDir" -}}/etc/certbound/dpop-nonce{{- end }}
 
 {{/*
 The certbound config file (see the main README). The chart owns listen, admin,
@@ -110,8 +112,55 @@ then proxy.extraConfig is merged over it for keys newer than this chart.
 {{- $_ := set $c "tls" (merge $tls (default (dict) $c.tls)) -}}
 {{- $up := dict "url" (printf "http://127.0.0.1:%d" (int .Values.workload.port)) -}}
 {{- $_ := set $c "upstream" (merge $up (default (dict) $c.upstream)) -}}
+{{- if .Values.proxy.dpop.nonceKey.secretName -}}
+{{- $dpop := deepCopy (default (dict) $c.dpop) -}}
+{{- $_ := set $dpop "nonce_secret_file" (printf "%s/%s" (include "certbound.dpopNonceDir" .) .Values.proxy.dpop.nonceKey.key) -}}
+{{- $_ := set $c "dpop" $dpop -}}
+{{- end -}}
 {{- $c = mustMergeOverwrite $c (deepCopy .Values.proxy.extraConfig) -}}
 {{- toYaml $c -}}
+{{- end }}
+
+{{/*
+Checks across values that the schema cannot word clearly; each fails the render with
+the fix. Included by deployment.yaml; renders nothing.
+*/}}
+{{- define "certbound.validate" -}}
+{{- $cfg := include "certbound.config" . | fromYaml -}}
+{{- $dpop := default (dict) $cfg.dpop -}}
+{{- $secrets := .Values.proxy.dpop -}}
+{{- $given := dict -}}
+{{- $_ := set $given "replay_cache" (or (dig "dpop" "replay_cache" "" .Values.proxy.config) (dig "dpop" "replay_cache" "" .Values.proxy.extraConfig)) -}}
+{{- $_ := set $given "nonce_secret_file" (or (dig "dpop" "nonce_secret_file" "" .Values.proxy.config) (dig "dpop" "nonce_secret_file" "" .Values.proxy.extraConfig)) -}}
+{{- if and $secrets.replayCache.secretName $given.replay_cache -}}
+{{- fail "proxy.config.dpop.replay_cache and proxy.dpop.replayCache.secretName are both set: the URL from the Secret would silently win; leave proxy.config.dpop.replay_cache empty" -}}
+{{- end -}}
+{{- if and $given.replay_cache (not (regexMatch "^rediss?://[^/?#]" (toString $given.replay_cache))) -}}
+{{- fail "proxy.config.dpop.replay_cache: must be empty or a redis:// or rediss:// URL (the value is not shown here: it may hold a password)" -}}
+{{- end -}}
+{{- if or (regexMatch "^[a-zA-Z]+://[^/@]*:[^/@]*@" (toString $given.replay_cache)) (regexMatch "(?i)[?&]password=" (toString $given.replay_cache)) -}}
+{{- fail "proxy.config.dpop.replay_cache holds a password, which would be written into a ConfigMap (the value is not shown here): put the URL in a Secret and name it in proxy.dpop.replayCache.secretName" -}}
+{{- end -}}
+{{- if and $secrets.nonceKey.secretName $given.nonce_secret_file -}}
+{{- fail "proxy.config.dpop.nonce_secret_file and proxy.dpop.nonceKey.secretName are both set: the chart sets nonce_secret_file to the mounted Secret; leave it empty" -}}
+{{- end -}}
+{{- if and $secrets.nonceKey.secretName (not $dpop.nonce) -}}
+{{- fail "proxy.dpop.nonceKey.secretName is set but proxy.config.dpop.nonce is not true: certbound refuses a nonce key without nonces; set proxy.config.dpop.nonce: true or drop the Secret" -}}
+{{- end -}}
+{{- if and $dpop.nonce (gt (int .Values.replicaCount) 1) (not $dpop.nonce_secret_file) -}}
+{{- fail (printf "proxy.config.dpop.nonce is true with replicaCount %d but no shared nonce key: each replica would refuse the nonces the others issue. Create a Secret (kubectl create secret generic NAME --from-literal=nonce.key=\"$(openssl rand -base64 32)\") and set proxy.dpop.nonceKey.secretName" (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- end }}
+
+{{/* "true" when the config suggests clients use DPoP: connections without a client
+certificate are allowed, a route requires a DPoP binding, or nonces are on. */}}
+{{- define "certbound.dpopInUse" -}}
+{{- $cfg := include "certbound.config" . | fromYaml -}}
+{{- $used := or (eq (toString (dig "tls" "client_cert" "" $cfg)) "optional") (dig "dpop" "nonce" false $cfg) -}}
+{{- range (dig "policy" "routes" (list) $cfg) -}}
+{{- if eq (toString (get . "binding")) "dpop" -}}{{- $used = true -}}{{- end -}}
+{{- end -}}
+{{- if $used -}}true{{- end -}}
 {{- end }}
 
 {{/* Injector labels. Its own app.kubernetes.io/name, so that the workload's Service and
@@ -141,7 +190,7 @@ values (the same proxy.* as this chart's own sidecar, see proxy/inject/spec.py).
 */}}
 {{- define "certbound.injectorConfig" -}}
 {{- $tls := dict "secretName" .Values.injector.tlsSecretName "defaultMode" .Values.tls.defaultMode "clientCA" .Values.tls.clientCA -}}
-{{- $proxy := pick .Values.proxy "image" "ports" "workers" "config" "extraConfig" "env" "resources" "securityContext" "livenessProbe" "readinessProbe" "startupProbe" "extraVolumes" "extraVolumeMounts" -}}
+{{- $proxy := pick .Values.proxy "image" "ports" "workers" "config" "extraConfig" "env" "resources" "securityContext" "livenessProbe" "readinessProbe" "startupProbe" "extraVolumes" "extraVolumeMounts" "dpop" -}}
 {{- $inject := dict "mode" .Values.injector.mode "configMap" .Values.injector.configMap -}}
 {{- $values := dict "proxy" $proxy "tls" $tls "inject" $inject -}}
 {{- $listen := dict "host" "0.0.0.0" "port" (int .Values.injector.port) -}}
