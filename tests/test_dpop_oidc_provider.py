@@ -2,7 +2,8 @@
 oidc-provider, Node) issuing DPoP-bound JWT access tokens by the client_credentials grant, and a
 real DPoP client (panva's oauth4webapi) that proves its key to that server, then calls a real
 `certbound run` process, whose keys come from the server's discovery document. A recording
-upstream must see what passes and never what is refused.
+upstream must see what passes and never what is refused. The same server also issues an
+mTLS certificate-bound token (RFC 8705) to a client that asks over HTTPS with its certificate.
 
 The Node side is tests/oidc (package.json, package-lock.json, server.mjs, client.mjs);
 scripts/test.sh installs it with `npm ci --prefix tests/oidc`. A missing `node` or missing
@@ -11,6 +12,7 @@ packages fail these tests; they are never skipped."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -18,9 +20,13 @@ import secrets
 import select
 import shutil
 import signal
+import ssl
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +35,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import AUDIENCE, PKI, Upstream, serve_app
+from tests.conftest import AUDIENCE, MINTED, PKI, Upstream, serve_app, thumbprint
 from tests.process import ProxyProcess, proxy_process
 from tests.test_zz_log_secrecy import leaks
 
@@ -65,6 +71,7 @@ def node() -> Node:
 @dataclass(frozen=True)
 class AuthorizationServer:
     issuer: str
+    mtls: str  # the same server over HTTPS, asking for a client certificate
     log_path: Path
 
     def output(self) -> str:
@@ -73,17 +80,20 @@ class AuthorizationServer:
 
 @pytest.fixture(scope="module")
 def authorization_server(
-    node: Node, tmp_path_factory: pytest.TempPathFactory
+    node: Node, pki: PKI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AuthorizationServer]:
     """oidc-provider on a free loopback port. Its token endpoint demands a DPoP nonce of its
-    own (REQUIRE_NONCE), so every client run goes through the use_dpop_nonce retry."""
+    own (REQUIRE_NONCE), so every client run goes through the use_dpop_nonce retry. Its HTTPS
+    port serves the tests' server certificate and accepts the tests' client certificates."""
     log_path = tmp_path_factory.mktemp("oidc") / "server.log"
+    cert, key = pki.files("server")
+    tls = {"TLS_CERT": cert, "TLS_KEY": key, "TLS_CLIENT_CA": pki.ca_file}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [node.binary, str(NODE_DIR / "server.mjs")],
             stdout=subprocess.PIPE,
             stderr=log,
-            env={**node.env, "REQUIRE_NONCE": "1"},
+            env={**node.env, "REQUIRE_NONCE": "1", **tls},
             start_new_session=True,
         )
     assert proc.stdout is not None
@@ -97,9 +107,10 @@ def authorization_server(
                 assert chunk, f"server.mjs exited ({proc.wait()}):\n{log_path.read_text()}"
                 line += chunk
             assert time.monotonic() < deadline, f"server.mjs not ready:\n{log_path.read_text()}"
-        issuer = json.loads(line)["issuer"]
-        assert issuer.startswith("http://127.0.0.1:"), issuer
-        yield AuthorizationServer(issuer, log_path)
+        ready = json.loads(line)
+        assert ready["issuer"].startswith("http://127.0.0.1:"), ready
+        assert ready["mtls"].startswith("https://127.0.0.1:"), ready
+        yield AuthorizationServer(ready["issuer"], ready["mtls"], log_path)
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -151,7 +162,12 @@ def certbound(
         },
         "upstream": {"url": module_upstream.url},
         "tokens": {"issuer": authorization_server.issuer, "audience": AUDIENCE},
-        "policy": {"routes": [{"path": "/orders/**", "scopes": [SCOPE], "binding": "dpop"}]},
+        "policy": {
+            "routes": [
+                {"path": "/orders/**", "scopes": [SCOPE], "binding": "dpop"},
+                {"path": "/mtls/**", "scopes": [SCOPE], "binding": "mtls"},
+            ]
+        },
     }
     with proxy_process(tmp_path_factory.mktemp("certbound"), config) as proc:
         yield proc
@@ -283,6 +299,58 @@ def test_the_token_with_a_proof_by_another_key_is_refused(
     assert answer["www_authenticate"].startswith('DPoP error="invalid_token"')
     assert upstream_seen.seen == []
     assert sample(certbound, requests_total("rejected", "dpop_key_mismatch")) == before + 1
+
+
+def https(url: str, pki: PKI, who: str | None, **request: Any) -> tuple[int, str]:
+    """One request with `who`'s certificate (None: without one): status and body."""
+    ctx = ssl.create_default_context(cafile=pki.ca_file)
+    if who is not None:
+        ctx.load_cert_chain(*pki.files(who))
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, **request), context=ctx) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+def test_the_servers_certificate_bound_token_passes_only_with_that_certificate(
+    node: Node,
+    pki: PKI,
+    authorization_server: AuthorizationServer,
+    certbound: ProxyProcess,
+    upstream_seen: Upstream,
+) -> None:
+    basic = f"{CLIENT_ID}-mtls:{node.env['CLIENT_SECRET']}".encode()
+    form = {"grant_type": "client_credentials", "resource": AUDIENCE, "scope": SCOPE}
+    status, body = https(
+        authorization_server.mtls + "/token",
+        pki,
+        "alice",
+        data=urllib.parse.urlencode(form).encode(),
+        headers={"Authorization": "Basic " + base64.b64encode(basic).decode()},
+    )
+    assert status == 200, body
+    answer = json.loads(body)
+    assert answer["token_type"] == "Bearer"
+    token = answer["access_token"]
+    MINTED.add(token)  # the run log is scanned for it at the end of the session
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["cnf"] == {"x5t#S256": thumbprint(pki.alice)}  # the server bound it to alice
+
+    bearer = {"Authorization": f"Bearer {token}"}
+    url = f"https://127.0.0.1:{certbound.port}/mtls/1"
+    assert https(url, pki, "alice", headers=bearer)[0] == 200
+    [seen] = upstream_seen.seen
+    assert seen.headers["x-certbound-thumbprint"] == [thumbprint(pki.alice)]
+    assert seen.headers["x-certbound-client-id"] == [f"{CLIENT_ID}-mtls"]
+    status, body = https(url, pki, "bob", headers=bearer)
+    assert (status, body.split(":")[0]) == (401, "401 thumbprint_mismatch")
+    status, body = https(url, pki, None, headers=bearer)
+    assert (status, body.split(":")[0]) == (401, "401 no_client_cert")
+    # A certificate-bound token is not a DPoP token, whatever route it tries.
+    status, body = https(url.replace("/mtls/", "/orders/"), pki, "alice", headers=bearer)
+    assert (status, body.split(":")[0]) == (401, "401 wrong_binding_kind")
+    assert len(upstream_seen.seen) == 1
 
 
 def test_no_token_or_proof_reaches_any_log(

@@ -7,13 +7,18 @@
 //   CLIENT_SECRET  its secret
 //   SCOPE          the scopes the resource server offers (space separated)
 //   REQUIRE_NONCE  "1": the token endpoint demands a DPoP nonce of its own (use_dpop_nonce)
+//   TLS_CERT, TLS_KEY, TLS_CLIENT_CA  optional PEM files: also serve HTTPS, asking for a client
+//                  certificate, and register CLIENT_ID-mtls, whose tokens are bound to its
+//                  certificate (RFC 8705 cnf.x5t#S256) instead of a DPoP key
 //
 // Listens on 127.0.0.1, on a free port, plain HTTP (certbound accepts http:// issuers; this
 // one is on loopback only). Prints one JSON line on stdout once it serves:
-//   {"issuer": "http://127.0.0.1:PORT"}
+//   {"issuer": "http://127.0.0.1:PORT", "mtls": "https://127.0.0.1:PORT2" (with TLS_CERT)}
 // Never prints a token or a key. Its signing key is made at start and lives only in memory.
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -38,6 +43,34 @@ const server = createServer();
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
+// The same provider over HTTPS, for certificate-bound tokens; certbound still reads the issuer's
+// metadata and keys over plain HTTP.
+let mtlsServer;
+if (process.env.TLS_CERT) {
+  mtlsServer = createTlsServer({
+    cert: readFileSync(need('TLS_CERT')),
+    key: readFileSync(need('TLS_KEY')),
+    ca: readFileSync(need('TLS_CLIENT_CA')),
+    requestCert: true,
+    rejectUnauthorized: true,
+  });
+  await new Promise((resolve) => mtlsServer.listen(0, '127.0.0.1', resolve));
+}
+const mtlsClients = mtlsServer
+  ? [
+      {
+        client_id: `${clientId}-mtls`,
+        client_secret: clientSecret,
+        grant_types: ['client_credentials'],
+        redirect_uris: [],
+        response_types: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+        scope,
+        tls_client_certificate_bound_access_tokens: true,
+      },
+    ]
+  : [];
+
 const provider = new Provider(issuer, {
   jwks: { keys: [signingKey] },
   clients: [
@@ -52,12 +85,21 @@ const provider = new Provider(issuer, {
       // The client must prove a key at the token endpoint; its tokens are bound to it.
       dpop_bound_access_tokens: true,
     },
+    ...mtlsClients,
   ],
   scopes: scope.split(' '),
   clientDefaults: { id_token_signed_response_alg: 'ES256' },
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    mTLS: {
+      enabled: Boolean(mtlsServer),
+      certificateBoundAccessTokens: true,
+      getCertificate: (ctx) => {
+        const peer = ctx.socket.getPeerCertificate?.();
+        return peer?.raw ? new X509Certificate(peer.raw) : undefined;
+      },
+    },
     dPoP: {
       enabled: true,
       nonceSecret: randomBytes(32),
@@ -87,8 +129,14 @@ const provider = new Provider(issuer, {
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 
 server.on('request', provider.callback());
-console.log(JSON.stringify({ issuer }));
+mtlsServer?.on('request', provider.callback());
+console.log(
+  JSON.stringify({
+    issuer,
+    ...(mtlsServer ? { mtls: `https://127.0.0.1:${mtlsServer.address().port}` } : {}),
+  }),
+);
 
-const stop = () => server.close(() => process.exit(0));
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
+// Nothing to save: the in-memory state goes with the process.
+process.on('SIGTERM', () => process.exit(0));
+process.on('SIGINT', () => process.exit(0));
