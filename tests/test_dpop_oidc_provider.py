@@ -143,17 +143,13 @@ def module_upstream() -> Iterator[Upstream]:
         loop.close()
 
 
-@pytest.fixture(scope="module")
-def certbound(
-    pki: PKI,
-    authorization_server: AuthorizationServer,
-    module_upstream: Upstream,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ProxyProcess]:
+def certbound_config(
+    pki: PKI, authorization_server: AuthorizationServer, module_upstream: Upstream
+) -> dict[str, Any]:
     """A `certbound run` process trusting the authorization server: its issuer URL, the
     resource indicator as audience, keys found through its discovery document."""
     cert, key = pki.files("server")
-    config = {
+    return {
         "tls": {
             "cert_file": cert,
             "key_file": key,
@@ -169,7 +165,33 @@ def certbound(
             ]
         },
     }
+
+
+@pytest.fixture(scope="module")
+def certbound(
+    pki: PKI,
+    authorization_server: AuthorizationServer,
+    module_upstream: Upstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ProxyProcess]:
+    config = certbound_config(pki, authorization_server, module_upstream)
     with proxy_process(tmp_path_factory.mktemp("certbound"), config) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def certbound_with_nonces(
+    pki: PKI,
+    authorization_server: AuthorizationServer,
+    module_upstream: Upstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ProxyProcess]:
+    """The same, asking for server nonces (dpop.nonce, RFC 9449 §9)."""
+    config = {
+        **certbound_config(pki, authorization_server, module_upstream),
+        "dpop": {"nonce": True},
+    }
+    with proxy_process(tmp_path_factory.mktemp("certbound-nonce"), config) as proc:
         yield proc
 
 
@@ -247,6 +269,24 @@ def test_the_real_clients_dpop_requests_pass_with_the_servers_token(
         assert "x-certbound-thumbprint" not in seen.headers  # no certificate was presented
         assert seen.headers["authorization"][0].startswith("DPoP ")
     assert sample(certbound, requests_total("forwarded", "ok")) == before + 2
+
+
+def test_the_real_client_retries_with_certbounds_nonce_and_keeps_it(
+    node: Node,
+    pki: PKI,
+    authorization_server: AuthorizationServer,
+    certbound_with_nonces: ProxyProcess,
+    upstream_seen: Upstream,
+) -> None:
+    proc = certbound_with_nonces
+    missing = sample(proc, requests_total("rejected", "dpop_nonce_missing"))
+    run = run_client(node, pki, authorization_server.issuer, proc, "dpop", requests=2)
+    # The first request is answered use_dpop_nonce with a DPoP-Nonce header; the client
+    # retries with it, and its second request carries it from the start.
+    assert [r["status"] for r in run.requests] == [200, 200], run.requests
+    assert [r["nonce_retries"] for r in run.requests] == [1, 0]
+    assert len(upstream_seen.seen) == 2  # the refused first try never reached it
+    assert sample(proc, requests_total("rejected", "dpop_nonce_missing")) == missing + 1
 
 
 def test_the_same_proof_sent_again_is_refused_as_a_replay(
