@@ -20,6 +20,13 @@ if ! command -v curl >/dev/null || ! command -v openssl >/dev/null \
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         curl openssl ca-certificates redis-server redis-tools
 fi
+# The DPoP tests' authorization server (oidc-provider) and client (oauth4webapi) run on Node.js
+# (18 or later), installed exactly as tests/oidc/package-lock.json pins them.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error >/dev/null
 as_root bash .ci/install-promtool.sh
 as_root env VENV="$PWD/.venv" bash .ci/install-deploy-tools.sh
 
