@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import jwt
 
 from proxy.errors import AuthError, Reason
+from proxy.tokens import unverified
 
 # Asymmetric JWS algorithms only: a proof shows possession of a private key (RFC 9449 §4.2).
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -33,6 +35,31 @@ _THUMBPRINT_MEMBERS = {
     "OKP": ("crv", "kty", "x"),
 }
 MAX_PROOF_LENGTH = 8192
+
+
+class _KeyCache:
+    """Public keys imported from proofs' jwk, by RFC 7638 thumbprint and alg: a client signs
+    every proof with the same key, and importing it again costs more than the hash that names
+    it. The thumbprint covers every member that defines the public key, so an entry is exactly
+    the key the jwk describes. Bounded; the least recently used goes first."""
+
+    def __init__(self, size: int) -> None:
+        self._keys: OrderedDict[tuple[str, str], jwt.PyJWK] = OrderedDict()
+        self._size = size
+
+    def get(self, name: tuple[str, str]) -> jwt.PyJWK | None:
+        key = self._keys.get(name)
+        if key is not None:
+            self._keys.move_to_end(name)
+        return key
+
+    def put(self, name: tuple[str, str], key: jwt.PyJWK) -> None:
+        self._keys[name] = key
+        if len(self._keys) > self._size:
+            self._keys.popitem(last=False)
+
+
+_KEYS = _KeyCache(4096)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +105,8 @@ def verify_proof(
     if len(proof) > MAX_PROOF_LENGTH:
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof too long")
     try:
-        header = jwt.get_unverified_header(proof)
-    except jwt.PyJWTError:
+        header = unverified.read(proof, payload=False)[0]
+    except unverified.Unreadable:
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof is not a JWS") from None
     if header.get("typ") != "dpop+jwt":
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof typ is not dpop+jwt")
@@ -92,10 +119,15 @@ def verify_proof(
     if _PRIVATE_MEMBERS & jwk.keys():
         raise _refuse(Reason.DPOP_PRIVATE_KEY, "DPoP proof jwk holds private key material")
     thumbprint = jwk_thumbprint(jwk)
-    try:
-        key = jwt.PyJWK(jwk, algorithm=alg)
-    except jwt.PyJWTError:
-        raise _refuse(Reason.INVALID_DPOP_PROOF, "the proof's jwk does not fit its alg") from None
+    key = _KEYS.get((thumbprint, alg))
+    if key is None:
+        try:
+            key = jwt.PyJWK(jwk, algorithm=alg)
+        except jwt.PyJWTError:
+            raise _refuse(
+                Reason.INVALID_DPOP_PROOF, "the proof's jwk does not fit its alg"
+            ) from None
+        _KEYS.put((thumbprint, alg), key)
     try:
         claims = jwt.decode(
             proof,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import time
 from typing import Any
 
@@ -19,9 +18,10 @@ import jwt
 from proxy.claim_headers import ClaimHeaderSpec, render_claim_headers
 from proxy.config import IssuerSettings
 from proxy.errors import AuthError, Reason
+from proxy.tokens import unverified
 from proxy.tokens.cache import ExpiringCache
 from proxy.tokens.claims import TokenClaims, check_lifetime, claims_from_payload, token_id
-from proxy.tokens.issuers import Issuers, read_issuer
+from proxy.tokens.issuers import Issuers, issuer_in
 
 __all__ = [
     "JWTVerifier",
@@ -37,20 +37,15 @@ __all__ = [
 _KTY_FOR_ALG_PREFIX = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP", "HS": "oct"}
 
 
-# RFC 7515 §7.1: three base64url parts without padding. Anything else (padding, the standard
-# alphabet) may decode to the same bytes, but one token must have one spelling, or the same
-# token could be replayed under a different cache key and log fingerprint.
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-
-
 def read_header(token: str) -> dict[str, Any]:
-    if _COMPACT_JWS.fullmatch(token) is None:
-        raise AuthError(Reason.INVALID_TOKEN, "token is not a well-formed JWT")
+    return _read(token, payload=False)[0]
+
+
+def _read(token: str, *, payload: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:  # includes unsupported `crit` extensions (RFC 7515 §4.1.11)
+        return unverified.read(token, payload=payload)
+    except unverified.Unreadable:
         raise AuthError(Reason.INVALID_TOKEN, "token is not a well-formed JWT") from None
-    return header
 
 
 def check_header(header: dict[str, Any], settings: IssuerSettings) -> str:
@@ -172,8 +167,9 @@ class JWTVerifier:
         if cached is not None:
             return cached
         now = time.time()
-        header = read_header(token)
-        keys = self._issuers.select(read_issuer(token))
+        # One unverified read picks the issuer and the key; PyJWT verifies it all below.
+        header, payload = _read(token, payload=True)
+        keys = self._issuers.select(issuer_in(payload))
         issuer = keys.issuer
         try:
             alg = check_header(header, issuer)
