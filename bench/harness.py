@@ -249,13 +249,18 @@ def loadgen(
     rate: float = 200.0,
     who: str = "alice",
     tokens: Path | None = None,
+    proofs: Path | None = None,
 ) -> dict[str, Any]:
     cmd = ["taskset", "-c", LOAD_CPU, PY, str(BENCH / "loadgen.py"), "--url", url]
     cmd += ["--mode", mode, "-c", str(concurrency), "-d", str(duration), "--rate", str(rate)]
     if url.startswith("https"):
-        cert, key = (m.alice_cert, m.alice_key) if who == "alice" else (m.bob_cert, m.bob_key)
-        cmd += ["--ca", str(m.ca), "--cert", str(cert), "--key", str(key)]
+        cmd += ["--ca", str(m.ca)]
+        if who:  # "": no client certificate (a DPoP client)
+            cert, key = (m.alice_cert, m.alice_key) if who == "alice" else (m.bob_cert, m.bob_key)
+            cmd += ["--cert", str(cert), "--key", str(key)]
     cmd += ["--token-file", str(tokens or m.token_one)]
+    if proofs is not None:
+        cmd += ["--dpop-file", str(proofs)]
     done = subprocess.run(cmd, capture_output=True, check=False, timeout=duration + 120)
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed: {done.stderr.decode()[-2000:]}")

@@ -104,11 +104,17 @@ class Target:
     ssl: ssl.SSLContext | None
     server_hostname: str | None
     tokens: list[str]
+    proofs: list[str] = field(default_factory=list)  # DPoP: one fresh proof per request
     counter: int = 0
 
     def next_request(self, close: bool) -> bytes:
         lines = [f"GET {self.path} HTTP/1.1", f"Host: {self.server_hostname or self.host}"]
-        if self.tokens:
+        if self.proofs:
+            # Never wrapped around: a proof used twice is a replay (a 401 the bench counts).
+            lines.append("Authorization: DPoP " + self.tokens[0])
+            lines.append("DPoP: " + self.proofs[min(self.counter, len(self.proofs) - 1)])
+            self.counter += 1
+        elif self.tokens:
             lines.append("Authorization: Bearer " + self.tokens[self.counter % len(self.tokens)])
             self.counter += 1
         if close:
@@ -188,6 +194,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         ssl=ctx,
         server_hostname=args.server_name if ctx else None,
         tokens=tokens,
+        proofs=args.proofs,
     )
     stats = Stats()
     started = time.perf_counter()
@@ -244,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key")
     p.add_argument("--server-name", default="localhost")
     p.add_argument("--token-file", help="one token per line; request i uses token i mod n")
+    p.add_argument(
+        "--dpop-file", help="DPoP proofs, one per line, each used once, with the first token"
+    )
     p.add_argument("--mode", choices=("closed", "open", "newconn"), default="closed")
     p.add_argument("-c", "--concurrency", type=int, default=32)
     p.add_argument("-d", "--duration", type=float, default=10.0)
@@ -254,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.token_file:
         with open(args.token_file, encoding="ascii") as fh:
             args.tokens = [line.strip() for line in fh if line.strip()]
+    args.proofs = []
+    if args.dpop_file:
+        with open(args.dpop_file, encoding="ascii") as fh:
+            args.proofs = [line.strip() for line in fh if line.strip()]
     runner = asyncio.run
     if not args.no_uvloop:
         try:

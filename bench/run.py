@@ -232,7 +232,11 @@ def environment() -> str:
             cpu = line.split(":", 1)[1].strip()
             break
     nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
-    ngx = subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False)
+    try:
+        ngx = subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False)
+        nginx = ngx.stderr.strip()
+    except OSError:
+        nginx = "nginx not installed"
     try:
         uv = version("uvloop")
     except Exception:
@@ -243,7 +247,7 @@ def environment() -> str:
         f"- python {platform.python_version()}, aiohttp {version('aiohttp')}, "
         f"PyJWT {version('PyJWT')}, cryptography {version('cryptography')}, "
         f"uvloop {uv} (load generator, upstream and certbound: listen.event_loop auto)\n"
-        f"- {ngx.stderr.strip()}; OpenSSL via python: {__import__('ssl').OPENSSL_VERSION}\n"
+        f"- {nginx}; OpenSSL via python: {__import__('ssl').OPENSSL_VERSION}\n"
         f"- pinning: SUT on CPU {h.SUT_CPU}; load generator + upstream on CPU {h.LOAD_CPU}\n"
         f"- certbound source: {_revision()}\n"
     )
