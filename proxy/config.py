@@ -616,14 +616,16 @@ def _validate_dpop(d: DPoPSettings) -> list[str]:
 def _validate_replay_cache(d: DPoPSettings) -> list[str]:
     problems = []
     if d.replay_cache:
+        from proxy.tokens.resp import RedisAddress
+
         try:
-            url = urlsplit(d.replay_cache)
-            url.port  # noqa: B018 - raises ValueError for a port that is not a number
-        except ValueError:
-            url = None
-        if url is None or url.scheme not in ("redis", "rediss") or not url.hostname:
+            RedisAddress.parse(d.replay_cache)
+        except ValueError as exc:
             # Never echo the value: it may hold the Redis password.
-            problems.append("dpop.replay_cache: must be empty or a redis:// or rediss:// URL")
+            problems.append(
+                "dpop.replay_cache: must be empty or redis://[[user]:password@]host[:port][/db] "
+                f"or rediss://... ({exc})"
+            )
     if not 0.005 <= d.replay_cache_timeout_seconds <= 5:
         problems.append(
             "dpop.replay_cache_timeout_seconds: must be 0.005 to 5, "

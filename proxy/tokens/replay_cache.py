@@ -7,17 +7,11 @@ becomes a fixed-size key and never reaches a log or Redis as written.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
-from urllib.parse import urlsplit
-
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from proxy.tokens.dpop import b64url_sha256
+from proxy.tokens.resp import RedisAddress, RedisClient, RespError, command
 
 _PREFIX = "certbound:dpop:jti:"
 
@@ -63,38 +57,30 @@ class SharedReplayCache:
     and tells a replay apart in one atomic round trip, whichever replica asks."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        self._timeout = timeout
+        address = RedisAddress.parse(url)
         # No retries inside the budget: a proof waits at most `timeout`, then the configured
-        # replay_cache_unavailable decides. The next request tries a fresh connection.
-        self._redis = Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            client_name="certbound",
-        )
-        parts = urlsplit(url)
-        # For logs: never the password, which the URL may carry.
-        self.where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
+        # replay_cache_unavailable decides. The next proof tries a fresh connection.
+        self._redis = RedisClient(address, timeout)
+        self.where = address.shown  # for logs: never the password
 
     async def first_use(self, key: str, ttl_seconds: float) -> bool:
         """True when recorded now (first use), False when Redis already had it (a replay)."""
+        ttl = str(max(1, int(ttl_seconds * 1000)))
         try:
-            async with asyncio.timeout(self._timeout):
-                answer = await self._redis.set(
-                    _PREFIX + key, b"1", nx=True, px=max(1, int(ttl_seconds * 1000))
-                )
-        except (TimeoutError, RedisError, OSError) as exc:
+            answer = await self._redis.call(command("SET", _PREFIX + key, "1", "NX", "PX", ttl))
+        except (TimeoutError, RespError, OSError) as exc:
             raise ReplayCacheUnavailable(type(exc).__name__) from None
-        return bool(answer)
+        if answer == b"OK":
+            return True
+        if answer is None:  # NX: the key was there
+            return False
+        raise ReplayCacheUnavailable("unexpected reply")
 
     async def ping(self) -> bool:
         try:
-            async with asyncio.timeout(max(self._timeout, 1.0)):
-                return bool(await self._redis.ping())
-        except (TimeoutError, RedisError, OSError):
+            return await self._redis.call(command("PING")) == b"PONG"
+        except (TimeoutError, RespError, OSError):
             return False
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.close()
