@@ -114,6 +114,8 @@ async def test_http10_client_without_host_is_served_and_closed(running: Running)
     response = await send(running, payload)
     assert response.raw.startswith(b"HTTP/1.1 200")
     assert response.header("Connection") == "close"
+    head = response.raw.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.count(b"\r\nconnection:") == 1  # close, and never keep-alive beside it
     seen = running.upstream.seen[0]
     assert seen.headers["host"] == [running.upstream.url.removeprefix("http://")]
 

@@ -313,12 +313,12 @@ class Exchange:
         self._close_after = close
         if close:
             extra += b"Connection: close\r\n"
+        elif head.version == "1.0":
+            extra += b"Connection: keep-alive\r\n"
         admitted = self.admitted
         if admitted is not None and admitted.dpop_nonce is not None:
             # RFC 9449 §8.2: the client's nonce aged; the next proof should carry this one.
             extra += b"DPoP-Nonce: " + admitted.dpop_nonce.encode("ascii") + b"\r\n"
-        elif head.version == "1.0":
-            extra += b"Connection: keep-alive\r\n"
         self.status = status
         conn.write(response_head(status, reason, kept, extra))
         now = time.perf_counter()
