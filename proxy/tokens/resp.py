@@ -174,6 +174,7 @@ class RedisClient:
         self._connecting: asyncio.Task[_Protocol] | None = None
 
     async def call(self, data: bytes) -> Reply:
+        conn = None
         try:
             async with asyncio.timeout(self._timeout):
                 conn = self._conn
@@ -181,7 +182,10 @@ class RedisClient:
                     conn = await asyncio.shield(self._connect())
                 return await conn.send(data)
         except TimeoutError:
-            self._drop(RespError("timed out"))
+            if conn is not None:  # only the connection this call waited on, not a newer one
+                conn.close(RespError("timed out"))
+                if self._conn is conn:
+                    self._conn = None
             raise
 
     def _connect(self) -> asyncio.Task[_Protocol]:
