@@ -38,8 +38,8 @@ from proxy.policy import (
     match_route,
     normalize_path,
 )
-from proxy.tokens import dpop
-from proxy.tokens.dpop import _PRIVATE_MEMBERS as PRIVATE_MEMBERS
+from proxy.tokens import dpop, unverified
+from proxy.tokens.dpop import PRIVATE_MEMBERS
 from proxy.tokens.issuers import Issuers, read_issuer
 from proxy.tokens.jwks import KeySetError
 from proxy.tokens.jwt import JWTVerifier, TokenCache, TokenClaims, read_header
@@ -420,8 +420,9 @@ def _walk_proof(
         )
     ok("length", f"{len(proof)} characters (at most {dpop.MAX_PROOF_LENGTH})")
     try:
-        header = jwt.get_unverified_header(proof)
-    except jwt.PyJWTError:
+        # Read as the proxy reads it (one spelling of a compact JWS), not by PyJWT's rules.
+        header = unverified.read(proof, payload=False)[0]
+    except unverified.Unreadable:
         raise fail(
             "JWS form",
             invalid,
@@ -431,9 +432,9 @@ def _walk_proof(
     ok("JWS form", "compact JWS")
     out(f"   header      {json.dumps(_shown_header(header), sort_keys=True)}")
     try:
-        shown = jwt.decode(proof, options={"verify_signature": False})
+        shown = unverified.read(proof)[1]
         out(f"   claims      {json.dumps(shown, sort_keys=True)}  (signature not shown)")
-    except jwt.PyJWTError:
+    except unverified.Unreadable:
         out("   claims      (unreadable: the payload is not a JSON object)")
 
     typ = header.get("typ")
@@ -509,19 +510,7 @@ def _walk_proof(
         ) from None
     ok("key", f"{kind} fits {alg}")
     try:
-        claims = jwt.decode(
-            proof,
-            key,
-            algorithms=[alg],
-            # As verify_proof: times are the DPoP window's, and a proof has no exp or aud.
-            options={
-                "verify_exp": False,
-                "verify_iat": False,
-                "verify_nbf": False,
-                "verify_aud": False,
-                "verify_iss": False,
-            },
-        )
+        claims = jwt.decode(proof, key, algorithms=[alg], options=dpop.PROOF_DECODE_OPTIONS)
     except jwt.InvalidSignatureError:
         raise fail(
             "signature",

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+from jwt.types import Options
 
 from proxy.errors import AuthError, Reason
 from proxy.tokens import unverified
@@ -27,7 +28,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 # Members of a JWK that belong to a private or symmetric key (RFC 7518 §6); "oct" has "k".
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 # RFC 7638 §3.2: the required members hashed for a thumbprint, per key type.
 _THUMBPRINT_MEMBERS = {
     "EC": ("crv", "kty", "x", "y"),
@@ -35,6 +36,16 @@ _THUMBPRINT_MEMBERS = {
     "OKP": ("crv", "kty", "x"),
 }
 MAX_PROOF_LENGTH = 8192
+# PyJWT's checks for a proof: the signature only. Times are checked with the DPoP window; a
+# proof has no exp or aud, and an extra claim a client adds (RFC 9449 §4.2 allows them) is not
+# ours to judge.
+PROOF_DECODE_OPTIONS: Options = {
+    "verify_exp": False,
+    "verify_iat": False,
+    "verify_nbf": False,
+    "verify_aud": False,
+    "verify_iss": False,
+}
 
 
 class _KeyCache:
@@ -116,7 +127,7 @@ def verify_proof(
     jwk = header.get("jwk")
     if not isinstance(jwk, dict):
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no jwk header")
-    if _PRIVATE_MEMBERS & jwk.keys():
+    if PRIVATE_MEMBERS & jwk.keys():
         raise _refuse(Reason.DPOP_PRIVATE_KEY, "DPoP proof jwk holds private key material")
     thumbprint = jwk_thumbprint(jwk)
     key = _KEYS.get((thumbprint, alg))
@@ -129,20 +140,7 @@ def verify_proof(
             ) from None
         _KEYS.put((thumbprint, alg), key)
     try:
-        claims = jwt.decode(
-            proof,
-            key,
-            algorithms=[alg],
-            # Times are checked below with the DPoP window; a proof has no exp or aud, and
-            # an extra claim a client adds (RFC 9449 §4.2 allows them) is not ours to judge.
-            options={
-                "verify_exp": False,
-                "verify_iat": False,
-                "verify_nbf": False,
-                "verify_aud": False,
-                "verify_iss": False,
-            },
-        )
+        claims = jwt.decode(proof, key, algorithms=[alg], options=PROOF_DECODE_OPTIONS)
     except jwt.InvalidSignatureError:
         raise _refuse(Reason.DPOP_INVALID_SIGNATURE, "DPoP proof signature is invalid") from None
     except jwt.PyJWTError:
