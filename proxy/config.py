@@ -448,7 +448,7 @@ def validate(s: Settings) -> list[str]:
         readable("dpop.nonce_secret_file", s.dpop.nonce_secret_file)
         with contextlib.suppress(OSError):
             # A short key makes nonces guessable, and a client could then make proofs ahead.
-            if len(Path(s.dpop.nonce_secret_file).read_bytes().strip()) < 32:
+            if len(read_nonce_key(s.dpop.nonce_secret_file)) < 32:
                 problems.append(
                     "dpop.nonce_secret_file: holds fewer than 32 bytes "
                     "(make one with: openssl rand -base64 48)"
@@ -577,6 +577,12 @@ def _validate_client_cert(c: ClientCertSettings) -> list[str]:
             "(otherwise anyone could claim any certificate)"
         )
     return problems
+
+
+def read_nonce_key(path: str) -> bytes:
+    """dpop.nonce_secret_file's key: the file's bytes, without the line end a Secret made
+    with --from-file or an editor leaves."""
+    return Path(path).read_bytes().strip()
 
 
 def _validate_dpop(d: DPoPSettings) -> list[str]:

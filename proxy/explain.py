@@ -15,7 +15,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from proxy.binding import THUMBPRINT, check_binding
 from proxy.certcheck import check_certificate
-from proxy.config import Settings, trusted_issuers
+from proxy.config import Settings, read_nonce_key, trusted_issuers
 from proxy.errors import AuthError, Reason, challenge
 from proxy.identity import ClientIdentity, identity_from_der
 from proxy.policy import (
@@ -653,7 +652,7 @@ def _check_nonce(settings: Settings, nonce: object, out: Out) -> None:
         out(f"   {'':<12}(no dpop.nonce_secret_file), which explain cannot know")
         return
     try:
-        key = Path(settings.dpop.nonce_secret_file).read_bytes().strip()
+        key = read_nonce_key(settings.dpop.nonce_secret_file)
     except OSError as exc:
         out(f"   {'nonce':<12}not checked: cannot read dpop.nonce_secret_file ({exc.strerror})")
         return

@@ -12,14 +12,13 @@ import secrets
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import metrics
-from proxy.config import DPoPSettings, Settings, trusted_issuers
+from proxy.config import DPoPSettings, Settings, read_nonce_key, trusted_issuers
 from proxy.crlfetch import CRLFetcher
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.upstream import UpstreamPool
@@ -295,5 +294,5 @@ def nonce_key(dpop: DPoPSettings) -> bytes:
     its workers, or a random key of this process alone."""
     path = dpop.nonce_secret_file or os.environ.get(NONCE_KEY_ENV, "")
     if path:
-        return Path(path).read_bytes().strip()
+        return read_nonce_key(path)
     return secrets.token_bytes(32)
