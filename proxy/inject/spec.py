@@ -399,23 +399,17 @@ def pod_volumes(
             "secret": {"secretName": tls_secret, "defaultMode": default_mode, "items": items},
         },
     ]
-    if opts.client_ca_secret:
-        key = opts.client_ca_key
-        secret = {"secretName": opts.client_ca_secret, "defaultMode": default_mode}
-        volumes.append(
-            {
-                "name": "certbound-client-ca",
-                "secret": {**secret, "items": [{"key": key, "path": key}]},
-            }
-        )
-    if opts.nonce_secret:
-        key = opts.nonce_key
-        secret = {"secretName": opts.nonce_secret, "defaultMode": default_mode}
-        volumes.append(
-            {
-                "name": "certbound-dpop-nonce",
-                "secret": {**secret, "items": [{"key": key, "path": key}]},
-            }
-        )
+    for name, secret, key in (
+        ("certbound-client-ca", opts.client_ca_secret, opts.client_ca_key),
+        ("certbound-dpop-nonce", opts.nonce_secret, opts.nonce_key),
+    ):
+        if secret:  # one key of the Secret, as a file of its own name
+            items = [{"key": key, "path": key}]
+            volumes.append(
+                {
+                    "name": name,
+                    "secret": {"secretName": secret, "defaultMode": default_mode, "items": items},
+                }
+            )
     volumes.append({"name": "certbound-tmp", "emptyDir": {"sizeLimit": "64Mi"}})
     return [*volumes, *copy.deepcopy(opts.extra_volumes)]
