@@ -35,6 +35,7 @@ from proxy.demo import serve_locally
 from proxy.identity import compute_thumbprint
 from proxy.pki import Issued, issue, make_ca
 from tests.openssl_ca import Leaf, OpenSSLCA
+from tests.redis_server import RedisServer
 
 AUDIENCE = "https://orders.example"
 
@@ -418,3 +419,12 @@ def legacy(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Legacy:
     bundle = d / "bundle.pem"
     bundle.write_bytes(pki.ca.cert_pem + ca.cert.read_bytes())
     return Legacy(ca, ca.issue("legacy client"), bundle)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server, with a password, on a free loopback port for this test."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -4,11 +4,7 @@ cryptography keys), a real upstream that must never see a refused request."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import time
-import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -18,21 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import PKI, Issuer, Running, StartProxy, Upstream, make_settings
-
-
-def thumbprint(jwk: dict[str, Any]) -> str:
-    """RFC 7638, as a client library computes it."""
-    members = {
-        k: jwk[k] for k in (("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("e", "kty", "n"))
-    }
-    digest = hashlib.sha256(json.dumps(members, sort_keys=True, separators=(",", ":")).encode())
-    return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
-
-
-def public_jwk(key: Any) -> dict[str, Any]:
-    if isinstance(key, rsa.RSAPrivateKey):
-        return jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    return jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+from tests.dpop_proofs import make_proof, public_jwk, thumbprint
 
 
 class Client:
@@ -58,19 +40,17 @@ class Client:
         header: dict[str, Any] | None = None,
         **claims: Any,
     ) -> str:
-        body = {
-            "jti": uuid.uuid4().hex,
-            "htm": htm,
-            "htu": htu or self.url(),
-            "iat": int(time.time()),
-            "ath": base64.urlsafe_b64encode(hashlib.sha256((token or self.token).encode()).digest())
-            .rstrip(b"=")
-            .decode(),
+        return make_proof(
+            self.key,
+            self.jwk,
+            htm=htm,
+            htu=htu or self.url(),
+            token=token or self.token,
+            alg=alg,
+            signer=signer,
+            header=header,
             **claims,
-        }
-        body = {k: v for k, v in body.items() if v is not None}
-        hdr = {"typ": "dpop+jwt", "jwk": self.jwk, **(header or {})}
-        return jwt.encode(body, signer or self.key, algorithm=alg, headers=hdr)
+        )
 
     async def send(
         self,

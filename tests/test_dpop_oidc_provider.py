@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import secrets
 import select
 import shutil
-import signal
 import ssl
 import subprocess
 import threading
@@ -36,7 +34,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import AUDIENCE, MINTED, PKI, Upstream, serve_app, thumbprint
-from tests.process import ProxyProcess, proxy_process
+from tests.process import ProxyProcess, proxy_process, stop_group
 from tests.test_zz_log_secrecy import leaks
 
 NODE_DIR = Path(__file__).resolve().parent / "oidc"
@@ -112,14 +110,7 @@ def authorization_server(
         assert ready["mtls"].startswith("https://127.0.0.1:"), ready
         yield AuthorizationServer(ready["issuer"], ready["mtls"], log_path)
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
         proc.stdout.close()
 
 

@@ -5,35 +5,25 @@ certbound processes refuse each other's replays; Redis down, refusing or never a
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
+import ssl
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.config import DPoPSettings
 from tests.conftest import PKI, Issuer, Running, StartProxy, Upstream, make_settings, process_config
+from tests.dpop_proofs import make_proof, public_jwk, thumbprint
 from tests.process import ProxyProcess, proxy_process
 from tests.redis_server import PASSWORD, RedisServer
-from tests.test_dpop_e2e import Client, public_jwk, thumbprint
+from tests.test_dpop_e2e import Client
 
 BASE = "https://orders.example"  # both replicas sit behind one name, as in a Service
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def rejected(reason: str) -> str:
@@ -59,21 +49,12 @@ class Holder:
         self.headers: dict[str, str] = {}
 
     def proof(self, path: str = "/orders", nonce: str | None = None) -> str:
-        ath = hashlib.sha256(self.token.encode()).digest()
-        claims = {
-            "jti": uuid.uuid4().hex,
-            "htm": "GET",
-            "htu": BASE + path,
-            "iat": int(time.time()),
-            "ath": base64.urlsafe_b64encode(ath).rstrip(b"=").decode(),
-            **({"nonce": nonce} if nonce is not None else {}),
-        }
-        return jwt.encode(
-            claims, self.key, algorithm="ES256", headers={"typ": "dpop+jwt", "jwk": self.jwk}
+        return make_proof(
+            self.key, self.jwk, htm="GET", htu=BASE + path, token=self.token, nonce=nonce
         )
 
-    async def get(self, replica: ProxyProcess, proof: str) -> tuple[int, bytes]:
-        connector = aiohttp.TCPConnector(ssl=_ssl(self.pki))
+    async def get(self, replica: ProxyProcess, proof: str) -> int:
+        connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=self.pki.ca_file))
         headers = {"Authorization": f"DPoP {self.token}", "DPoP": proof}
         async with (
             aiohttp.ClientSession(connector=connector) as session,
@@ -82,12 +63,6 @@ class Holder:
             self.body = await resp.read()
             self.headers = dict(resp.headers)
             return resp.status
-
-
-def _ssl(pki: PKI) -> Any:
-    import ssl
-
-    return ssl.create_default_context(cafile=pki.ca_file)
 
 
 @pytest.fixture

@@ -5,13 +5,10 @@ client makes them, and the CLI run as a process."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,8 @@ from proxy.config import Settings, load_settings
 from proxy.explain import Request, explain, request_target
 from proxy.tokens.dpop import Nonces, verify_proof
 from tests.conftest import AUDIENCE, PKI, Issuer, thumbprint
+from tests.dpop_proofs import ath_of, make_proof, public_jwk
+from tests.dpop_proofs import thumbprint as jwk_thumbprint
 
 URL = "https://orders.example/orders"
 CHECKS = (
@@ -33,27 +32,13 @@ CHECKS = (
 )  # fmt: skip
 
 
-def jkt_of(jwk: dict[str, Any]) -> str:
-    """RFC 7638, as a client library computes it (EC keys)."""
-    members = {k: jwk[k] for k in ("crv", "kty", "x", "y")}
-    digest = hashlib.sha256(json.dumps(members, sort_keys=True, separators=(",", ":")).encode())
-    return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
-
-
-def ath_of(token: str) -> str:
-    digest = hashlib.sha256(token.encode()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
 class Client:
     """A DPoP client: a P-256 key pair, and proofs made with PyJWT."""
 
     def __init__(self) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
-        self.jwk: dict[str, Any] = jwt.algorithms.ECAlgorithm.to_jwk(
-            self.key.public_key(), as_dict=True
-        )
-        self.jkt = jkt_of(self.jwk)
+        self.jwk = public_jwk(self.key)
+        self.jkt = jwk_thumbprint(self.jwk)
 
     def proof(
         self,
@@ -66,16 +51,17 @@ class Client:
         header: dict[str, Any] | None = None,
         **claims: Any,
     ) -> str:
-        body = {
-            "jti": uuid.uuid4().hex,
-            "htm": htm,
-            "htu": htu,
-            "iat": int(time.time()),
-            "ath": ath_of(token),
+        return make_proof(
+            self.key,
+            self.jwk,
+            htm=htm,
+            htu=htu,
+            token=token,
+            alg=alg,
+            signer=signer,
+            header=header,
             **claims,
-        }
-        hdr = {"typ": "dpop+jwt", "jwk": self.jwk, **(header or {})}
-        return jwt.encode(body, signer or self.key, algorithm=alg, headers=hdr)
+        )
 
 
 @pytest.fixture

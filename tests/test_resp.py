@@ -4,21 +4,12 @@ password, database, restart) and against servers that answer wrong, too much or 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from proxy.tokens.resp import RedisAddress, RedisClient, RespError, command
 from tests.redis_server import RedisServer
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def client(url: str, timeout: float = 1.0) -> RedisClient:

@@ -10,7 +10,8 @@ import pytest
 from proxy.config import PolicySettings, RouteSettings, Settings, validate
 from tests.conftest import PKI, Issuer, Running, StartProxy, Upstream, make_settings
 from tests.conftest import thumbprint as cert_thumbprint
-from tests.test_dpop_e2e import Client, thumbprint
+from tests.dpop_proofs import thumbprint
+from tests.test_dpop_e2e import Client
 
 ROUTES = PolicySettings(
     routes=(
