@@ -11,8 +11,8 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ from jwt.types import Options
 
 from proxy.errors import AuthError, Reason
 from proxy.tokens import unverified
+from proxy.tokens.cache import ExpiringCache
 
 # Asymmetric JWS algorithms only: a proof shows possession of a private key (RFC 9449 §4.2).
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -48,29 +49,11 @@ PROOF_DECODE_OPTIONS: Options = {
 }
 
 
-class _KeyCache:
-    """Public keys imported from proofs' jwk, by RFC 7638 thumbprint and alg: a client signs
-    every proof with the same key, and importing it again costs more than the hash that names
-    it. The thumbprint covers every member that defines the public key, so an entry is exactly
-    the key the jwk describes. Bounded; the least recently used goes first."""
-
-    def __init__(self, size: int) -> None:
-        self._keys: OrderedDict[tuple[str, str], jwt.PyJWK] = OrderedDict()
-        self._size = size
-
-    def get(self, name: tuple[str, str]) -> jwt.PyJWK | None:
-        key = self._keys.get(name)
-        if key is not None:
-            self._keys.move_to_end(name)
-        return key
-
-    def put(self, name: tuple[str, str], key: jwt.PyJWK) -> None:
-        self._keys[name] = key
-        if len(self._keys) > self._size:
-            self._keys.popitem(last=False)
-
-
-_KEYS = _KeyCache(4096)
+# Public keys imported from proofs' jwk, by RFC 7638 thumbprint and alg: a client signs every
+# proof with the same key, and importing it again costs more than the hash that names it. The
+# thumbprint covers every member that defines the public key, so an entry is exactly the key
+# the jwk describes. They never expire; the least recently used goes first.
+_KEYS: ExpiringCache[jwt.PyJWK] = ExpiringCache(4096)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +113,8 @@ def verify_proof(
     if PRIVATE_MEMBERS & jwk.keys():
         raise _refuse(Reason.DPOP_PRIVATE_KEY, "DPoP proof jwk holds private key material")
     thumbprint = jwk_thumbprint(jwk)
-    key = _KEYS.get((thumbprint, alg))
+    name = f"{thumbprint} {alg}".encode()
+    key = _KEYS.get(name, 0.0)
     if key is None:
         try:
             key = jwt.PyJWK(jwk, algorithm=alg)
@@ -138,7 +122,7 @@ def verify_proof(
             raise _refuse(
                 Reason.INVALID_DPOP_PROOF, "the proof's jwk does not fit its alg"
             ) from None
-        _KEYS.put((thumbprint, alg), key)
+        _KEYS.put(name, key, math.inf)
     try:
         claims = jwt.decode(proof, key, algorithms=[alg], options=PROOF_DECODE_OPTIONS)
     except jwt.InvalidSignatureError:
