@@ -365,7 +365,8 @@ def test_several_issuers_claim_headers_and_strip_render_to_a_config_certbound_ac
         config["tls"][key] = "/dev/null"  # the mounted Secret's paths do not exist here
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    from proxy.config import load_settings, trusted_issuers
+    from proxy.config import load_settings
+    from proxy.settings import trusted_issuers
 
     settings = load_settings(path, environ={})
     assert [(e.name, e.max_lifetime_seconds) for e in trusted_issuers(settings.tokens)] == [

@@ -19,12 +19,8 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from proxy import audit, metrics
-from proxy.binding import THUMBPRINT, check_binding
-from proxy.config import Settings
-from proxy.errors import AuthError, Outcome, Reason
-from proxy.forwarded import ForwardedCertVerifier, is_trusted_peer, parse_client_cert, parse_xfcc
-from proxy.identity import ClientIdentity
-from proxy.policy import (
+from proxy.checks.binding import THUMBPRINT, check_binding
+from proxy.checks.policy import (
     PathError,
     Policy,
     Route,
@@ -34,8 +30,10 @@ from proxy.policy import (
     match_route,
     normalize_path,
 )
-from proxy.replay import ForeignCertificates
-from proxy.request import Request
+from proxy.checks.replay import ForeignCertificates
+from proxy.checks.request import Request
+from proxy.errors import AuthError, Outcome, Reason
+from proxy.settings import Settings
 from proxy.tokens.dpop import Nonces, check_key, verify_proof
 from proxy.tokens.extract import extract_credentials
 from proxy.tokens.introspect import Introspector
@@ -46,6 +44,13 @@ from proxy.tokens.replay_cache import (
     SharedReplayCache,
     replay_key,
 )
+from proxy.trust.forwarded_cert import (
+    ForwardedCertVerifier,
+    is_trusted_peer,
+    parse_client_cert,
+    parse_xfcc,
+)
+from proxy.trust.identity import ClientIdentity
 
 log = logging.getLogger("certbound.pipeline")
 
