@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy import metrics
+from proxy import exposition, metrics
 from proxy.checks.pipeline import Pipeline
 from proxy.config import read_nonce_key
 from proxy.dataplane.listener import DataPlane
@@ -83,7 +83,7 @@ def build_admin_app(proxy: Proxy) -> web.Application:
 
     async def metrics_view(_: web.Request) -> web.Response:
         proxy.plane.publish()
-        body = generate_latest(metrics.registry())
+        body = generate_latest(exposition.registry())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
