@@ -267,19 +267,35 @@ for _failure in HandshakeFailure:
 
 # Series named after something the configuration can take away (an issuer, a certificate's or
 # CRL's position), with the labels that name it. With one process, the code that takes it away
-# removes the series (clear(), remove()); in multiprocess mode the workers' files keep every
+# removes the series (clear(), retire()); in multiprocess mode the workers' files keep every
 # series ever written, so /metrics keeps only those whose names this process still has
 # (proxy/exposition.py).
+PER_ISSUER: tuple[MetricWrapperBase, ...] = (
+    REQUESTS,
+    FOREIGN_CERTIFICATE_SWITCHES,
+    JWKS_REFRESH,
+    JWKS_KEYS,
+    JWKS_LAST_SUCCESS,
+    INTROSPECTION_REQUESTS,
+)
+PER_FETCHED_CRL: tuple[MetricWrapperBase, ...] = (CRL_FETCH_LAST_SUCCESS, CRL_FETCH_FAILURES)
 RETIRING_LABELS: dict[MetricWrapperBase, tuple[str, ...]] = {
-    REQUESTS: ("issuer",),
-    FOREIGN_CERTIFICATE_SWITCHES: ("issuer",),
-    JWKS_REFRESH: ("issuer",),
-    JWKS_KEYS: ("issuer",),
-    JWKS_LAST_SUCCESS: ("issuer",),
-    INTROSPECTION_REQUESTS: ("issuer",),
+    **dict.fromkeys(PER_ISSUER, ("issuer",)),
+    **dict.fromkeys(PER_FETCHED_CRL, ("index",)),
     CERT_NOT_AFTER: ("role", "index"),
     CRL_LAST_UPDATE: ("index",),
     CRL_NEXT_UPDATE: ("index",),
-    CRL_FETCH_LAST_SUCCESS: ("index",),
-    CRL_FETCH_FAILURES: ("index",),
 }
+
+
+def retire(families: tuple[MetricWrapperBase, ...], label: str, kept: set[str]) -> None:
+    """Remove the series whose `label` is not in `kept`: an issuer or a fetched CRL that a
+    new configuration (a SIGHUP reload builds a new proxy) no longer has."""
+    for metric in families:
+        names: tuple[str, ...] = metric._labelnames  # no public accessor in prometheus-client
+        [family] = metric.collect()
+        gone = {
+            tuple(s.labels[n] for n in names) for s in family.samples if s.labels[label] not in kept
+        }
+        for values in gone:
+            metric.remove(*values)

@@ -106,6 +106,7 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     issuers = trusted_issuers(settings.tokens)
     claim_headers = settings.forwarding.claim_headers
     keys = Issuers(issuers, settings.tokens, http, on_change=cache.clear)
+    metrics.retire(metrics.PER_ISSUER, "issuer", {"", *keys.names})
     introspector: Introspector | None = None
     for issuer in issuers:  # check-config allows one at most
         if issuer.introspection.enabled:
@@ -169,6 +170,8 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         # Before the listener opens, so the first clients are not refused for want of a CRL;
         # bounded by the download timeout, and a failure here is retried, not fatal.
         await fetcher.refresh_all()
+    fetched = {str(index) for index in fetcher.sources} if fetcher is not None else set()
+    metrics.retire(metrics.PER_FETCHED_CRL, "index", fetched)
     proxy.data_port = await plane.listen(
         settings.listen.host, settings.listen.port, reuse_port=shared_ports
     )

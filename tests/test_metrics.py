@@ -314,3 +314,26 @@ async def wait_for_log(proc: ProxyProcess, line: str, times: int, timeout: float
     while proc.output().count(line) < times:
         assert time.monotonic() < deadline, proc.output()
         await asyncio.sleep(0.1)
+
+
+def test_series_of_an_issuer_no_longer_configured_are_retired() -> None:
+    """A reload that builds a proxy without an issuer (server.start) takes its series away,
+    and leaves the others."""
+    from prometheus_client import REGISTRY
+
+    from proxy import metrics
+
+    metrics.create_request_series(("kept", "gone"))
+    metrics.JWKS_KEYS.labels(issuer="gone").set(2)
+    metrics.JWKS_KEYS.labels(issuer="kept").set(1)
+    mismatch = {"outcome": "rejected", "reason": "thumbprint_mismatch"}
+    metrics.retire(metrics.PER_ISSUER, "issuer", {"", "kept"})
+    assert REGISTRY.get_sample_value("certbound_jwks_keys", {"issuer": "gone"}) is None
+    assert REGISTRY.get_sample_value("certbound_jwks_keys", {"issuer": "kept"}) == 1
+    assert (
+        REGISTRY.get_sample_value("certbound_requests_total", {**mismatch, "issuer": "gone"})
+        is None
+    )
+    assert (
+        REGISTRY.get_sample_value("certbound_requests_total", {**mismatch, "issuer": "kept"}) == 0
+    )
