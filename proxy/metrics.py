@@ -3,6 +3,8 @@ subject, client id, path, token or thumbprint, so cardinality cannot be driven b
 
 from __future__ import annotations
 
+import warnings
+
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -286,6 +288,14 @@ RETIRING_LABELS: dict[MetricWrapperBase, tuple[str, ...]] = {
     CRL_LAST_UPDATE: ("index",),
     CRL_NEXT_UPDATE: ("index",),
 }
+
+
+# prometheus-client warns that clear() and remove() do not reach the multiprocess files; the
+# scrape filter (proxy/exposition.py) drops what they remove, so the warning would only tell
+# operators, at every start and reload, of a problem they do not have.
+warnings.filterwarnings(
+    "ignore", message="(Clearing|Removal of) labels has not been implemented", category=UserWarning
+)
 
 
 def retire(families: tuple[MetricWrapperBase, ...], label: str, kept: set[str]) -> None:
