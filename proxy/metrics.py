@@ -82,10 +82,12 @@ _OUTCOME_REASONS = {
 }
 
 
-def create_request_series(issuers: tuple[str, ...]) -> None:
-    """Every (outcome, reason, issuer) series at 0: a closed set, a few hundred series at most
-    (issuer "" is a refusal before a token named one)."""
+def create_request_series(issuers: tuple[str, ...], *, is_report_only: bool) -> None:
+    """Every (outcome, reason, issuer) series that can happen, at 0: 108 with one issuer, 150
+    with report_only configured (issuer "" is a refusal before a token named one)."""
     for outcome, reasons in _OUTCOME_REASONS.items():
+        if outcome is Outcome.REPORT_ONLY and not is_report_only:
+            continue
         for reason in reasons:
             for issuer in ("", *issuers):
                 REQUESTS.labels(outcome=outcome.value, reason=reason.value, issuer=issuer)

@@ -200,7 +200,6 @@ async def test_counts_add_up_across_worker_processes(
 
 ALERTED_SERIES = (
     ("rejected", "thumbprint_mismatch", "0"),
-    ("report_only", "thumbprint_mismatch", "0"),
     ("upstream_error", "upstream_connect", "0"),
     ("upstream_error", "upstream_timeout", ""),
     ("rejected", "no_token", ""),
@@ -225,8 +224,10 @@ async def test_every_outcome_and_reason_series_exists_at_zero_before_its_first_e
     lines = text.splitlines()
     for outcome, reason, name in ALERTED_SERIES:
         assert f"{request_sample(outcome, reason, name)} 0.0" in lines, (outcome, reason, name)
-    # Only pairs that can happen: a forwarded request is never a mismatch.
+    # Only pairs that can happen: a forwarded request is never a mismatch, and without
+    # binding.mode report_only nothing is forwarded as report_only.
     assert request_sample("forwarded", "thumbprint_mismatch", "0") not in text
+    assert 'outcome="report_only"' not in text
 
 
 async def test_lifetime_used_by_the_presented_certificate_is_observed(running: Running) -> None:
@@ -325,7 +326,7 @@ def test_series_of_an_issuer_no_longer_configured_are_retired() -> None:
 
     from proxy import metrics
 
-    metrics.create_request_series(("kept", "gone"))
+    metrics.create_request_series(("kept", "gone"), is_report_only=False)
     metrics.JWKS_KEYS.labels(issuer="gone").set(2)
     metrics.JWKS_KEYS.labels(issuer="kept").set(1)
     mismatch = {"outcome": "rejected", "reason": "thumbprint_mismatch"}

@@ -253,6 +253,13 @@ def test_alert_expressions_use_contract_metrics_and_labels() -> None:
         assert not bad_label_matchers(expr), f"{rule['alert']}: {bad_label_matchers(expr)}"
 
 
+def test_the_operations_page_alert_table_lists_exactly_the_rules() -> None:
+    page = (ROOT / "docs" / "operations.md").read_text()
+    table = set(re.findall(r"^\| `(Certbound[A-Za-z]+)` \|", page, re.M))
+    names = {rule["alert"] for rule in load_alert_rules()}
+    assert table == names, f"only in docs: {table - names}; only in rules: {names - table}"
+
+
 def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
     doc = yaml.safe_load(ALERTS_TEST_FILE.read_text())
     firing: set[str] = set()
