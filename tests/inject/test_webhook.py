@@ -167,7 +167,7 @@ def test_an_injected_pod_is_left_alone(injector: Injector) -> None:
     _, _, expected = ALL_PODS[0]
     response = injector.review(expected)
     assert response["allowed"] is True and "patch" not in response
-    assert response["warnings"] == ["certbound: already injected, left alone"]
+    assert response["warnings"] == ["certbound not added: already has a certbound container"]
 
 
 def test_a_pod_that_asks_but_cannot_be_injected_is_refused_with_the_reason(
