@@ -81,11 +81,15 @@ def test_request_with_bound_token_flows_through_the_injected_sidecar(
                         "algorithms": ["ES256"],
                     }
                 },
-            }
+            },
         }
         (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
         result = kube_inject(
-            "-f", "-", "--values", str(tmp_path / "values.yaml"), stdin=_manifest(workload_port, admin)
+            "-f",
+            "-",
+            "--values",
+            str(tmp_path / "values.yaml"),
+            stdin=_manifest(workload_port, admin),
         )
         assert result.returncode == 0, result.stderr
         (deployment,) = list(yaml.safe_load_all(result.stdout))

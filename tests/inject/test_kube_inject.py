@@ -149,7 +149,9 @@ def test_services_selecting_the_pod_move_only_the_protected_port_to_mtls() -> No
         ("metrics", "metrics"),  # the log shipper's metrics port is not certbound's business
     ]
     # No targetPort means targetPort == port (5000), the protected port.
-    assert docs[("Service", "ledger")]["spec"]["ports"] == [{"port": 5000, "targetPort": "certbound-mtls"}]
+    assert docs[("Service", "ledger")]["spec"]["ports"] == [
+        {"port": 5000, "targetPort": "certbound-mtls"}
+    ]
 
 
 def test_no_services_leaves_them_alone_with_a_warning() -> None:
