@@ -98,7 +98,8 @@ def move_service(
                 f"warning: {label} left on {aimed}: {', '.join(left_out)} "
                 f"{'is' if len(left_out) == 1 else 'are'} not injected on it and would lose "
                 f"{'its' if len(left_out) == 1 else 'their'} endpoints, so "
-                f"{', '.join(w.where for w in protected)} stay reachable around certbound "
+                f"{', '.join(w.where for w in protected)} "
+                f"{'stays' if len(protected) == 1 else 'stay'} reachable around certbound "
                 "through it; inject every workload behind the Service, or give the injected "
                 "ones a Service of their own"
             )

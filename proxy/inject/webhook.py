@@ -164,7 +164,7 @@ def _log_decision(uid: str, where: str, decision: Decision | None, document: Any
         level,
         "review uid=%s pod=%s outcome=%s reason=%s",
         uid or "-",
-        where,
+        where.removeprefix("Pod "),
         decision.outcome.value,
         json.dumps(reason),
     )
