@@ -219,11 +219,17 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return ctx
 
 
+# How often the serving certificate's files are checked: two stat calls.
+RELOAD_INTERVAL_SECONDS = 2.0
+
+
 async def _reload(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
-    """cert-manager renews the serving certificate in place; new handshakes get the new one."""
+    """cert-manager renews the serving certificate in place (kubelet swaps the Secret's files);
+    new handshakes get the new one. The API server trusts the CA that signs both (the chart's
+    CA Issuer), so handshakes before and after the swap succeed."""
     seen = _stamp(cert_file, key_file)
     while True:
-        await asyncio.sleep(10)
+        await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
         stamp = _stamp(cert_file, key_file)
         if stamp != seen:
             try:
@@ -234,9 +240,9 @@ async def _reload(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
                 log.warning("new serving certificate not loaded, keeping the old one: %s", exc)
 
 
-def _stamp(*paths: str) -> tuple[float, ...]:
+def _stamp(*paths: str) -> tuple[int, ...]:
     try:
-        return tuple(os.stat(p).st_mtime for p in paths)
+        return tuple(x for p in paths for x in (os.stat(p).st_mtime_ns, os.stat(p).st_ino))
     except OSError:
         return ()
 
