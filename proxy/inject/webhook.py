@@ -83,12 +83,23 @@ def load_injector_settings(path: str) -> InjectorSettings:
             options = options_from_values(values)
         except ValuesError as exc:
             problems += [f"values.{p}" for p in exc.problems]
+        if options and not options.config_map and not _has_tokens(options.config):
+            # Without them every namespace-wide pod would be skipped: say so once, at start.
+            problems.append(
+                "values.proxy.config.tokens: issuer and audience (or issuers) required, "
+                "unless values.inject.configMap names a ConfigMap with config.yaml"
+            )
     if problems or options is None:
         raise InjectorConfigError(problems)
     return InjectorSettings(host, port, tls["cert_file"], tls["key_file"], options)
 
 
 _TLS_KEYS = ("cert_file", "key_file")
+
+
+def _has_tokens(config: Mapping[str, Any]) -> bool:
+    tokens = config.get("tokens")
+    return isinstance(tokens, Mapping) and bool(tokens.get("issuer") or tokens.get("issuers"))
 
 
 def answer(uid: str, allowed: bool, **response: Any) -> dict[str, Any]:

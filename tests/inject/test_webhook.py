@@ -366,3 +366,18 @@ def test_every_decision_is_one_log_line_with_uid_pod_and_reason(injector: Inject
     assert any("injector listening on 127.0.0.1:" in line for line in lines)
     (unreadable,) = [line for line in lines if "uid=9f1d-unreadable" in line]
     assert "outcome=refused" in unreadable
+
+
+def test_injector_without_token_settings_refuses_to_start(tmp_path: Path) -> None:
+    config = tmp_path / "no-tokens.yaml"
+    config.write_text("tls: {cert_file: /c, key_file: /k}\nvalues: {tls: {secretName: s}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "injector", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=REPO,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "values.proxy.config.tokens: issuer and audience (or issuers) required" in result.stderr
