@@ -113,11 +113,16 @@ def _inject_one(
         ]
         return copied
     if kind not in TEMPLATE_PATHS:
-        if _has_pod_template(obj) and wants_injection_explicitly(obj["spec"]["template"]):
-            result.errors.append(
-                f"{where}: unknown kind with a pod template; supported: "
-                + ", ".join(sorted(TEMPLATE_PATHS))
+        if _has_pod_template(obj):
+            meta = obj["spec"]["template"].get("metadata")
+            meta = meta if isinstance(meta, Mapping) else {}
+            why = "unknown kind with a pod template; supported: " + ", ".join(
+                sorted(TEMPLATE_PATHS)
             )
+            if wants_injection(meta, inject_all=False):
+                result.errors.append(f"{where}: {why}")
+            elif wants_injection(meta, inject_all=inject_all):
+                result.notes.append(f"warning: {where}: skipped, {why}")
         return obj
     try:
         template, path = _template_of(obj)
@@ -159,11 +164,6 @@ def _inject_one(
     )
     result.notes.extend(f"warning: {where}: {w}" for w in decision.warnings)
     return _replace_at(obj, path, injected.template)
-
-
-def wants_injection_explicitly(template: Mapping[str, Any]) -> bool:
-    meta = template.get("metadata")
-    return isinstance(meta, Mapping) and wants_injection(meta, inject_all=False)
 
 
 def _replace_at(obj: dict[str, Any], path: list[str], value: dict[str, Any]) -> dict[str, Any]:

@@ -262,3 +262,16 @@ def test_per_pod_port_annotations_move_certbound_off_a_colliding_port() -> None:
     assert [p["containerPort"] for p in container["ports"]] == [18443, 18090]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["CERTBOUND_LISTEN__PORT"] == "18443" and env["CERTBOUND_ADMIN__PORT"] == "18090"
+
+
+def test_an_unknown_kind_with_a_pod_template_is_a_warning_under_all() -> None:
+    rollout = (
+        "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: canary}\n"
+        "spec: {template: {metadata: {labels: {app: c}}, spec: {containers: "
+        "[{name: c, ports: [{containerPort: 8080}]}]}}}\n"
+    )
+    result = kube_inject("-f", "-", "--values", str(VALUES), "--all", stdin=rollout)
+    assert result.returncode == 0, result.stderr
+    assert f"{PREFIX}warning: Rollout canary: skipped, unknown kind with a pod template" in (
+        result.stderr
+    )
