@@ -24,7 +24,6 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "Job": ("spec", "template"),
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
 }
-_RUN_TO_COMPLETION = {"Job", "CronJob"}
 
 
 @dataclass
@@ -134,7 +133,7 @@ def _inject_one(
         opts,
         inject_all=inject_all,
         namespace=namespace_of(obj),
-        runs_to_completion=kind in _RUN_TO_COMPLETION,
+        kind=kind,
     )
     meta = template.get("metadata") if isinstance(template, dict) else None
     labels = meta.get("labels") if isinstance(meta, dict) else None

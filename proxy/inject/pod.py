@@ -37,6 +37,19 @@ AUDIENCE = "certbound.io/audience"  # this pod's expected token audience (tokens
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 # Port names that say the traffic is not HTTP/1.1 (Istio's protocol-by-name convention).
 _NOT_HTTP_NAME = re.compile(r"^(tcp|grpc|grpc-web|h2|h2c|http2|tls|mongo|mysql|redis)(-|$)")
+# Unnamed ports whose number says the same (the guestbook's Redis declares a bare 6379).
+_NOT_HTTP_PORTS = {
+    2181: "ZooKeeper",
+    3306: "MySQL",
+    4222: "NATS",
+    5432: "PostgreSQL",
+    5672: "AMQP",
+    6379: "Redis",
+    9042: "Cassandra",
+    9092: "Kafka",
+    11211: "memcached",
+    27017: "MongoDB",
+}
 
 
 class InjectError(Exception):
@@ -240,13 +253,23 @@ def inject_template(template: Any, opts: SidecarOptions) -> Injected:
     return Injected(out, number, name, ports)
 
 
+def runs_to_completion(kind: str, meta: Mapping[str, Any]) -> bool:
+    """A Job's or CronJob's pod: by the object's kind (kube-inject) or, for a pod the API server
+    sends, by its owner (a Job)."""
+    owners = meta.get("ownerReferences")
+    owned_by_job = isinstance(owners, list) and any(
+        isinstance(o, Mapping) and o.get("kind") == "Job" for o in owners
+    )
+    return kind in ("Job", "CronJob") or owned_by_job
+
+
 def decide(
     template: Any,
     opts: SidecarOptions,
     *,
     inject_all: bool,
     namespace: str,
-    runs_to_completion: bool = False,
+    kind: str = "Pod",
 ) -> Decision:
     """What happens to one pod template. A pod that opted in (`certbound.io/inject: "true"`)
     and cannot get certbound is refused: starting it would expose what it asked to protect.
@@ -273,7 +296,7 @@ def decide(
                 Outcome.SKIPPED,
                 f"declares no container port and has no {UPSTREAM_PORT}: nothing to protect",
             )
-    if runs_to_completion and opts.mode is Mode.CONTAINER:
+    if runs_to_completion(kind, meta) and opts.mode is Mode.CONTAINER:
         return Decision(
             not_here,
             "a Job's pod never completes with a plain sidecar container; "
@@ -284,8 +307,11 @@ def decide(
     except InjectError as exc:
         return Decision(not_here, str(exc), exposed=True)
     warnings: tuple[str, ...] = ()
-    if injected.upstream_name and _NOT_HTTP_NAME.match(injected.upstream_name):
-        warnings = (not_http_warning(f"port {injected.upstream_name!r}"),)
+    name, number = injected.upstream_name, injected.upstream_port
+    if name and _NOT_HTTP_NAME.match(name):
+        warnings = (not_http_warning(f"port {name!r}"),)
+    elif not (name and name.startswith("http")) and number in _NOT_HTTP_PORTS:
+        warnings = (not_http_warning(f"port {number} ({_NOT_HTTP_PORTS[number]}'s)"),)
     return Decision(Outcome.INJECTED, injected=injected, warnings=warnings)
 
 

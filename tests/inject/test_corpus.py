@@ -224,6 +224,10 @@ def test_raw_tcp_and_grpc_ports_get_a_warning() -> None:
     assert any(
         line.startswith("warning: Service tcp-echo: port 9000 (name 'tcp'") for line in lines
     )
+    _, lines = run("guestbook.yaml", "--all")  # an unnamed 6379
+    assert "warning: Deployment redis-master: port 6379 (Redis's) looks like raw TCP" in "\n".join(
+        lines
+    )
     _, lines = run("observability.yaml")
     assert any(
         line.startswith("warning: Service istio-system/tracing: port 4317")

@@ -20,6 +20,8 @@ import jsonpatch
 import pytest
 import yaml
 
+from proxy.inject.spec import options_from_values
+from proxy.inject.webhook import review
 from proxy.tools.pki import issue, make_ca
 from tests.process import free_port
 
@@ -381,3 +383,39 @@ def test_injector_without_token_settings_refuses_to_start(tmp_path: Path) -> Non
     )
     assert result.returncode == 2, result.stderr
     assert "values.proxy.config.tokens: issuer and audience (or issuers) required" in result.stderr
+
+
+def test_a_jobs_pod_is_skipped_in_container_mode_or_refused_if_it_asked() -> None:
+    values = yaml.safe_load(VALUES.read_text()) | {"inject": {"mode": "container"}}
+    options = options_from_values(values)
+    owner = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": "reindex",
+        "uid": "1",
+        "controller": True,
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "reindex-", "ownerReferences": [owner]},
+        "spec": {"containers": [{"name": "a", "ports": [{"containerPort": 8080}]}]},
+    }
+    body = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": "search",
+            "operation": "CREATE",
+            "object": pod,
+        },
+    }
+    _, document, _, _ = review(body, options, inject_all=True)
+    assert document["response"]["allowed"] is True and "patch" not in document["response"]
+    assert "a Job's pod never completes" in document["response"]["warnings"][0]
+    pod["metadata"]["annotations"] = {"certbound.io/inject": "true"}
+    _, document, _, _ = review(body, options, inject_all=False)
+    assert document["response"]["allowed"] is False
+    assert "a Job's pod never completes" in document["response"]["status"]["message"]
