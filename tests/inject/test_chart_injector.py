@@ -193,3 +193,20 @@ def test_injector_scheduling_and_pull_secrets_reach_its_pods(helm: str) -> None:
     docs = _render(helm, *INJECTOR_ONLY, *TOKENS, '--set-json=imagePullSecrets=[{"name":"r2"}]')
     pod = _find(docs, "Deployment", "demo-certbound-injector")["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "r2"}]
+
+
+def test_injector_only_notes_say_what_to_label_and_that_services_are_yours(helm: str) -> None:
+    result = subprocess.run(
+        [helm, "install", "demo", str(CHART), "--dry-run=client", "-n", "platform"]
+        + INJECTOR_ONLY
+        + TOKENS,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "certbound.io/injection=enabled" in notes
+    assert "move each Service's targetPort to\ncertbound-mtls yourself" in notes
+    assert "curl" not in notes
