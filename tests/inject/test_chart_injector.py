@@ -197,9 +197,17 @@ def test_injector_scheduling_and_pull_secrets_reach_its_pods(helm: str) -> None:
 
 def test_injector_only_notes_say_what_to_label_and_that_services_are_yours(helm: str) -> None:
     result = subprocess.run(
-        [helm, "install", "demo", str(CHART), "--dry-run=client", "-n", "platform"]
-        + INJECTOR_ONLY
-        + TOKENS,
+        [
+            helm,
+            "install",
+            "demo",
+            str(CHART),
+            "--dry-run=client",
+            "-n",
+            "platform",
+            *INJECTOR_ONLY,
+            *TOKENS,
+        ],
         capture_output=True,
         text=True,
         check=False,
