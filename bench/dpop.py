@@ -46,9 +46,9 @@ except ImportError:  # run as a script: bench/ is sys.path[0]
     import harness as h  # type: ignore[no-redef]
     import run as bench_run  # type: ignore[no-redef]
 
-from proxy.demo import Issuer
-from proxy.identity import compute_thumbprint
 from proxy.tokens.dpop import jwk_thumbprint
+from proxy.tools.demo import Issuer
+from proxy.trust.identity import compute_thumbprint
 
 PATH = "/x"
 HTU = "https://localhost" + PATH  # the load generator sends Host: localhost

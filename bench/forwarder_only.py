@@ -15,14 +15,14 @@ import argparse
 import asyncio
 
 from proxy import server
+from proxy.checks.pipeline import Admitted, Seen
+from proxy.checks.request import Request
 from proxy.config import load_settings
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.upstream import UpstreamPool
 from proxy.errors import AuthError
-from proxy.identity import ClientIdentity
-from proxy.pipeline import Admitted, Seen
-from proxy.request import Request
-from proxy.tls import ServerTLS
+from proxy.trust.identity import ClientIdentity
+from proxy.trust.tls import ServerTLS
 
 
 class NoChecks:

@@ -23,8 +23,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.demo import Issuer, make_pki
-from proxy.identity import compute_thumbprint
+from proxy.tools.demo import Issuer, make_pki
+from proxy.trust.identity import compute_thumbprint
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent

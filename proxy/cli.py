@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from proxy import __version__
 
 if TYPE_CHECKING:
-    from proxy.config import Settings
+    from proxy.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,14 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return commands.injector(args.config)
     if args.command == "demo":
-        from proxy import demo
+        from proxy.tools import demo
 
         return demo.main(Path(args.dir), args.port, args.admin_port, args.exit_after)
     return 2
 
 
 def _thumbprint(path: str) -> int:
-    from proxy.identity import thumbprint_of_pem
+    from proxy.trust.identity import thumbprint_of_pem
 
     try:
         print(thumbprint_of_pem(Path(path).read_bytes()))
@@ -150,7 +150,7 @@ def _thumbprint(path: str) -> int:
 def _load(path: str) -> Settings | None:
     """Settings with the TLS files loaded once to prove they work, or None (problems printed)."""
     from proxy.config import ConfigError, load_settings
-    from proxy.tls import TLSConfigError, build_server_context, crl_sources, load_revocation
+    from proxy.trust.tls import TLSConfigError, build_server_context, crl_sources, load_revocation
 
     try:
         settings = load_settings(path)
@@ -171,7 +171,7 @@ def _load(path: str) -> Settings | None:
 def _explain(args: argparse.Namespace) -> int:
     from cryptography import x509
 
-    from proxy.explain import Request, UsageError, explain, request_target
+    from proxy.tools.explain import Request, UsageError, explain, request_target
 
     def usage(message: str) -> int:
         print(f"certbound: explain: {message}", file=sys.stderr)
@@ -227,7 +227,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _credential(value: str, option: str, *, empty_on_tty: bool) -> str:
     """An option's value, the contents of @FILE, or stdin for -; stripped."""
-    from proxy.explain import UsageError
+    from proxy.tools.explain import UsageError
 
     if value == "-":
         if empty_on_tty and sys.stdin.isatty():
@@ -245,7 +245,7 @@ def _audit_report(files: list[str], *, as_json: bool, since: str) -> int:
     import contextlib
     import itertools
 
-    from proxy import audit_report
+    from proxy.tools import audit_report
 
     try:
         cutoff = audit_report.parse_since(since) if since else ""

@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 from urllib.parse import quote
 
-from proxy.identity import ClientIdentity
 from proxy.tokens.claims import TokenClaims
+from proxy.trust.identity import ClientIdentity
 
 # RFC 9110 §7.6.1 plus the old Keep-Alive/Proxy-Connection ones.
 HOP_BY_HOP = frozenset(

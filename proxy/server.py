@@ -18,18 +18,19 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import metrics
-from proxy.config import DPoPSettings, Settings, read_nonce_key, trusted_issuers
-from proxy.crlfetch import CRLFetcher
+from proxy.checks.pipeline import Pipeline
+from proxy.config import read_nonce_key
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.upstream import UpstreamPool
-from proxy.forwarded import ForwardedCertVerifier
-from proxy.ocsp import OCSPChecker
-from proxy.pipeline import Pipeline
-from proxy.tls import ServerTLS, crl_sources
+from proxy.settings import DPoPSettings, Settings, trusted_issuers
 from proxy.tokens.introspect import Introspector
 from proxy.tokens.issuers import Issuers
 from proxy.tokens.jwt import JWTVerifier, TokenCache
 from proxy.tokens.replay_cache import SharedReplayCache
+from proxy.trust.crlfetch import CRLFetcher
+from proxy.trust.forwarded_cert import ForwardedCertVerifier
+from proxy.trust.ocsp import OCSPChecker
+from proxy.trust.tls import ServerTLS, crl_sources
 from proxy.workers import NONCE_KEY_ENV
 
 log = logging.getLogger("certbound.server")

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from yarl import URL
 
 from proxy import server
-from proxy.config import (
+from proxy.settings import (
     AdminSettings,
     ListenSettings,
     Settings,
@@ -31,9 +31,9 @@ from proxy.config import (
     TokenSettings,
     UpstreamSettings,
 )
-from proxy.demo import serve_locally
-from proxy.identity import compute_thumbprint
-from proxy.pki import Issued, issue, make_ca
+from proxy.tools.demo import serve_locally
+from proxy.tools.pki import Issued, issue, make_ca
+from proxy.trust.identity import compute_thumbprint
 from tests.openssl_ca import Leaf, OpenSSLCA
 from tests.redis_server import RedisServer
 

@@ -11,8 +11,14 @@ import sys
 
 import pytest
 
-from proxy import audit_report
-from proxy.audit_report import MAX_LINE_BYTES, MAX_TOKENS, build_report, parse_since, read_lines
+from proxy.tools import audit_report
+from proxy.tools.audit_report import (
+    MAX_LINE_BYTES,
+    MAX_TOKENS,
+    build_report,
+    parse_since,
+    read_lines,
+)
 
 
 def line(token: str, cert: str, time: str = "2026-01-01T00:00:00Z", **extra: str) -> bytes:

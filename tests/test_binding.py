@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.binding import check_binding
+from proxy.checks.binding import check_binding
 from proxy.errors import AuthError, Reason
 
 TP = "-M3tW5XN3rxQwtXFN_PsNWIt75FcwAYT5DzwqofGSoI"

@@ -11,10 +11,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from proxy.config import ConfigError, TLSSettings, load_settings
+from proxy.config import ConfigError, load_settings
 from proxy.errors import AuthError
-from proxy.forwarded import ForwardedCertVerifier
-from proxy.identity import thumbprint_of_pem
+from proxy.settings import TLSSettings
+from proxy.trust.forwarded_cert import ForwardedCertVerifier
+from proxy.trust.identity import thumbprint_of_pem
 from tests.conftest import PKI, Issuer, Legacy, Running, StartProxy
 from tests.openssl_ca import Leaf, curl_status
 

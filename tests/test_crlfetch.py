@@ -19,8 +19,8 @@ import yaml
 from cryptography import x509
 
 from proxy import metrics
-from proxy.crlfetch import MAX_CRL_BYTES, CRLFetcher, distribution_points
-from proxy.revocation import CRLSet, IssuerCRL, Status
+from proxy.trust.crlfetch import MAX_CRL_BYTES, CRLFetcher, distribution_points
+from proxy.trust.revocation import CRLSet, IssuerCRL, Status
 from tests.conftest import PKI, Issuer, Upstream, process_config
 from tests.openssl_ca import Leaf, OpenSSLCA
 from tests.process import proxy_process

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import DPoPSettings, Settings, validate
+from proxy.config import validate
 from proxy.errors import AuthError, Reason
+from proxy.settings import DPoPSettings, Settings
 from proxy.tokens.dpop import Nonces, jwk_thumbprint, normalize_url
 from proxy.tokens.replay_cache import ReplayCache
 

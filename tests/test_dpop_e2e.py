@@ -237,7 +237,7 @@ def _x5t(running: Running) -> str:
 async def test_external_base_url_is_what_htu_must_name(
     start_proxy: StartProxy, pki: PKI, issuer: Issuer, upstream: Upstream
 ) -> None:
-    from proxy.config import DPoPSettings
+    from proxy.settings import DPoPSettings
 
     settings = make_settings(pki, issuer, upstream)
     running = await start_proxy(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import DPoPSettings
+from proxy.settings import DPoPSettings
 from proxy.tokens.dpop import Nonces
 from tests.conftest import (
     PKI,

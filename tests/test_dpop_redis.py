@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.config import DPoPSettings
+from proxy.settings import DPoPSettings
 from tests.conftest import PKI, Issuer, Running, StartProxy, Upstream, make_settings, process_config
 from tests.dpop_proofs import make_proof, public_jwk, thumbprint
 from tests.process import ProxyProcess, proxy_process

@@ -18,9 +18,10 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.config import Settings, load_settings
-from proxy.explain import Request, explain, request_target
+from proxy.config import load_settings
+from proxy.settings import Settings
 from proxy.tokens.dpop import Nonces, verify_proof
+from proxy.tools.explain import Request, explain, request_target
 from tests.conftest import AUDIENCE, PKI, Issuer, thumbprint
 from tests.dpop_proofs import ath_of, make_proof, public_jwk
 from tests.dpop_proofs import thumbprint as jwk_thumbprint

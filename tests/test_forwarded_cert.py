@@ -7,8 +7,8 @@ from urllib.parse import quote
 
 import pytest
 
-from proxy.config import ClientCertSettings, ForwardingSettings
-from proxy.pki import Issued, issue
+from proxy.settings import ClientCertSettings, ForwardingSettings
+from proxy.tools.pki import Issued, issue
 from tests.conftest import PKI, Running, StartProxy, thumbprint
 
 
@@ -132,7 +132,7 @@ async def test_envoy_xfcc_format(start_proxy: StartProxy) -> None:
 
 
 async def test_intermediate_chain_in_client_cert_chain(behind_ingress: Running, pki: PKI) -> None:
-    from proxy.pki import make_ca
+    from proxy.tools.pki import make_ca
 
     intermediate = make_ca("issuing CA", issuer=pki.ca)
     leaf = issue(intermediate, "carol")

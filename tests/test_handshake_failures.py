@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy import handshake
 from proxy.dataplane import connection
 from proxy.errors import HandshakeFailure
-from proxy.pki import issue
+from proxy.tools.pki import issue
+from proxy.trust import handshake
 from tests.conftest import LOG, PKI, Issuer, Legacy, Running, Upstream, process_config
 from tests.openssl_ca import Leaf, curl_status
 from tests.process import ProxyProcess, proxy_process

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.config import ForwardingSettings, IntrospectionSettings, TokenSettings
-from proxy.pki import issue
+from proxy.settings import ForwardingSettings, IntrospectionSettings, TokenSettings
+from proxy.tools.pki import issue
 from tests.conftest import AUDIENCE, PKI, Running, StartProxy, serve_app, thumbprint
 
 CLIENT_ID, SECRET = "certbound-rs", "s3cr:et/ü"

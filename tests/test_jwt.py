@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from proxy.config import IssuerSettings
 from proxy.errors import AuthError, Reason
+from proxy.settings import IssuerSettings
 from proxy.tokens.jwks import KeySetError, parse_jwks
 from proxy.tokens.jwt import TokenCache, check_header, read_header, verify_with_key
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from proxy.config import PolicySettings, RouteSettings
+from proxy.settings import PolicySettings, RouteSettings
 from tests.conftest import PKI, Issuer, Running, StartProxy, Upstream, make_settings
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import PolicySettings, RouteSettings
-from proxy.errors import AuthError, Reason
-from proxy.policy import (
+from proxy.checks.policy import (
     PathError,
     authorize,
     compile_policy,
@@ -14,6 +12,8 @@ from proxy.policy import (
     normalize_path,
     pattern_problem,
 )
+from proxy.errors import AuthError, Reason
+from proxy.settings import PolicySettings, RouteSettings
 from proxy.tokens.jwt import TokenClaims
 
 

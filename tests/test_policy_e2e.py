@@ -8,7 +8,7 @@ import ssl
 import aiohttp
 import pytest
 
-from proxy.config import BindingSettings, PolicySettings, RouteSettings
+from proxy.settings import BindingSettings, PolicySettings, RouteSettings
 from tests.conftest import Running, StartProxy
 
 

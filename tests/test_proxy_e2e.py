@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from proxy import identity as identity_module
-from proxy.pki import issue
+from proxy.tools.pki import issue
+from proxy.trust import identity as identity_module
 from tests.conftest import (
     PKI,
     Issuer,

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from proxy.config import TLSSettings
-from proxy.identity import thumbprint_of_pem
-from proxy.revocation import RevocationConfigError, Status, load_crls, parse_crl
-from proxy.tls import TLSConfigError, load_revocation
+from proxy.settings import TLSSettings
+from proxy.trust.identity import thumbprint_of_pem
+from proxy.trust.revocation import RevocationConfigError, Status, load_crls, parse_crl
+from proxy.trust.tls import TLSConfigError, load_revocation
 from tests.conftest import PKI, Issuer, Upstream, process_config
 from tests.openssl_ca import Leaf, OpenSSLCA, curl_status
 from tests.process import ProxyProcess, proxy_process

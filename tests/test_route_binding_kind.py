@@ -7,7 +7,8 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from proxy.config import PolicySettings, RouteSettings, Settings, validate
+from proxy.config import validate
+from proxy.settings import PolicySettings, RouteSettings, Settings
 from tests.conftest import PKI, Issuer, Running, StartProxy, Upstream, make_settings
 from tests.conftest import thumbprint as cert_thumbprint
 from tests.dpop_proofs import thumbprint

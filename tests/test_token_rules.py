@@ -16,17 +16,18 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.claim_headers import (
+from proxy.checks.replay import ForeignCertificates
+from proxy.config import ConfigError, load_settings
+from proxy.errors import AuthError, Reason
+from proxy.headers import dropped_request_headers, kept_request_headers
+from proxy.settings import IssuerSettings, trusted_issuers
+from proxy.tokens.claim_headers import (
     MAX_VALUE_BYTES,
     claim_path_problem,
     encode_value,
     header_name_problem,
     render_claim_headers,
 )
-from proxy.config import ConfigError, IssuerSettings, load_settings, trusted_issuers
-from proxy.errors import AuthError, Reason
-from proxy.headers import dropped_request_headers, kept_request_headers
-from proxy.replay import ForeignCertificates
 from proxy.tokens.claims import check_lifetime, token_id
 from proxy.tokens.issuers import read_issuer
 from proxy.tokens.jwt import check_header, read_header, verify_with_key

@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 
 from proxy import server
-from proxy.config import IssuerSettings, TokenSettings
-from proxy.pki import issue
+from proxy.settings import IssuerSettings, TokenSettings
+from proxy.tools.pki import issue
 from tests.conftest import AUDIENCE, PKI, Issuer, Upstream, make_settings, serve_app, thumbprint
 from tests.process import ProxyProcess, proxy_process
 from tests.test_http_gaps import curl, metric, status_and_headers

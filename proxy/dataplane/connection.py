@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, cast
 import httptools
 from cryptography import x509
 
-from proxy import handshake, metrics
+from proxy import metrics
+from proxy.checks.pipeline import Seen, TokenMemo
+from proxy.checks.request import Request
 from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.http1 import MAX_HEADER_COUNT, error_response, read_head, too_large
 from proxy.errors import AuthError, HandshakeFailure
-from proxy.identity import ClientIdentity, identity_from_certificate
-from proxy.pipeline import Seen, TokenMemo
-from proxy.request import Request
 from proxy.tokens.jwt import TokenClaims
+from proxy.trust import handshake
+from proxy.trust.identity import ClientIdentity, identity_from_certificate
 
 if TYPE_CHECKING:
     from proxy.dataplane.listener import DataPlane

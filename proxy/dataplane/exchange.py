@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
+from proxy.checks.pipeline import Admitted, Seen
 from proxy.dataplane.http1 import (
     CONTINUE,
     LAST_CHUNK,
@@ -27,7 +28,6 @@ from proxy.dataplane.http1 import (
 from proxy.dataplane.upstream import UpstreamConnection, UpstreamFault
 from proxy.errors import AuthError
 from proxy.headers import identity_headers, kept_request_headers, kept_response_headers
-from proxy.pipeline import Admitted, Seen
 
 if TYPE_CHECKING:
     from proxy.dataplane.connection import ClientConnection

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from proxy.checks.request import Request
 from proxy.errors import AuthError, Reason, error_parts
 from proxy.headers import connection_tokens
-from proxy.request import Request
 
 # Envoy's default (max_headers_count). Counted with the bytes against listen.max_header_bytes.
 MAX_HEADER_COUNT = 100

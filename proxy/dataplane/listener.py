@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 
 from proxy import metrics
-from proxy.claim_headers import claim_header_names
-from proxy.config import Settings
+from proxy.checks.pipeline import Pipeline
 from proxy.dataplane.connection import ClientConnection
 from proxy.dataplane.upstream import UpstreamPool
 from proxy.headers import dropped_request_headers
-from proxy.ocsp import OCSPChecker
-from proxy.pipeline import Pipeline
-from proxy.tls import ServerTLS
+from proxy.settings import Settings
+from proxy.tokens.claim_headers import claim_header_names
+from proxy.trust.ocsp import OCSPChecker
+from proxy.trust.tls import ServerTLS
 
 
 class DataPlane:

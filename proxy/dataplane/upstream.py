@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import httptools
 
 from proxy import metrics
-from proxy.config import UpstreamSettings
 from proxy.errors import AuthError, Reason
+from proxy.settings import UpstreamSettings
 
 if TYPE_CHECKING:
     from proxy.dataplane.exchange import Exchange

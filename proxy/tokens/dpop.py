@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import jwt
 from jwt.types import Options
 
+from proxy.cache import ExpiringCache
 from proxy.errors import AuthError, Reason
 from proxy.tokens import unverified
-from proxy.tokens.cache import ExpiringCache
 
 # Asymmetric JWS algorithms only: a proof shows possession of a private key (RFC 9449 §4.2).
 ASYMMETRIC_ALGORITHMS = frozenset(

@@ -21,10 +21,10 @@ from urllib.parse import quote
 
 import aiohttp
 
-from proxy.claim_headers import ClaimHeaderSpec, render_claim_headers
-from proxy.config import IssuerSettings
+from proxy.cache import ExpiringCache
 from proxy.errors import AuthError, Reason
-from proxy.tokens.cache import ExpiringCache
+from proxy.settings import IssuerSettings
+from proxy.tokens.claim_headers import ClaimHeaderSpec, render_claim_headers
 from proxy.tokens.claims import TokenClaims, check_lifetime, token_id
 from proxy.tokens.metadata import discover
 

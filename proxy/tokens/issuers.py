@@ -11,8 +11,8 @@ from typing import Any
 
 import aiohttp
 
-from proxy.config import IssuerSettings, TokenSettings
 from proxy.errors import AuthError, Reason
+from proxy.settings import IssuerSettings, TokenSettings
 from proxy.tokens import unverified
 from proxy.tokens.jwks import KeySet
 

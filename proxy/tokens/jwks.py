@@ -19,8 +19,8 @@ import aiohttp
 import jwt
 
 from proxy import metrics
-from proxy.config import IssuerSettings, TokenSettings
 from proxy.fetch import FetchError
+from proxy.settings import IssuerSettings, TokenSettings
 from proxy.tokens.metadata import discover, get_json
 
 log = logging.getLogger("certbound.jwks")

@@ -15,11 +15,11 @@ from typing import Any
 
 import jwt
 
-from proxy.claim_headers import ClaimHeaderSpec, render_claim_headers
-from proxy.config import IssuerSettings
+from proxy.cache import ExpiringCache
 from proxy.errors import AuthError, Reason
+from proxy.settings import IssuerSettings
 from proxy.tokens import unverified
-from proxy.tokens.cache import ExpiringCache
+from proxy.tokens.claim_headers import ClaimHeaderSpec, render_claim_headers
 from proxy.tokens.claims import TokenClaims, check_lifetime, claims_from_payload, token_id
 from proxy.tokens.issuers import Issuers, issuer_in
 

@@ -1,5 +1,5 @@
 """Throwaway PKI for the delivery tests, built with `cryptography` only (kept
-independent of proxy.pki so that these tests exercise the contract, not the code)."""
+independent of proxy.tools.pki so that these tests exercise the contract, not the code)."""
 
 from __future__ import annotations
 

@@ -312,7 +312,7 @@ def test_notes_explain_the_curl_call(helm: str) -> None:
 def test_readme_values_example_for_a_legacy_service_renders(
     render: RenderFn, tmp_path: Path
 ) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
     start = readme.index("a values file (`helm install orders ./helm/certbound -f orders.yaml`)")
     block = readme[
         readme.index("```yaml\n", start) + 8 : readme.index(
@@ -365,7 +365,8 @@ def test_several_issuers_claim_headers_and_strip_render_to_a_config_certbound_ac
         config["tls"][key] = "/dev/null"  # the mounted Secret's paths do not exist here
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    from proxy.config import load_settings, trusted_issuers
+    from proxy.config import load_settings
+    from proxy.settings import trusted_issuers
 
     settings = load_settings(path, environ={})
     assert [(e.name, e.max_lifetime_seconds) for e in trusted_issuers(settings.tokens)] == [

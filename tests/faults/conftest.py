@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import aiohttp
 
 from proxy import server
-from proxy.config import Settings
+from proxy.settings import Settings
 from tests.conftest import PKI, Issuer, Running, Upstream, make_settings
 
 

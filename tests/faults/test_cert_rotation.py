@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from proxy.pki import Issued, issue
+from proxy.tools.pki import Issued, issue
 from tests.conftest import PKI, Issuer, Upstream, process_config
 from tests.hostile.rawhttp import raw_exchange
 from tests.process import proxy_process

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from proxy.config import Settings
+from proxy.settings import Settings
 from tests.conftest import PKI, Issuer, Running, Upstream
 from tests.faults.conftest import proxy_with
 

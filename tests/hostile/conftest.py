@@ -16,7 +16,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy import server
-from proxy.pki import Issued, issue, make_ca
+from proxy.tools.pki import Issued, issue, make_ca
 from tests.conftest import PKI, Issuer, Running, Upstream, make_settings, serve_app, thumbprint
 
 

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from proxy.pki import issue, make_ca
+from proxy.tools.pki import issue, make_ca
 from tests.conftest import Running, thumbprint
 from tests.hostile.conftest import (
     Bait,

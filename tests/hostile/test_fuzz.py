@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import IssuerSettings
 from proxy.errors import REFUSALS, AuthError, Reason
+from proxy.settings import IssuerSettings
 from proxy.tokens.extract import MAX_TOKEN_LENGTH, extract_bearer
 from proxy.tokens.jwt import check_header, read_header, verify_with_key
 from tests.conftest import Running

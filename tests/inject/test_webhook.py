@@ -20,7 +20,7 @@ import jsonpatch
 import pytest
 import yaml
 
-from proxy.pki import issue, make_ca
+from proxy.tools.pki import issue, make_ca
 from tests.process import free_port
 
 from .conftest import REPO, VALUES, WORKLOAD_FILES, inject_file, load, pod_template, sidecar

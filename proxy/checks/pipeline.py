@@ -1,4 +1,4 @@
-"""The checks of design.md, step by step: identity -> token -> binding -> policy. Each step
+"""The checks of docs/design.md, step by step: identity -> token -> binding -> policy. Each step
 is a call into its own module; this one orders them, and turns the outcome into one decision
 that is counted (metrics.py) and, for refusals, audited (audit.py).
 
@@ -19,12 +19,8 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from proxy import audit, metrics
-from proxy.binding import THUMBPRINT, check_binding
-from proxy.config import Settings
-from proxy.errors import AuthError, Outcome, Reason
-from proxy.forwarded import ForwardedCertVerifier, is_trusted_peer, parse_client_cert, parse_xfcc
-from proxy.identity import ClientIdentity
-from proxy.policy import (
+from proxy.checks.binding import THUMBPRINT, check_binding
+from proxy.checks.policy import (
     PathError,
     Policy,
     Route,
@@ -34,8 +30,10 @@ from proxy.policy import (
     match_route,
     normalize_path,
 )
-from proxy.replay import ForeignCertificates
-from proxy.request import Request
+from proxy.checks.replay import ForeignCertificates
+from proxy.checks.request import Request
+from proxy.errors import AuthError, Outcome, Reason
+from proxy.settings import Settings
 from proxy.tokens.dpop import Nonces, check_key, verify_proof
 from proxy.tokens.extract import extract_credentials
 from proxy.tokens.introspect import Introspector
@@ -46,6 +44,13 @@ from proxy.tokens.replay_cache import (
     SharedReplayCache,
     replay_key,
 )
+from proxy.trust.forwarded_cert import (
+    ForwardedCertVerifier,
+    is_trusted_peer,
+    parse_client_cert,
+    parse_xfcc,
+)
+from proxy.trust.identity import ClientIdentity
 
 log = logging.getLogger("certbound.pipeline")
 
@@ -159,7 +164,7 @@ class Pipeline:
         seen: Seen,
         memo: TokenMemo | None = None,
     ) -> Decision:
-        """The checks, in the order of design.md. Returns Admitted, or a coroutine resolving
+        """The checks, in the order of docs/design.md. Returns Admitted, or a coroutine resolving
         to it when the token must be verified with I/O. Raises AuthError for a refusal and
         records what it learnt in `seen`, so a refusal can still be audited with it. `memo`:
         the connection's TokenMemo, when the caller keeps one per connection."""

@@ -19,8 +19,8 @@ from cryptography import x509
 
 from proxy import metrics
 from proxy.errors import HandshakeFailure as FailureReason
-from proxy.identity import compute_thumbprint
-from proxy.revocation import CRLSet, Status
+from proxy.trust.identity import compute_thumbprint
+from proxy.trust.revocation import CRLSet, Status
 
 log = logging.getLogger("certbound.tls")
 

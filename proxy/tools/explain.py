@@ -23,12 +23,8 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from proxy.binding import THUMBPRINT, check_binding
-from proxy.certcheck import check_certificate
-from proxy.config import Settings, read_nonce_key, trusted_issuers
-from proxy.errors import AuthError, Reason, challenge
-from proxy.identity import ClientIdentity, identity_from_der
-from proxy.policy import (
+from proxy.checks.binding import THUMBPRINT, check_binding
+from proxy.checks.policy import (
     PathError,
     Route,
     authorize,
@@ -37,11 +33,16 @@ from proxy.policy import (
     match_route,
     normalize_path,
 )
+from proxy.config import read_nonce_key
+from proxy.errors import AuthError, Reason, challenge
+from proxy.settings import Settings, trusted_issuers
 from proxy.tokens import dpop, unverified
 from proxy.tokens.dpop import PRIVATE_MEMBERS
 from proxy.tokens.issuers import Issuers, read_issuer
 from proxy.tokens.jwks import KeySetError
 from proxy.tokens.jwt import JWTVerifier, TokenCache, TokenClaims, read_header
+from proxy.trust.certcheck import check_certificate
+from proxy.trust.identity import ClientIdentity, identity_from_der
 
 Out = Callable[[str], None]
 

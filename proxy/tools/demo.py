@@ -17,7 +17,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy import audit, server
-from proxy.config import (
+from proxy.settings import (
     AdminSettings,
     ListenSettings,
     Settings,
@@ -25,8 +25,8 @@ from proxy.config import (
     TokenSettings,
     UpstreamSettings,
 )
-from proxy.identity import compute_thumbprint
-from proxy.pki import Issued, issue, make_ca
+from proxy.tools.pki import Issued, issue, make_ca
+from proxy.trust.identity import compute_thumbprint
 
 ISSUER_KID = "demo-1"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from cryptography import x509
 
 from proxy import metrics
-from proxy.config import TLSSettings
-from proxy.crlfetch import distribution_points
-from proxy.revocation import CRLSet, IssuerCRL, RevocationConfigError, load_crls
+from proxy.settings import TLSSettings
+from proxy.trust.crlfetch import distribution_points
+from proxy.trust.revocation import CRLSet, IssuerCRL, RevocationConfigError, load_crls
 
 log = logging.getLogger("certbound.tls")
 

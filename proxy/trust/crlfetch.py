@@ -23,7 +23,7 @@ from cryptography import x509
 
 from proxy import metrics
 from proxy.fetch import FetchError, get_bounded
-from proxy.revocation import IssuerCRL, index_crl, parse_crl
+from proxy.trust.revocation import IssuerCRL, index_crl, parse_crl
 
 log = logging.getLogger("certbound.tls")
 

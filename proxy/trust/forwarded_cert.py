@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import crypto
 
+from proxy.cache import ExpiringCache
 from proxy.errors import AuthError, Reason
-from proxy.identity import ClientIdentity, identity_from_der
-from proxy.tokens.cache import ExpiringCache
+from proxy.trust.identity import ClientIdentity, identity_from_der
 
 MAX_CHAIN = 5
 VERIFIED_TTL = 60.0  # re-verify at least this often, so an expiring cert is noticed

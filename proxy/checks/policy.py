@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from proxy.errors import AuthError, Reason
 
 if TYPE_CHECKING:
-    from proxy.config import PolicySettings, RouteSettings
-    from proxy.identity import ClientIdentity
+    from proxy.settings import PolicySettings, RouteSettings
     from proxy.tokens.jwt import TokenClaims
+    from proxy.trust.identity import ClientIdentity
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789ABCDEFabcdef")

@@ -7,7 +7,7 @@ import os
 import re
 from urllib.parse import urlsplit
 
-from proxy.config import (
+from proxy.settings import (
     INHERITED_ISSUER_KEYS,
     KNOWN_ALGORITHMS,
     SHORTHAND_ISSUER_KEYS,

@@ -15,11 +15,11 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import crypto
 
-from proxy.config import TLSSettings
 from proxy.errors import HandshakeFailure
-from proxy.handshake import verify_code_reason
-from proxy.revocation import RevocationConfigError, Status
-from proxy.tls import load_revocation
+from proxy.settings import TLSSettings
+from proxy.trust.handshake import verify_code_reason
+from proxy.trust.revocation import RevocationConfigError, Status
+from proxy.trust.tls import load_revocation
 
 FIXES: dict[HandshakeFailure, str] = {
     HandshakeFailure.UNKNOWN_CA: "it does not chain to tls.client_ca_file: add its issuing CA "

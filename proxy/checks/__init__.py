@@ -1,0 +1,1 @@
+"""The pure checks of one request, in order: request, token, binding, replay, policy."""

@@ -1,0 +1,1 @@
+"""Tools around the proxy: explain, audit report, demo, throwaway PKI."""

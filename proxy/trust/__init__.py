@@ -1,0 +1,1 @@
+"""The certificate side: TLS contexts, handshake refusals, revocation, client identity."""
