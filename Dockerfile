@@ -23,12 +23,12 @@ COPY requirements/runtime.txt requirements/image-tools.txt ./requirements/
 # Only hash-pinned wheels: a release file that changed since scripts/lock.sh, or a
 # dependency that would need a compiler, fails the build here. The tools venv (build
 # backend, SBOM generator) stays in this stage.
-RUN python -m venv /opt/image-tools \
-    && /opt/image-tools/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
-       -r requirements/image-tools.txt \
-    && python -m venv /opt/certbound \
+RUN python -m venv /opt/certbound \
     && /opt/certbound/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
-       -r requirements/runtime.txt
+       -r requirements/runtime.txt \
+    && python -m venv /opt/image-tools \
+    && /opt/image-tools/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
+       -r requirements/image-tools.txt
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 # certbound itself adds no dependency beyond the lock (--no-deps, then pip check).

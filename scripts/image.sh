@@ -8,7 +8,8 @@
 #   scripts/image.sh sbom [TAG]    print the image's SBOM (CycloneDX JSON)
 #
 # TAG defaults to localhost/certbound:dev. PYTHON_IMAGE=... builds on another base instead
-# (python:3.11-slim-bookworm where a registry is reachable). Needs root, podman, runc and
+# (python:3.11-slim-bookworm where a registry is reachable); CONTEXT=DIR builds another
+# checkout or copy of the repository instead of this one. Needs root, podman, runc and
 # mmdebstrap (scripts/test.sh installs them). Settings: scripts/containers.conf.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,13 +65,13 @@ build() {
         make_base
         base="$BASE_TAG"
     fi
-    local version revision=unknown
+    local context="${CONTEXT:-$repo}" version revision=unknown
     version="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
-        "$repo/pyproject.toml")"
-    if git -C "$repo" rev-parse --verify --quiet HEAD >/dev/null; then
-        revision="$(git -C "$repo" rev-parse HEAD)"
+        "$context/pyproject.toml")"
+    if [ "$(git -C "$context" rev-parse --show-toplevel 2>/dev/null)" = "$(cd "$context" && pwd -P)" ]; then
+        revision="$(git -C "$context" rev-parse HEAD)"
         # An image built from uncommitted changes must not claim to be the commit.
-        if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no)" ]; then
+        if [ -n "$(git -C "$context" status --porcelain --untracked-files=no)" ]; then
             revision="$revision-dirty"
         fi
     fi
@@ -82,7 +83,7 @@ build() {
     # docker format: OCI image configs have no HEALTHCHECK, and the Dockerfile has one.
     podman build --format docker --isolation chroot --network host "${args[@]}" \
         --build-arg PYTHON_IMAGE="$base" --build-arg VERSION="$version" \
-        --build-arg REVISION="$revision" --tag "$tag" "$repo" >&2
+        --build-arg REVISION="$revision" --tag "$tag" "$context" >&2
     local took=$((SECONDS - started)) packages
     packages="$(sbom "$tag" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["components"]))')"
     echo "image $tag: $(image_size_mb "$tag") MB, built in $took s, version $version," \

@@ -128,6 +128,39 @@ def test_sbom_lists_exactly_the_locked_runtime_packages(image: BuiltImage) -> No
     assert int(image.summary["packages"]) == len(installed)
 
 
+def test_a_release_file_that_does_not_match_the_lock_fails_the_build(
+    image: BuiltImage, tmp_path: Path
+) -> None:
+    """The same script on a copy of the build context whose lock has other hashes for idna:
+    pip refuses the real release file, so the build stops before anything is installed."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, context / name)
+    shutil.copytree(REPO / "requirements", context / "requirements")
+    shutil.copytree(REPO / "proxy", context / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    lock = context / "requirements" / "runtime.txt"
+    idna = read_pins(RUNTIME_LOCK)["idna"]
+    text = lock.read_text()
+    for digest in idna.hashes:
+        text = text.replace(digest, "sha256:" + "0" * 64)
+    lock.write_text(text)
+
+    tag = f"localhost/certbound:tampered-{uuid.uuid4().hex[:12]}"
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "image.sh"), "build", tag],
+        capture_output=True,
+        text=True,
+        env={**PODMAN_ENV, "CONTEXT": str(context)},
+        timeout=300,
+        check=False,
+    )
+    podman("rmi", "--force", tag, check=False)
+    assert result.returncode != 0
+    assert "DO NOT MATCH THE HASHES" in result.stderr
+    assert re.search(r"idna==" + re.escape(idna.version), result.stderr)
+
+
 def test_no_pip_or_compiler_is_left_and_pip_check_passes_inside(image: BuiltImage) -> None:
     # As root (read-only still) so that find reads every folder; executables only for compilers,
     # since libgcc's base package leaves /usr/share/gcc behind, and that compiles nothing.
