@@ -42,6 +42,9 @@ from tests.openssl_ca import OpenSSLCA
 from tests.process import free_port, stop_group
 from tests.prometheus_server import Prometheus, with_short_for
 
+# The first test also waits for the module's fleet (ten pods of three processes) to start: on a
+# busy two-core machine that alone can take a minute.
+pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_FILE = ROOT / "helm" / "certbound" / "files" / "certbound-alerts.yaml"
 NAMESPACE = "ci"
@@ -412,7 +415,7 @@ def fleet(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]
         ]
         stack.callback(prometheus.stop)
         prometheus.start(targets, with_short_for(yaml.safe_load(ALERTS_FILE.read_text()), "2s"))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         for pod in pods.values():
             pod.wait_serving(deadline)
         # Every series scraped at least once before the first event, as on a pod that has been
