@@ -64,7 +64,8 @@ def forwarded_ok_series(issuers: tuple[str, ...]) -> ForwardedOk:
 # The reasons each outcome can carry: alerts and panels take rate()/increase() of these, which
 # cannot see the step from "no series" to the first count, so every one exists from the start.
 UPSTREAM_REASONS = (Reason.UPSTREAM_CONNECT, Reason.UPSTREAM_TIMEOUT, Reason.UPSTREAM_RESET)
-# What binding.mode report_only forwards instead of refusing (checks/pipeline.py _judge).
+# What binding.mode report_only forwards instead of refusing: the failures of the binding step
+# (checks/pipeline.py _bind, and the shared DPoP replay cache).
 BINDING_REASONS = (
     Reason.MISSING_CNF,
     Reason.INVALID_CNF,

@@ -62,21 +62,32 @@ class Prometheus:
             ],
         }
         (self.directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        log = (self.directory / "prometheus.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={self.directory / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.wait_for(lambda: self._get("/-/ready") is not None, "Prometheus ready", 30)
+        for _ in range(3):  # a port another suite took meanwhile: a new one
+            self.port = free_port()
+            log = (self.directory / "prometheus.log").open("ab")
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={self.directory / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.directory / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            if self.wait_for(self._ready_or_exited, "Prometheus ready", 30) == "ready":
+                return
+            if "address already in use" not in self.log():
+                break
+        raise AssertionError(f"Prometheus did not start:\n{self.log()}")
+
+    def _ready_or_exited(self) -> str:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            return "exited"
+        return "ready" if self._get("/-/ready") is not None else ""
 
     def stop(self) -> None:
         if self.proc is not None:
