@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Install promtool (shipped by the Debian "prometheus" package) for the
-# observability artifact tests. Idempotent; must run as root.
+# Install promtool and the Prometheus server (both shipped by the Debian "prometheus"
+# package) for the observability artifact tests and tests/test_prometheus_alerts.py, which
+# starts its own server on loopback. Idempotent; must run as root.
 # The Prometheus server that the package ships must NOT be left running:
 # a policy-rc.d that denies service starts is put in place for the install,
 # and any server that still got started is stopped afterwards.
 set -euo pipefail
 
-if command -v promtool >/dev/null 2>&1; then
-    echo "install-promtool: already installed: $(promtool --version 2>&1 | head -n1)"
+if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+    echo "install-promtool: already installed: $(prometheus --version 2>&1 | head -n1)"
     exit 0
 fi
 

@@ -3,12 +3,13 @@ subject, client id, path, token or thumbprint, so cardinality cannot be driven b
 
 from __future__ import annotations
 
-import os
+import warnings
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import __version__
-from proxy.errors import HandshakeFailure, Outcome, Reason
+from proxy.errors import REFUSALS, HandshakeFailure, Outcome, Reason
 
 # Sub-millisecond resolution at the low end: the proxy's own cost is what we are watching.
 _OVERHEAD_BUCKETS = (
@@ -60,6 +61,39 @@ def forwarded_ok_series(issuers: tuple[str, ...]) -> ForwardedOk:
     return series
 
 
+# The reasons each outcome can carry: alerts and panels take rate()/increase() of these, which
+# cannot see the step from "no series" to the first count, so every one exists from the start.
+UPSTREAM_REASONS = (Reason.UPSTREAM_CONNECT, Reason.UPSTREAM_TIMEOUT, Reason.UPSTREAM_RESET)
+# What binding.mode report_only forwards instead of refusing: the failures of the binding step
+# (checks/pipeline.py _bind, and the shared DPoP replay cache).
+BINDING_REASONS = (
+    Reason.MISSING_CNF,
+    Reason.INVALID_CNF,
+    Reason.THUMBPRINT_MISMATCH,
+    Reason.INVALID_DPOP_PROOF,
+    Reason.BEARER_TOKEN_AS_DPOP,
+    Reason.WRONG_BINDING_KIND,
+    *(r for r in Reason if r.value.startswith("dpop_")),
+)
+_OUTCOME_REASONS = {
+    Outcome.FORWARDED: (Reason.OK,),
+    Outcome.REJECTED: tuple(r for r in REFUSALS if r not in UPSTREAM_REASONS),
+    Outcome.REPORT_ONLY: BINDING_REASONS,
+    Outcome.UPSTREAM_ERROR: UPSTREAM_REASONS,
+}
+
+
+def create_request_series(issuers: tuple[str, ...], *, is_report_only: bool) -> None:
+    """Every (outcome, reason, issuer) series that can happen, at 0: 108 with one issuer, 150
+    with report_only configured (issuer "" is a refusal before a token named one)."""
+    for outcome, reasons in _OUTCOME_REASONS.items():
+        if outcome is Outcome.REPORT_ONLY and not is_report_only:
+            continue
+        for reason in reasons:
+            for issuer in ("", *issuers):
+                REQUESTS.labels(outcome=outcome.value, reason=reason.value, issuer=issuer)
+
+
 # One token presented, within REPLAY_WINDOW_SECONDS, by a foreign certificate other than the
 # last foreign one seen for it (proxy/replay.py): the leaked-token pattern, counted without
 # a token or thumbprint label.
@@ -99,6 +133,8 @@ CONNECTIONS_REFUSED = Counter(
     "certbound_connections_refused",
     "Client connections closed at once because listen.max_connections were open.",
 )
+# Key sets exist only for issuers whose JWTs are verified (tokens.accept_jwt); an issuer that
+# only introspects has the introspection counter instead, so no key-set alert can fire on it.
 JWKS_REFRESH = Counter(
     "certbound_jwks_refresh", "Key set loads by result and issuer.", ["result", "issuer"]
 )
@@ -114,6 +150,13 @@ JWKS_LAST_SUCCESS = Gauge(
     ["issuer"],
     multiprocess_mode="livemax",
 )
+INTROSPECTION_REQUESTS = Counter(
+    "certbound_introspection_requests",
+    "Token introspection (RFC 7662) questions asked, by issuer and result: active, inactive, "
+    "or error (unreachable, not HTTP 200, not a JSON object). Cached answers are not counted.",
+    ["issuer", "result"],
+)
+INTROSPECTION_RESULTS = ("active", "inactive", "error")
 CERT_NOT_AFTER = Gauge(
     "certbound_certificate_not_after_timestamp_seconds",
     "Expiry of the serving certificate and of each client CA.",
@@ -126,14 +169,32 @@ TLS_HANDSHAKE_FAILURES = Counter(
     "revoked certificates, plain HTTP and timeouts, by reason.",
     ["reason"],
 )
-# Remaining validity of presented client certificates: one day to one year, so a rotation that
-# is about to break bound tokens shows up before it does.
+# Remaining validity of presented client certificates: ten minutes (SPIFFE SVIDs live an
+# hour) to one year. The bounds are what the chart's minRemainingSeconds may name.
+_HOUR = 3600.0
 _DAY = 86400.0
-_VALIDITY_BUCKETS = tuple(d * _DAY for d in (1, 2, 7, 14, 30, 60, 90, 180, 365))
+REMAINING_VALIDITY_BUCKETS = (
+    600.0,
+    _HOUR,
+    4 * _HOUR,
+    12 * _HOUR,
+    *(d * _DAY for d in (1, 2, 7, 14, 30, 60, 90, 180, 365)),
+)
 CLIENT_CERT_REMAINING = Histogram(
     "certbound_client_cert_remaining_validity_seconds",
     "Seconds until the presented client certificate expires, observed once per connection.",
-    buckets=_VALIDITY_BUCKETS,
+    buckets=REMAINING_VALIDITY_BUCKETS,
+)
+# How far into its own lifetime a presented certificate is (0 issued now, 1 expired): short-
+# lived certificates (SVIDs, mesh workload certificates) always have few days left, but a
+# healthy one is renewed at about 2/3 of its life (cert-manager's default), so a certificate
+# seen past 0.9 was not renewed in time. The bounds are what the chart's fraction may name.
+LIFETIME_ELAPSED_BUCKETS = (0.25, 0.5, 0.67, 0.75, 0.8, 0.9, 0.95, 0.99, 1.0)
+CLIENT_CERT_LIFETIME_ELAPSED = Histogram(
+    "certbound_client_cert_lifetime_elapsed_ratio",
+    "Fraction of its validity period (notBefore to notAfter) the presented client certificate "
+    "has used, observed once per connection.",
+    buckets=LIFETIME_ELAPSED_BUCKETS,
 )
 REVOCATION_CHECKS = Counter(
     "certbound_revocation_checks",
@@ -197,8 +258,9 @@ BUILD_INFO = Gauge(
     "certbound_build_info", "Build information.", ["version"], multiprocess_mode="livemax"
 )
 BUILD_INFO.labels(version=__version__).set(1)
-# Series that alerts use with increase()/rate() must exist before their first event (the
-# per-issuer ones are made when the issuers are: tokens/jwks.py, pipeline.py).
+# Series that alerts and panels read with increase()/rate() exist at 0 before their first
+# event; the per-issuer ones are made when the issuers are (create_request_series from
+# checks/pipeline.py, tokens/jwks.py, tokens/introspect.py).
 for _kind in ("connect", "timeout", "reset"):
     UPSTREAM_ERRORS.labels(kind=_kind)
 for _result in ("good", "revoked", "unknown"):
@@ -208,11 +270,45 @@ for _status in ("good", "revoked", "unknown", "error"):
 for _failure in HandshakeFailure:
     TLS_HANDSHAKE_FAILURES.labels(reason=_failure.value)
 
+# Series named after something the configuration can take away (an issuer, a certificate's or
+# CRL's position), with the labels that name it. With one process, the code that takes it away
+# removes the series (clear(), retire()); in multiprocess mode the workers' files keep every
+# series ever written, so /metrics keeps only those whose names this process still has
+# (proxy/exposition.py).
+PER_ISSUER: tuple[MetricWrapperBase, ...] = (
+    REQUESTS,
+    FOREIGN_CERTIFICATE_SWITCHES,
+    JWKS_REFRESH,
+    JWKS_KEYS,
+    JWKS_LAST_SUCCESS,
+    INTROSPECTION_REQUESTS,
+)
+PER_FETCHED_CRL: tuple[MetricWrapperBase, ...] = (CRL_FETCH_LAST_SUCCESS, CRL_FETCH_FAILURES)
+RETIRING_LABELS: dict[MetricWrapperBase, tuple[str, ...]] = {
+    **dict.fromkeys(PER_ISSUER, ("issuer",)),
+    **dict.fromkeys(PER_FETCHED_CRL, ("index",)),
+    CERT_NOT_AFTER: ("role", "index"),
+    CRL_LAST_UPDATE: ("index",),
+    CRL_NEXT_UPDATE: ("index",),
+}
 
-def registry() -> CollectorRegistry:
-    """What /metrics serves: this process, or every worker's files in multiprocess mode."""
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        return REGISTRY
-    aggregated = CollectorRegistry()
-    multiprocess.MultiProcessCollector(aggregated)  # type: ignore[no-untyped-call]
-    return aggregated
+
+# prometheus-client warns that clear() and remove() do not reach the multiprocess files; the
+# scrape filter (proxy/exposition.py) drops what they remove, so the warning would only tell
+# operators, at every start and reload, of a problem they do not have.
+warnings.filterwarnings(
+    "ignore", message="(Clearing|Removal of) labels has not been implemented", category=UserWarning
+)
+
+
+def retire(families: tuple[MetricWrapperBase, ...], label: str, kept: set[str]) -> None:
+    """Remove the series whose `label` is not in `kept`: an issuer or a fetched CRL that a
+    new configuration (a SIGHUP reload builds a new proxy) no longer has."""
+    for metric in families:
+        names: tuple[str, ...] = metric._labelnames  # no public accessor in prometheus-client
+        [family] = metric.collect()
+        gone = {
+            tuple(s.labels[n] for n in names) for s in family.samples if s.labels[label] not in kept
+        }
+        for values in gone:
+            metric.remove(*values)

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy import metrics
+from proxy import exposition, metrics
 from proxy.checks.pipeline import Pipeline
 from proxy.config import read_nonce_key
 from proxy.dataplane.listener import DataPlane
@@ -83,7 +83,7 @@ def build_admin_app(proxy: Proxy) -> web.Application:
 
     async def metrics_view(_: web.Request) -> web.Response:
         proxy.plane.publish()
-        body = generate_latest(metrics.registry())
+        body = generate_latest(exposition.registry())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
@@ -106,6 +106,7 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
     issuers = trusted_issuers(settings.tokens)
     claim_headers = settings.forwarding.claim_headers
     keys = Issuers(issuers, settings.tokens, http, on_change=cache.clear)
+    metrics.retire(metrics.PER_ISSUER, "issuer", {"", *keys.names})
     introspector: Introspector | None = None
     for issuer in issuers:  # check-config allows one at most
         if issuer.introspection.enabled:
@@ -169,6 +170,8 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         # Before the listener opens, so the first clients are not refused for want of a CRL;
         # bounded by the download timeout, and a failure here is retried, not fatal.
         await fetcher.refresh_all()
+    fetched = {str(index) for index in fetcher.sources} if fetcher is not None else set()
+    metrics.retire(metrics.PER_FETCHED_CRL, "index", fetched)
     proxy.data_port = await plane.listen(
         settings.listen.host, settings.listen.port, reuse_port=shared_ports
     )

@@ -39,6 +39,7 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
 fi
 npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error >/dev/null
+# promtool and a Prometheus server: Debian's prometheus package (the alert rules run in it).
 as_root bash .ci/install-promtool.sh
 as_root env VENV="$PWD/.venv" bash .ci/install-deploy-tools.sh
 

@@ -55,6 +55,32 @@ def proxy_process(
     ready_timeout: float = 20.0,
     env: dict[str, str] | None = None,
 ) -> Iterator[ProxyProcess]:
+    """A ready `certbound run`. A port another suite on this machine took between
+    free_port() and the bind means new ports and a new start, at most twice."""
+    for attempt in range(3):
+        running = _start(tmp_path, config, env)
+        try:
+            _wait_ready(running, ready_timeout)
+        except _PortTaken:
+            stop_group(running.proc)
+            if attempt == 2:
+                raise AssertionError(f"no free port:\n{running.output()}") from None
+            continue
+        except BaseException:
+            stop_group(running.proc)
+            raise
+        try:
+            yield running
+        finally:
+            stop_group(running.proc)
+        return
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _start(tmp_path: Path, config: dict[str, Any], env: dict[str, str] | None) -> ProxyProcess:
     port, admin = free_port(), free_port()
     config = {
         **config,
@@ -65,35 +91,35 @@ def proxy_process(
     path.write_text(yaml.safe_dump(config))
     log_path = tmp_path / f"certbound-{port}.log"
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CERTBOUND_", "PROMETHEUS_"))}
-    env = {**clean, **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "run", "--config", str(path), "--grace-seconds", "5"],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**clean, **(env or {})},
             start_new_session=True,
         )
-    running = ProxyProcess(proc, port, admin, log_path)
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"certbound exited with {proc.returncode}:\n{running.output()}"
-                )
-            try:
-                with urllib.request.urlopen(running.admin + "/readyz", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"certbound not ready:\n{running.output()}")
-            time.sleep(0.1)
-        yield running
-    finally:
-        stop_group(proc)
+    return ProxyProcess(proc, port, admin, log_path)
+
+
+def _wait_ready(running: ProxyProcess, ready_timeout: float) -> None:
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if running.proc.poll() is not None:
+            if "address already in use" in running.output():
+                raise _PortTaken
+            raise AssertionError(
+                f"certbound exited with {running.proc.returncode}:\n{running.output()}"
+            )
+        try:
+            with urllib.request.urlopen(running.admin + "/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"certbound not ready:\n{running.output()}")
+        time.sleep(0.1)
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:

@@ -147,6 +147,9 @@ class Pipeline:
         self.trusted_networks = tuple(
             ipaddress.ip_network(c) for c in self.settings.client_cert.trusted_proxies
         )
+        metrics.create_request_series(
+            self.issuer_names, is_report_only=self.is_report_only_anywhere
+        )
         self._forwarded_ok = metrics.forwarded_ok_series(self.issuer_names)
         for name in self.issuer_names:  # alerts take increase() of it: exist before the first
             metrics.FOREIGN_CERTIFICATE_SWITCHES.labels(issuer=name)

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from proxy import metrics
 from proxy.cache import ExpiringCache
 from proxy.errors import AuthError, Reason
 from proxy.settings import IssuerSettings
@@ -54,6 +55,11 @@ class Introspector:
         self._session: aiohttp.ClientSession | None = None
         self._endpoint = self._settings.endpoint
         self._auth_header: str | None = None
+        # Created at 0: the alert on errors takes increase(), blind to a series' first step.
+        self._answers = {
+            result: metrics.INTROSPECTION_REQUESTS.labels(issuer=issuer.name, result=result)
+            for result in metrics.INTROSPECTION_RESULTS
+        }
 
     async def start(self) -> None:
         s = self._settings
@@ -94,8 +100,14 @@ class Introspector:
             raise AuthError(Reason.INACTIVE_TOKEN, "token is not active")
         if cached is not None:
             return cached
-        answer = await self._ask(token)
-        if answer.get("active") is not True:
+        try:
+            answer = await self._ask(token)
+        except AuthError:
+            self._answers["error"].inc()
+            raise
+        is_active = answer.get("active") is True
+        self._answers["active" if is_active else "inactive"].inc()
+        if not is_active:
             self._cache.put(digest, _INACTIVE, now + self._settings.negative_cache_ttl_seconds)
             raise AuthError(Reason.INACTIVE_TOKEN, "token is not active")
         claims = self._claims(answer, now, digest)

@@ -13,10 +13,12 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import jwt
+from prometheus_client import Counter, Gauge
 
 from proxy import metrics
 from proxy.fetch import FetchError
@@ -58,6 +60,23 @@ def parse_jwks(document: object, algorithms: tuple[str, ...]) -> dict[str | None
     return keys
 
 
+@dataclass(frozen=True, slots=True)
+class _KeySetSeries:
+    refreshed: Counter
+    failed: Counter
+    key_count: Gauge
+    last_success: Gauge
+
+    @classmethod
+    def of(cls, issuer: str) -> _KeySetSeries:
+        return cls(
+            metrics.JWKS_REFRESH.labels(result="success", issuer=issuer),
+            metrics.JWKS_REFRESH.labels(result="failure", issuer=issuer),
+            metrics.JWKS_KEYS.labels(issuer=issuer),
+            metrics.JWKS_LAST_SUCCESS.labels(issuer=issuer),
+        )
+
+
 class KeySet:
     """One issuer's current keys; `on_change` runs when a refresh brings a different set."""
 
@@ -75,11 +94,11 @@ class KeySet:
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._fingerprint: str = ""
         self._jwks_uri: str = issuer.jwks_uri
-        name = issuer.name
-        self._refreshed = metrics.JWKS_REFRESH.labels(result="success", issuer=name)
-        self._failed = metrics.JWKS_REFRESH.labels(result="failure", issuer=name)
-        self._key_count = metrics.JWKS_KEYS.labels(issuer=name)
-        self._last_success = metrics.JWKS_LAST_SUCCESS.labels(issuer=name)
+        # With tokens.accept_jwt false no key set is ever loaded: series at 0 would read as
+        # "no keys" and page someone about a healthy pod, so they only exist where JWTs are.
+        self._series: _KeySetSeries | None = (
+            _KeySetSeries.of(issuer.name) if settings.accept_jwt else None
+        )
         self._last_kid_refetch = float("-inf")
         self._lock = asyncio.Lock()
         self._loaded = asyncio.Event()
@@ -119,15 +138,18 @@ class KeySet:
         return self.get(kid)
 
     async def refresh(self) -> None:
+        if self._series is None:
+            self._series = _KeySetSeries.of(self.issuer.name)
+        series = self._series
         try:
             document = await self._load()
             keys = parse_jwks(document, self.issuer.algorithms)
         except KeySetError:
-            self._failed.inc()
+            series.failed.inc()
             raise
-        self._refreshed.inc()
-        self._last_success.set(time.time())
-        self._key_count.set(len(keys))
+        series.refreshed.inc()
+        series.last_success.set(time.time())
+        series.key_count.set(len(keys))
         fingerprint = json.dumps(document, sort_keys=True)
         if fingerprint != self._fingerprint:
             changed = bool(self._fingerprint)

@@ -127,14 +127,22 @@ def describe(certificate: x509.Certificate, der: bytes) -> str:
     )
 
 
+def observe_validity(certificate: x509.Certificate, now: dt.datetime) -> None:
+    """Time left, and the fraction of its lifetime used, of a presented certificate."""
+    not_before, not_after = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    metrics.CLIENT_CERT_REMAINING.observe((not_after - now).total_seconds())
+    lifetime = (not_after - not_before).total_seconds()
+    if lifetime > 0:  # a certificate valid for no time at all fails the handshake anyway
+        metrics.CLIENT_CERT_LIFETIME_ELAPSED.observe((now - not_before).total_seconds() / lifetime)
+
+
 def admit(
     certificate: x509.Certificate, der: bytes, peer: str, crls: CRLSet | None, allow_unknown: bool
 ) -> bool:
     """Once per connection, after a successful handshake: observe the presented certificate's
-    remaining validity and check its revocation. False: close before reading a request."""
+    validity and check its revocation. False: close before reading a request."""
     now = dt.datetime.now(dt.UTC)
-    remaining = (certificate.not_valid_after_utc - now).total_seconds()
-    metrics.CLIENT_CERT_REMAINING.observe(remaining)
+    observe_validity(certificate, now)
     if crls is None:
         return True
     verdict = crls.check(certificate, now)

@@ -4,6 +4,8 @@ promises the chart makes (security context, ports, hot reload vs restart)."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +260,57 @@ def test_prometheus_rule_embeds_the_alert_file_groups(all_docs: list[dict[str, A
     alerts = yaml.safe_load((CHART / "files" / "certbound-alerts.yaml").read_text())
     assert rule["spec"]["groups"] == alerts["groups"]
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def _late_cert_rule(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    groups = find(docs, "PrometheusRule")["spec"]["groups"]
+    rules = [
+        r
+        for g in groups
+        for r in g["rules"]
+        if r.get("alert") == "CertboundClientCertsLateInLifetime"
+    ]
+    assert len(rules) == 1
+    return rules[0]
+
+
+def test_late_client_certificate_alert_follows_the_values(
+    render: RenderFn, tmp_path: Path, helm: str
+) -> None:
+    """The fraction and the absolute time left name histogram buckets; the rule is rebuilt
+    from them, and stays valid PromQL (promtool checks the rendered rules)."""
+    values = tmp_path / "late.yaml"
+    values.write_text(
+        "monitoring:\n  prometheusRule:\n    enabled: true\n    clientCertificates:\n"
+        "      lateInLifetimeFraction: 0.67\n      minRemainingSeconds: 3600\n"
+    )
+    rule = _late_cert_rule(render([values]))
+    assert 'certbound_client_cert_lifetime_elapsed_ratio_bucket{le="0.67"}' in rule["expr"]
+    assert 'certbound_client_cert_remaining_validity_seconds_bucket{le="3600.0"}' in rule["expr"]
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "late", "rules": [rule]}]}))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required: run the test command, bash scripts/test.sh"
+    checked = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    values.write_text(
+        "monitoring:\n  prometheusRule:\n    enabled: true\n    clientCertificates:\n"
+        "      lateInLifetimeFraction: null\n      minRemainingSeconds: null\n"
+    )
+    refused = run_helm(helm, "template", "demo", str(CHART), "-f", str(values))
+    assert refused.returncode != 0
+    assert "set lateInLifetimeFraction or minRemainingSeconds" in refused.stderr
+
+
+def test_late_client_certificate_fraction_must_be_a_bucket_bound(tmp_path: Path, helm: str) -> None:
+    values = tmp_path / "late.yaml"
+    values.write_text(
+        "monitoring:\n  prometheusRule:\n    enabled: true\n    clientCertificates:\n"
+        "      lateInLifetimeFraction: 0.6\n"
+    )
+    refused = run_helm(helm, "template", "demo", str(CHART), "-f", str(values))
+    assert refused.returncode != 0
+    assert "lateInLifetimeFraction" in refused.stderr
 
 
 def test_service_monitor_scrapes_metrics_on_the_admin_service(
