@@ -141,7 +141,7 @@ class ClientConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         if len(self.plane.connections) >= self.plane.max_connections:
             # Over the cap: close before spending a handshake on it.
-            metrics.CONNECTIONS_REFUSED.inc()
+            metrics.CONNECTIONS_REFUSED.labels(kind="connections").inc()
             transport.abort()
             return
         self.plane.connections.add(self)

@@ -4,6 +4,9 @@ upstream pool, the connection cap, requests in flight, and the drain on shutdown
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+from collections.abc import Sequence
 
 from proxy import metrics
 from proxy.checks.pipeline import Pipeline
@@ -39,17 +42,45 @@ class DataPlane:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._publisher: asyncio.TimerHandle | None = None
 
-    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
-        """Bind and accept; returns the bound port (port 0 asks the kernel for a free one)."""
+    async def listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        sockets: Sequence[socket.socket] = (),
+    ) -> int:
+        """Bind and accept, or accept on `sockets` (a reload takes over the running ones);
+        returns the bound port (port 0 asks the kernel for a free one)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None, backlog=1024
-        )
+
+        def accepted() -> ClientConnection:
+            return ClientConnection(self)
+
+        if sockets:
+            self._servers = [
+                await loop.create_server(accepted, sock=s, backlog=1024) for s in sockets
+            ]
+        else:
+            self._servers = [
+                await loop.create_server(
+                    accepted, host, port, reuse_port=reuse_port or None, backlog=1024
+                )
+            ]
         self._publish_every_second()
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._servers[0].sockets[0].getsockname()[1])
+
+    def listening_sockets(self) -> list[socket.socket]:
+        """Copies (new descriptors) of the listening sockets: they stay open, with their
+        queue of connections not yet accepted, after this data plane stops accepting."""
+        return [
+            socket.socket(fileno=os.dup(s.fileno()))
+            for server in self._servers
+            for s in server.sockets
+        ]
 
     def request_started(self) -> None:
         if self.in_flight == 0:
@@ -71,8 +102,8 @@ class DataPlane:
         self._publisher = asyncio.get_running_loop().call_later(1.0, self._publish_every_second)
 
     def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
 
     def drain(self) -> None:
         """No new requests: idle connections close now, busy ones after their answer."""
