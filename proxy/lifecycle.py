@@ -59,6 +59,9 @@ async def reload(
         settings = await asyncio.to_thread(check_file, config_path)
     except ConfigError as exc:
         return _refused(proxy, exc.problems)
+    except Exception as exc:  # a reload never takes the serving process down
+        log.exception("reload: the check of %s failed", config_path)
+        return _refused(proxy, [f"the file could not be checked: {type(exc).__name__}"])
     refused = restart_keys_changed(proxy.settings, settings)
     if refused:
         return _refused(proxy, [f"{key}: changes only with a restart" for key in refused])

@@ -18,8 +18,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import metrics
+from proxy.capacity import Caps, connection_caps, memory_budget
 from proxy.checks.pipeline import Pipeline
 from proxy.config import read_nonce_key
+from proxy.dataplane.admission import Admission
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.upstream import UpstreamPool
 from proxy.settings import DPoPSettings, Settings, trusted_issuers
@@ -31,7 +33,7 @@ from proxy.trust.crlfetch import CRLFetcher
 from proxy.trust.forwarded_cert import ForwardedCertVerifier
 from proxy.trust.ocsp import OCSPChecker
 from proxy.trust.tls import ServerTLS, crl_sources
-from proxy.workers import NONCE_KEY_ENV
+from proxy.workers import NONCE_KEY_ENV, worker_count
 
 log = logging.getLogger("certbound.server")
 
@@ -147,6 +149,11 @@ async def start(
         nonce_key=nonce_key(settings.dpop) if settings.dpop.nonce else b"",
     )
     plane = DataPlane(settings, tls, pipeline, UpstreamPool(settings.upstream))
+    caps = connection_caps(
+        settings.listen, worker_count(settings.listen.workers), memory_budget(settings.listen)
+    )
+    plane.admission = Admission(caps, settings.listen.handshake_timeout_seconds)
+    _announce_caps(caps)
     if settings.tls.ocsp == "leaf":
         checker = OCSPChecker(
             http, settings.tls.client_ca_file, settings.tls.revocation_unavailable == "allow"
@@ -210,6 +217,16 @@ async def start(
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     return proxy
+
+
+def _announce_caps(caps: Caps) -> None:
+    log.info("connection caps: %s", caps.describe())
+    if caps.is_budget_too_small:
+        log.warning(
+            "the memory budget leaves too little room for connections after each worker's "
+            "own memory: the caps are raised to a minimum and a flood can exceed the budget; "
+            "give the container more memory (resources.limits.memory) or fewer listen.workers"
+        )
 
 
 def _announce(pipeline: Pipeline) -> None:

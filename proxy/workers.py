@@ -267,6 +267,10 @@ class Supervisor:
                 log.error("reload refused: %s", problem)
             metrics.CONFIG_RELOADS.labels(result="failure").inc()
             return
+        except Exception:  # the supervisor outlives any file
+            log.exception("reload refused: the check of %s failed", self.config)
+            metrics.CONFIG_RELOADS.labels(result="failure").inc()
+            return
         refused = restart_keys_changed(self.settings, new)
         if refused:
             for key in refused:

@@ -34,7 +34,6 @@ from proxy.trust.identity import identity_from_certificate
 
 log = logging.getLogger("certbound.dataplane")
 
-HANDSHAKE_TIMEOUT = 10.0
 READ_SIZE = 64 * 1024
 TLS_HANDSHAKE_RECORD = 0x16
 NOT_TLS_ANSWER = (
@@ -122,19 +121,17 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        if len(self.plane.connections) >= self.plane.max_connections:
-            # Over the cap: close before spending a handshake on it.
-            metrics.CONNECTIONS_REFUSED.labels(kind="connections").inc()
-            transport.abort()
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if peer else ""
+        if not self.plane.admission.admit(self, len(self.plane.connections), self._remote):
+            transport.abort()  # over the cap: closed before a handshake is spent on it
             return
         self.plane.connections.add(self)
         self._counted = True
         self._transport = transport
         self.flow.attach(transport)
-        peer = transport.get_extra_info("peername")
-        self._remote = str(peer[0]) if peer else ""
         self._ssl = self.plane.tls.current.wrap_bio(self._in, self._out, server_side=True)
-        self._arm(HANDSHAKE_TIMEOUT)
+        self._arm(self.plane.admission.handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         self._last = time.monotonic()
@@ -167,6 +164,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._counted = False
         self.plane.connections.discard(self)
+        self.plane.admission.forget(self)
         if not was_open:
             if self._got_bytes:  # a TCP probe that never spoke TLS is not a failed handshake
                 handshake.refused(
@@ -270,6 +268,8 @@ class ClientConnection(asyncio.Protocol):
                     # Asked now, answered beside the connection; its first request waits.
                     self.facts.ocsp = self.plane.ocsp.begin(certificate)
         self._state = _OPEN
+        self.plane.admission.handshake_over(self)
+        self.plane.admission.idles(self)
         self._parser = httptools.HttpRequestParser(self)
         metrics.OPEN_CONNECTIONS.inc()
         self._cancel_timer()
@@ -395,6 +395,7 @@ class ClientConnection(asyncio.Protocol):
         if self._is_closing:
             raise _Stop
         self._in_head = True
+        self.plane.admission.busy(self)
         self._url = b""
         self._headers = []
         self._head_bytes = self._head_fed = 0
@@ -473,6 +474,7 @@ class ClientConnection(asyncio.Protocol):
             self.close()
         else:
             self._last = time.monotonic()
+            self.plane.admission.idles(self)
 
     def _start_next(self) -> None:
         if self._is_closing or self._active is not None or not self._queue:
@@ -523,6 +525,21 @@ class ClientConnection(asyncio.Protocol):
             self._flush()
         self._transport.close()
 
+    def cut(self) -> None:
+        """listen.max_handshakes: counted there as a refusal, not as a failed handshake."""
+        self._got_bytes = False
+        self.abort()
+
+    def is_idle(self) -> bool:
+        return (
+            self._state == _OPEN
+            and not self._is_closing
+            and self._active is None
+            and self._receiving is None
+            and not self._queue
+            and not self._in_head
+        )
+
     def abort(self) -> None:
         self._closing()
         if self._transport is not None:
@@ -556,7 +573,7 @@ class ClientConnection(asyncio.Protocol):
         idle = self.plane.idle_timeout
         active = self._active
         if self._state == _HANDSHAKE:
-            deadline = self._opened + HANDSHAKE_TIMEOUT
+            deadline = self._opened + self.plane.admission.handshake_timeout
         elif self._state == _TUNNEL:
             deadline = self._last + self.plane.upgrade_idle_timeout
         elif self._in_head:
@@ -576,7 +593,7 @@ class ClientConnection(asyncio.Protocol):
             handshake.refused(
                 HandshakeFailure.TIMEOUT,
                 self._remote,
-                f"no complete handshake within {HANDSHAKE_TIMEOUT:g} s",
+                f"no complete handshake within {self.plane.admission.handshake_timeout:g} s",
             )
             self._got_bytes = False
             self.abort()

@@ -8,7 +8,9 @@ import asyncio
 from typing import Protocol
 
 from proxy import metrics
+from proxy.capacity import connection_caps
 from proxy.checks.pipeline import Pipeline
+from proxy.dataplane.admission import Admission
 from proxy.dataplane.upstream import UpstreamPool
 from proxy.headers import dropped_request_headers
 from proxy.settings import Settings
@@ -30,7 +32,10 @@ class Plane:
         self.tls = tls
         self.pipeline = pipeline
         self.pool = pool
-        self.max_connections = settings.listen.max_connections
+        # The configured caps; server.start lowers them to the memory budget.
+        self.admission = Admission(
+            connection_caps(settings.listen, 1, 0), settings.listen.handshake_timeout_seconds
+        )
         self.idle_timeout = settings.listen.idle_timeout_seconds
         self.max_header_bytes = settings.listen.max_header_bytes
         self.upgrade_idle_timeout = settings.upstream.upgrade_idle_timeout_seconds
