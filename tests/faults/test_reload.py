@@ -84,7 +84,10 @@ async def test_sighup_serves_the_new_file_and_lets_requests_in_flight_finish(
                 rest = await streaming.read()
         assert streaming.status == 200 and len(first) + len(rest) == 40 * 1024
         assert proc.proc.poll() is None
-    assert "configuration reloaded" in proc.output()
+        os.kill(proc.proc.pid, signal.SIGTERM)  # still the drain, after a reload too
+        assert await asyncio.to_thread(proc.proc.wait, 10) == 0
+    output = proc.output()
+    assert "configuration reloaded" in output and "stopped (SIGTERM)" in output
 
 
 async def test_a_bad_file_keeps_the_running_configuration_and_logs_every_problem(
