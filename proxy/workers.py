@@ -182,15 +182,22 @@ class Supervisor:
         for slot in self.slots:
             self._start(slot)
         while not self.stopping:
-            self._wait_for_news()
-            if self.reload_asked:
-                self.reload_asked = False
-                self._reload()
-            now = time.monotonic()
-            for slot in self.slots:
-                self._tend(slot, now)
-            self.serving.set(sum(1 for s in self.slots if s.serving_since is not None))
+            try:
+                self._round()
+            except Exception:  # the supervisor's one promise: it does not exit on its own
+                log.exception("supervisor: unexpected error; carrying on")
+                time.sleep(POLL_SECONDS)
         return self._stop_all()
+
+    def _round(self) -> None:
+        self._wait_for_news()
+        if self.reload_asked:
+            self.reload_asked = False
+            self._reload()
+        now = time.monotonic()
+        for slot in self.slots:
+            self._tend(slot, now)
+        self.serving.set(sum(1 for s in self.slots if s.serving_since is not None))
 
     # -- workers -------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,9 +58,10 @@ def peak_rss(pid: int) -> int:
     return total
 
 
-@contextlib.contextmanager
-def flood(kind: str, proc: ProxyProcess, pki: PKI, n: int) -> Iterator[str]:
-    """`python -m bench.floods` holding n connections of `kind`; yields its first report."""
+@contextlib.asynccontextmanager
+async def flood(kind: str, proc: ProxyProcess, pki: PKI, n: int) -> AsyncIterator[str]:
+    """`python -m bench.floods` holding n connections of `kind`; yields its first report.
+    Its output is read off the event loop, where the good client runs."""
     cert, key = pki.files("alice")
     command = [sys.executable, "-m", "bench.floods", kind, "--port", str(proc.port), "-n", str(n)]
     # The issue's rate (~410 a second): a burst faster than the proxy's CPU accepts would
@@ -73,10 +74,10 @@ def flood(kind: str, proc: ProxyProcess, pki: PKI, n: int) -> Iterator[str]:
     )
     assert client.stdin is not None and client.stdout is not None
     try:
-        yield client.stdout.readline().strip()
+        yield (await asyncio.to_thread(client.stdout.readline)).strip()
     finally:
         client.stdin.close()
-        client.wait(timeout=30)
+        await asyncio.to_thread(client.wait, 30)
 
 
 @dataclass
@@ -133,7 +134,7 @@ async def run_flood(
         try:
             await asyncio.sleep(0.5)
             seen: dict[str, float] = {"gauge_max": 0.0}
-            with flood(kind, proc, pki, n) as report:
+            async with flood(kind, proc, pki, n) as report:
                 for _ in range(10):  # the flood held for a second, the gauge watched
                     text = await asyncio.to_thread(proc.metrics)
                     gauge = sample(text, "certbound_handshakes_in_progress")
