@@ -146,3 +146,23 @@ async def test_readyz_fails_while_no_worker_serves_and_recovers_without_a_restar
         assert readyz(proc) == 200
         text = await asyncio.to_thread(proc.metrics)
         assert metric(text, "certbound_worker_restarts_total") == 4
+
+
+async def test_a_worker_restarted_after_an_unreloaded_edit_runs_what_its_siblings_run(
+    pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    """Workers read the supervisor's copy of the last accepted file: a broken edit that was
+    never reloaded cannot turn a restart into a crash loop."""
+    config = process_config(pki, issuer, upstream, tmp_path)
+    config["listen"] = {"workers": 2}
+    with proxy_process(tmp_path, config) as proc:
+        workers = await serving_workers(proc, 2, 15)
+        proc.log_path.with_suffix(".yaml").write_text("listen: {workers: 2\n")  # not YAML
+        os.kill(min(workers), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not workers_of(proc) - workers:
+            assert time.monotonic() < deadline, proc.output()[-3000:]
+            await asyncio.sleep(0.05)
+        await serving_workers(proc, 2, 15)
+        text = await asyncio.to_thread(proc.metrics)
+        assert metric(text, "certbound_worker_restarts_total") == 1
