@@ -155,23 +155,16 @@ def _thumbprint(path: str) -> int:
 
 def _load(path: str) -> Settings | None:
     """Settings with the TLS files loaded once to prove they work, or None (problems printed)."""
-    from proxy.config import ConfigError, load_settings
-    from proxy.trust.tls import TLSConfigError, build_server_context, crl_sources, load_revocation
+    from proxy.config import ConfigError
+    from proxy.config.check import check_file
 
     try:
-        settings = load_settings(path)
-        build_server_context(settings.tls)  # PEM that parses but does not load is an error too
-        load_revocation(settings.tls)  # and a CRL its CA did not sign
-        crl_sources(settings.tls)  # and fetch_crls with nowhere to fetch from
+        return check_file(path)
     except ConfigError as exc:
         print(f"certbound: invalid configuration in {path}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
-    except TLSConfigError as exc:
-        print(f"certbound: invalid configuration in {path}:\n  {exc}", file=sys.stderr)
-        return None
-    return settings
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -307,14 +300,14 @@ def _run(path: str, grace_seconds: float) -> int:
     if settings is None:
         return 2
     if workers > 1:
-        return supervise(path, workers, grace_seconds)
+        return supervise(path, settings, workers, grace_seconds)
 
-    from proxy import audit, server
+    from proxy import audit, lifecycle, server
 
     listener = audit.setup_logging(settings.log.level)
     try:
         with asyncio.Runner(loop_factory=server.loop_factory(settings.listen.event_loop)) as runner:
-            runner.run(server.serve(settings, grace_seconds, shared_ports=is_worker))
+            runner.run(lifecycle.serve(settings, path, grace_seconds, shared_ports=is_worker))
     except OSError as exc:
         print(f"certbound: cannot start: {exc}", file=sys.stderr)
         return 1

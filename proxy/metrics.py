@@ -129,9 +129,34 @@ UPGRADED_CONNECTIONS = Gauge(
     "Client connections upgraded (WebSocket) and relaying bytes both ways now.",
     multiprocess_mode="livesum",
 )
+# kind: connections (listen.max_connections were open) or handshakes (listen.max_handshakes
+# were in progress: the oldest one was cut to make room).
 CONNECTIONS_REFUSED = Counter(
     "certbound_connections_refused",
-    "Client connections closed at once because listen.max_connections were open.",
+    "Client connections closed by a cap, by kind: connections (a new connection while "
+    "listen.max_connections were open) or handshakes (the oldest TLS handshake in progress, "
+    "cut because listen.max_handshakes were).",
+    ["kind"],
+)
+HANDSHAKES_IN_PROGRESS = Gauge(
+    "certbound_handshakes_in_progress",
+    "Client connections accepted whose TLS handshake has not completed.",
+    multiprocess_mode="livesum",
+)
+WORKER_RESTARTS = Counter(
+    "certbound_worker_restarts",
+    "Worker processes the supervisor started again after one died (listen.workers > 1).",
+)
+WORKERS_SERVING = Gauge(
+    "certbound_workers_serving",
+    "Worker processes whose listeners are up (1 without a supervisor).",
+    multiprocess_mode="livemax",
+)
+CONFIG_RELOADS = Counter(
+    "certbound_config_reloads",
+    "SIGHUP reloads of the configuration file by result: success (the process serves the new "
+    "file) or failure (refused; the running configuration stays).",
+    ["result"],
 )
 # Key sets exist only for issuers whose JWTs are verified (tokens.accept_jwt); an issuer that
 # only introspects has the introspection counter instead, so no key-set alert can fire on it.
@@ -267,6 +292,10 @@ for _result in ("good", "revoked", "unknown"):
     REVOCATION_CHECKS.labels(result=_result)
 for _status in ("good", "revoked", "unknown", "error"):
     OCSP_ANSWERS.labels(status=_status)
+for _kind in ("connections", "handshakes"):
+    CONNECTIONS_REFUSED.labels(kind=_kind)
+for _result in ("success", "failure"):
+    CONFIG_RELOADS.labels(result=_result)
 for _failure in HandshakeFailure:
     TLS_HANDSHAKE_FAILURES.labels(reason=_failure.value)
 

@@ -18,8 +18,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import exposition, metrics
+from proxy.capacity import Caps, connection_caps, memory_budget
 from proxy.checks.pipeline import Pipeline
 from proxy.config import read_nonce_key
+from proxy.dataplane.admission import Admission
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.upstream import UpstreamPool
 from proxy.settings import DPoPSettings, Settings, trusted_issuers
@@ -31,7 +33,7 @@ from proxy.trust.crlfetch import CRLFetcher
 from proxy.trust.forwarded_cert import ForwardedCertVerifier
 from proxy.trust.ocsp import OCSPChecker
 from proxy.trust.tls import ServerTLS, crl_sources
-from proxy.workers import NONCE_KEY_ENV
+from proxy.workers import NONCE_KEY_ENV, worker_count
 
 log = logging.getLogger("certbound.server")
 
@@ -51,6 +53,8 @@ class Proxy:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     admin: web.AppRunner | None = None
+    # What the admin port answers about: this proxy, or the one a reload replaced it with.
+    admin_target: AdminTarget | None = None
     data_port: int = 0
     admin_port: int = 0
 
@@ -64,16 +68,24 @@ class Proxy:
         return self.keys.is_loaded or not self.settings.tokens.accept_jwt
 
 
+@dataclass
+class AdminTarget:
+    """The proxy the admin port reports on; a reload points it at the new one."""
+
+    proxy: Proxy
+
+
 async def _no_server_header(_: web.Request, response: web.StreamResponse) -> None:
     # Our own answers name no software or version an attacker could look up.
     response.headers.popall("Server", None)
 
 
-def build_admin_app(proxy: Proxy) -> web.Application:
+def build_admin_app(target: AdminTarget) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
+        proxy = target.proxy
         if proxy.draining:
             return web.Response(status=503, text="draining\n")
         if not proxy.has_keys:
@@ -82,7 +94,7 @@ def build_admin_app(proxy: Proxy) -> web.Application:
         return web.Response(text="ready\n")
 
     async def metrics_view(_: web.Request) -> web.Response:
-        proxy.plane.publish()
+        target.proxy.plane.publish()
         body = generate_latest(exposition.registry())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -94,8 +106,13 @@ def build_admin_app(proxy: Proxy) -> web.Application:
     return app
 
 
-async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
-    """Bind both listeners and start background tasks. Raises TLSConfigError on bad files."""
+async def start(
+    settings: Settings, *, shared_ports: bool = False, takeover: Proxy | None = None
+) -> Proxy:
+    """Bind both listeners and start background tasks. Raises TLSConfigError on bad files.
+
+    With `takeover` (a reload), nothing is bound: the admin port stays the running proxy's,
+    and `take_over` later moves the data plane's sockets once this proxy is ready."""
     header_source = settings.client_cert.source == "header"
     tls = ServerTLS(
         settings.tls,
@@ -133,6 +150,11 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         nonce_key=nonce_key(settings.dpop) if settings.dpop.nonce else b"",
     )
     plane = DataPlane(settings, tls, pipeline, UpstreamPool(settings.upstream))
+    caps = connection_caps(
+        settings.listen, worker_count(settings.listen.workers), memory_budget(settings.listen)
+    )
+    plane.admission = Admission(caps, settings.listen.handshake_timeout_seconds)
+    _announce_caps(caps)
     if settings.tls.ocsp == "leaf":
         checker = OCSPChecker(
             http, settings.tls.client_ca_file, settings.tls.revocation_unavailable == "allow"
@@ -150,13 +172,18 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
             log.info("DPoP replay cache: %s", shared_replays.where)
         else:
             log.warning("DPoP replay cache %s does not answer yet", shared_replays.where)
-    proxy.admin = web.AppRunner(build_admin_app(proxy), access_log=None)
-    await proxy.admin.setup()
-    admin_site = web.TCPSite(
-        proxy.admin, settings.admin.host, settings.admin.port, reuse_port=shared_ports or None
-    )
-    await admin_site.start()
-    proxy.admin_port = int(proxy.admin.addresses[0][1])
+    if takeover is None:
+        proxy.admin_target = AdminTarget(proxy)
+        proxy.admin = web.AppRunner(build_admin_app(proxy.admin_target), access_log=None)
+        await proxy.admin.setup()
+        admin_site = web.TCPSite(
+            proxy.admin, settings.admin.host, settings.admin.port, reuse_port=shared_ports or None
+        )
+        await admin_site.start()
+        proxy.admin_port = int(proxy.admin.addresses[0][1])
+    else:
+        proxy.admin, proxy.admin_target = takeover.admin, takeover.admin_target
+        proxy.admin_port = takeover.admin_port
     fetcher = None
     if settings.tls.fetch_crls:
         fetcher = CRLFetcher(
@@ -172,14 +199,17 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         await fetcher.refresh_all()
     fetched = {str(index) for index in fetcher.sources} if fetcher is not None else set()
     metrics.retire(metrics.PER_FETCHED_CRL, "index", fetched)
-    proxy.data_port = await plane.listen(
-        settings.listen.host, settings.listen.port, reuse_port=shared_ports
-    )
+    if takeover is None:
+        proxy.data_port = await plane.listen(
+            settings.listen.host, settings.listen.port, reuse_port=shared_ports
+        )
     if settings.tokens.accept_jwt:
         proxy.tasks.append(asyncio.create_task(keys.run(proxy.stop_event)))
     proxy.tasks.append(asyncio.create_task(tls.watch(proxy.stop_event)))
     if fetcher is not None:
         proxy.tasks.append(asyncio.create_task(fetcher.run(proxy.stop_event)))
+    if takeover is not None:
+        return proxy
     log.info(
         "listening: mTLS on %s:%d, admin on %s:%d, upstream %s, event loop %s",
         settings.listen.host,
@@ -190,6 +220,16 @@ async def start(settings: Settings, *, shared_ports: bool = False) -> Proxy:
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     return proxy
+
+
+def _announce_caps(caps: Caps) -> None:
+    log.info("connection caps: %s", caps.describe())
+    if caps.is_budget_too_small:
+        log.warning(
+            "the memory budget leaves too little room for connections after each worker's "
+            "own memory: the caps are raised to a minimum and a flood can exceed the budget; "
+            "give the container more memory (resources.limits.memory) or fewer listen.workers"
+        )
 
 
 def _announce(pipeline: Pipeline) -> None:
@@ -226,8 +266,20 @@ def _announce(pipeline: Pipeline) -> None:
         )
 
 
-async def stop(proxy: Proxy, grace_seconds: float = 30.0) -> None:
-    """Drain: report not-ready, stop accepting, let in-flight requests finish, then close."""
+async def take_over(new: Proxy, old: Proxy) -> None:
+    """A reload's hand-over: `new` accepts on the running sockets (connections waiting in
+    their queue included), then the admin port reports on it and `old` stops accepting."""
+    new.data_port = await new.plane.listen(
+        new.settings.listen.host, 0, sockets=old.plane.listening_sockets()
+    )
+    old.plane.stop_accepting()
+    if new.admin_target is not None:
+        new.admin_target.proxy = new
+
+
+async def stop(proxy: Proxy, grace_seconds: float = 30.0, *, keep_admin: bool = False) -> None:
+    """Drain: report not-ready, stop accepting, let in-flight requests finish, then close.
+    `keep_admin`: a reload replaced this proxy, whose admin port now serves the new one."""
     proxy.draining = True
     proxy.stop_event.set()
     # Stop accepting on the data plane only. The admin port stays up through the drain, so
@@ -237,7 +289,7 @@ async def stop(proxy: Proxy, grace_seconds: float = 30.0) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proxy.plane.idle.wait(), timeout=grace_seconds)
     proxy.plane.close()
-    if proxy.admin is not None:
+    if proxy.admin is not None and not keep_admin:
         await proxy.admin.cleanup()
     for task in proxy.tasks:
         task.cancel()
@@ -279,18 +331,6 @@ def tune_gc() -> None:
     containers; at the default threshold (700) a collection ran every ~20 requests."""
     gc.freeze()
     gc.set_threshold(10_000, 20, 100)
-
-
-async def serve(
-    settings: Settings, grace_seconds: float = 30.0, shared_ports: bool = False
-) -> None:
-    """Run until SIGTERM or SIGINT, then drain. `shared_ports`: one of several workers."""
-    proxy = await start(settings, shared_ports=shared_ports)
-    tune_gc()
-    await until_signalled()
-    log.info("signal received: draining for up to %.0fs", grace_seconds)
-    await stop(proxy, grace_seconds)
-    log.info("stopped")
 
 
 def nonce_key(dpop: DPoPSettings) -> bytes:

@@ -35,6 +35,11 @@ class ListenSettings:
     port: int = 8443
     workers: int = 1  # 0: one per usable CPU
     max_connections: int = 10000  # per worker; further connections are closed at once
+    # per worker: TLS handshakes in progress; a new connection over it cuts the oldest one
+    max_handshakes: int = 1000
+    handshake_timeout_seconds: float = 10.0  # from accept to a completed handshake
+    # The caps above are lowered to fit this; 0: the container's memory limit (cgroup), if any
+    memory_budget_mib: int = 0
     idle_timeout_seconds: float = 30.0  # to complete a request, and between kept-alive ones
     max_header_bytes: int = 65536  # request line + headers; over it: 431
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio

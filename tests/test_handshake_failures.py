@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from proxy.dataplane import connection
 from proxy.errors import HandshakeFailure
 from proxy.tools.pki import issue
 from proxy.trust import handshake
@@ -119,10 +118,8 @@ async def test_repeated_refusals_are_counted_each_time_but_logged_once_a_minute(
     assert strict_proc.output().count("reason=unknown_ca") == 1
 
 
-async def test_handshake_timeout_is_counted_and_logged(
-    running: Running, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(connection, "HANDSHAKE_TIMEOUT", 0.3)
+async def test_handshake_timeout_is_counted_and_logged(running: Running) -> None:
+    running.proxy.plane.admission.handshake_timeout = 0.3  # listen.handshake_timeout_seconds
     handshake.reset_rate_limit()
     before = await running.metric('certbound_tls_handshake_failures_total{reason="timeout"}')
     _, writer = await asyncio.open_connection("127.0.0.1", running.proxy.data_port)

@@ -47,6 +47,17 @@ def validate(s: Settings) -> list[str]:
     port("admin.port", s.admin.port)
     positive("listen.max_connections", s.listen.max_connections)
     positive("listen.idle_timeout_seconds", s.listen.idle_timeout_seconds)
+    positive("listen.max_handshakes", s.listen.max_handshakes)
+    if not 1 <= s.listen.handshake_timeout_seconds <= 60:
+        problems.append(
+            "listen.handshake_timeout_seconds: must be 1 to 60, "
+            f"got {s.listen.handshake_timeout_seconds}"
+        )
+    if s.listen.memory_budget_mib != 0 and not 64 <= s.listen.memory_budget_mib <= 1048576:
+        problems.append(
+            "listen.memory_budget_mib: 0 (the container's memory limit) or 64 to 1048576, "
+            f"got {s.listen.memory_budget_mib}"
+        )
     if not 1024 <= s.listen.max_header_bytes <= 1048576:
         problems.append(
             f"listen.max_header_bytes: must be 1024 to 1048576, got {s.listen.max_header_bytes}"

@@ -14,28 +14,26 @@ import collections
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 from cryptography import x509
 
 from proxy import metrics
-from proxy.checks.pipeline import Seen, TokenMemo
+from proxy.checks.pipeline import Seen
 from proxy.checks.request import Request
 from proxy.dataplane.exchange import Exchange
+from proxy.dataplane.facts import ConnectionFacts
+from proxy.dataplane.flow import Flow
 from proxy.dataplane.http1 import MAX_HEADER_COUNT, error_response, read_head, too_large
+from proxy.dataplane.plane import Plane
+from proxy.dataplane.ports import TunnelEnd
 from proxy.errors import AuthError, HandshakeFailure
-from proxy.tokens.jwt import TokenClaims
 from proxy.trust import handshake
-from proxy.trust.identity import ClientIdentity, identity_from_certificate
-
-if TYPE_CHECKING:
-    from proxy.dataplane.listener import DataPlane
-    from proxy.dataplane.upstream import UpstreamConnection
+from proxy.trust.identity import identity_from_certificate
 
 log = logging.getLogger("certbound.dataplane")
 
-HANDSHAKE_TIMEOUT = 10.0
 READ_SIZE = 64 * 1024
 TLS_HANDSHAKE_RECORD = 0x16
 NOT_TLS_ANSWER = (
@@ -65,12 +63,10 @@ class ClientConnection(asyncio.Protocol):
         "_in",
         "_in_head",
         "_is_closing",
-        "_is_write_paused",
         "_last",
         "_opened",
         "_out",
         "_parser",
-        "_paused_by",
         "_peer_done",
         "_queue",
         "_receiving",
@@ -82,25 +78,17 @@ class ClientConnection(asyncio.Protocol):
         "_transport",
         "_tunnel_buffer",
         "_url",
-        "added_headers",
-        "identity",
-        "memo",
-        "ocsp",
+        "facts",
+        "flow",
         "plane",
         "tunnel",
     )
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: Plane) -> None:
         self.plane = plane
-        self.identity: ClientIdentity | None = None
-        self.tunnel: UpstreamConnection | None = None
-        self.memo = TokenMemo()  # the checks' own memory of this connection's token
-        # tls.ocsp: None (nothing to wait for), a refusal, or the question still out.
-        self.ocsp: AuthError | asyncio.Task[AuthError | None] | None = None
-        # The last identity header lines rendered on this connection, and what they depend on.
-        self.added_headers: (
-            tuple[TokenClaims | None, ClientIdentity | None, str, bytes | None, bytes] | None
-        ) = None
+        self.facts = ConnectionFacts()
+        self.flow = Flow()
+        self.tunnel: TunnelEnd | None = None  # after a 101: the upstream connection
         self._transport: asyncio.Transport | None = None
         self._state = _HANDSHAKE
         self._in = ssl.MemoryBIO()
@@ -111,8 +99,6 @@ class ClientConnection(asyncio.Protocol):
         self._active: Exchange | None = None
         self._receiving: Exchange | None = None
         self._queue: collections.deque[Exchange] = collections.deque()
-        self._paused_by: set[str] = set()
-        self._is_write_paused = False
         self._cork: list[bytes] | None = None
         self._is_closing = False
         self._peer_done = False
@@ -131,26 +117,21 @@ class ClientConnection(asyncio.Protocol):
         self._head_fed = 0  # fed to the parser while in a head: an upper bound
         self._head_started = 0.0
 
-    @property
-    def is_draining(self) -> bool:
-        return self.plane.draining
-
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        if len(self.plane.connections) >= self.plane.max_connections:
-            # Over the cap: close before spending a handshake on it.
-            metrics.CONNECTIONS_REFUSED.inc()
-            transport.abort()
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if peer else ""
+        if not self.plane.admission.admit(self, len(self.plane.connections), self._remote):
+            transport.abort()  # over the cap: closed before a handshake is spent on it
             return
         self.plane.connections.add(self)
         self._counted = True
         self._transport = transport
-        peer = transport.get_extra_info("peername")
-        self._remote = str(peer[0]) if peer else ""
+        self.flow.attach(transport)
         self._ssl = self.plane.tls.current.wrap_bio(self._in, self._out, server_side=True)
-        self._arm(HANDSHAKE_TIMEOUT)
+        self._arm(self.plane.admission.handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         self._last = time.monotonic()
@@ -164,12 +145,12 @@ class ClientConnection(asyncio.Protocol):
         elif state == _TUNNEL:
             plaintext = self._decrypt(data)
             if plaintext and self.tunnel is not None:
-                self.tunnel.write(plaintext)
+                self.tunnel.tunnel_write(plaintext)
         elif state == _UPGRADING:
             plaintext = self._decrypt(data)
             if plaintext:
                 self._tunnel_buffer.append(plaintext)
-                self.pause_reading("upgrade")
+                self.flow.pause_reading("upgrade")
 
     def eof_received(self) -> bool:
         self._peer_finished()
@@ -178,12 +159,12 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         was_open = self._state != _HANDSHAKE
         self._state = _CLOSED
-        self._is_closing = True
-        self._cancel_timer()
+        self._closing()
         if not self._counted:
             return
         self._counted = False
         self.plane.connections.discard(self)
+        self.plane.admission.forget(self)
         if not was_open:
             if self._got_bytes:  # a TCP probe that never spoke TLS is not a failed handshake
                 handshake.refused(
@@ -197,10 +178,10 @@ class ClientConnection(asyncio.Protocol):
                 exchange.client_lost()
         self._active = None
         self._queue.clear()
-        if self.tunnel is not None:
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
             metrics.UPGRADED_CONNECTIONS.dec()
-            self.tunnel.close()
-            self.tunnel = None
+            tunnel.tunnel_closed()
         self._release()
 
     def _release(self) -> None:
@@ -209,22 +190,15 @@ class ClientConnection(asyncio.Protocol):
         cyclic collection."""
         self._parser = None
         self._receiving = None
-        self.memo = TokenMemo()
-        self.added_headers = None
-        self.ocsp = None
+        self.facts = ConnectionFacts()
+        self.flow.pair(None)
 
     def pause_writing(self) -> None:
-        self._is_write_paused = True
-        upstream = self.tunnel or (self._active.upstream if self._active else None)
-        if upstream is not None:
-            upstream.pause_reading()
+        self.flow.client_write_paused()
 
     def resume_writing(self) -> None:
-        self._is_write_paused = False
         self._last = time.monotonic()
-        upstream = self.tunnel or (self._active.upstream if self._active else None)
-        if upstream is not None:
-            upstream.resume_reading()
+        self.flow.client_write_resumed()
 
     # -- TLS -----------------------------------------------------------------------------
 
@@ -289,11 +263,13 @@ class ClientConnection(asyncio.Protocol):
                     self._is_closing = True
                     self._counted_failure_close()
                     return
-                self.identity = identity_from_certificate(certificate, der)
+                self.facts.identity = identity_from_certificate(certificate, der)
                 if self.plane.ocsp is not None:
                     # Asked now, answered beside the connection; its first request waits.
-                    self.ocsp = self.plane.ocsp.begin(certificate)
+                    self.facts.ocsp = self.plane.ocsp.begin(certificate)
         self._state = _OPEN
+        self.plane.admission.handshake_over(self)
+        self.plane.admission.idles(self)
         self._parser = httptools.HttpRequestParser(self)
         metrics.OPEN_CONNECTIONS.inc()
         self._cancel_timer()
@@ -329,7 +305,7 @@ class ClientConnection(asyncio.Protocol):
         if self._out.pending and self._transport is not None:
             self._transport.write(self._out.read())
 
-    # -- writing -------------------------------------------------------------------------
+    # -- ports.ClientSide: used by the exchange -------------------------------------------
 
     def write(self, data: bytes) -> None:
         if self._cork is not None:
@@ -353,18 +329,11 @@ class ClientConnection(asyncio.Protocol):
         self._last = time.monotonic()
         self.write(data)
 
-    # -- flow control --------------------------------------------------------------------
-
-    def pause_reading(self, why: str) -> None:
-        if not self._paused_by and self._transport is not None and not self._is_closing:
-            self._transport.pause_reading()
-        self._paused_by.add(why)
-
-    def resume_reading(self, why: str) -> None:
-        if why in self._paused_by:
-            self._paused_by.discard(why)
-            if not self._paused_by and self._transport is not None and not self._is_closing:
-                self._transport.resume_reading()
+    def tunnel_closed(self) -> None:
+        """The workload closed the upgraded connection."""
+        self.tunnel = None
+        metrics.UPGRADED_CONNECTIONS.dec()
+        self.close()
 
     # -- HTTP/1.1 ------------------------------------------------------------------------
 
@@ -396,7 +365,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _framing_failed(self, refusal: AuthError) -> None:
         """A request the framing step refuses: nothing after it on this connection is read."""
-        self.pause_reading("broken")
+        self.flow.pause_reading("broken")
         self._in_head = False
         request = Request("", self._url.decode("latin-1")[:512], (), (), self._remote)
         self.plane.pipeline.refused(request, refusal, Seen())
@@ -420,12 +389,13 @@ class ClientConnection(asyncio.Protocol):
         self._state = _UPGRADING
         if rest:
             self._tunnel_buffer.append(rest)
-        self.pause_reading("upgrade")
+        self.flow.pause_reading("upgrade")
 
     def on_message_begin(self) -> None:
         if self._is_closing:
             raise _Stop
         self._in_head = True
+        self.plane.admission.busy(self)
         self._url = b""
         self._headers = []
         self._head_bytes = self._head_fed = 0
@@ -465,14 +435,14 @@ class ClientConnection(asyncio.Protocol):
             self._stop_reason = refusal
             raise _Stop from None
         self._headers = []  # read_head kept what it needs
-        exchange = Exchange(self, head)
+        exchange = Exchange(head, self, self.flow, self.facts, self.plane)
         self._receiving = exchange
         if self._active is None and self._broken is None:
             self._active = exchange
             exchange.start()
         else:
             self._queue.append(exchange)
-            self.pause_reading("pipeline")
+            self.flow.pause_reading("pipeline")
 
     def on_body(self, body: bytes) -> None:
         if self._receiving is not None:
@@ -482,10 +452,11 @@ class ClientConnection(asyncio.Protocol):
         if self._receiving is not None:
             self._receiving.request_complete()
 
-    def exchange_finished(self, exchange: Exchange, *, close: bool, abort: bool) -> None:
+    def exchange_finished(self, exchange: object, *, close: bool, abort: bool) -> None:
         if exchange is self._active:
             self._active = None
-        if exchange is self._receiving and exchange.is_request_done:
+        receiving = self._receiving
+        if receiving is not None and exchange is receiving and receiving.is_request_done:
             self._receiving = None  # an idle connection holds no request
         if abort:
             self.abort()
@@ -503,13 +474,14 @@ class ClientConnection(asyncio.Protocol):
             self.close()
         else:
             self._last = time.monotonic()
+            self.plane.admission.idles(self)
 
     def _start_next(self) -> None:
         if self._is_closing or self._active is not None or not self._queue:
             return
         self._active = self._queue.popleft()
         if not self._queue:
-            self.resume_reading("pipeline")
+            self.flow.resume_reading("pipeline")
         self._active.start()
 
     def _peer_finished(self) -> None:
@@ -520,18 +492,20 @@ class ClientConnection(asyncio.Protocol):
 
     # -- upgraded connections ------------------------------------------------------------
 
-    def start_tunnel(self, upstream: UpstreamConnection, rest: bytes) -> None:
-        """The 101 is relayed: from now on bytes go through unchanged, both ways."""
+    def upgraded(self, upstream: TunnelEnd, rest: bytes) -> None:
+        """The 101 is relayed: from now on bytes go through unchanged, both ways, between
+        this connection and `upstream`; no exchange stands between them."""
         self._active = None
+        self._receiving = None
         self.tunnel = upstream
         self._state = _TUNNEL
         metrics.UPGRADED_CONNECTIONS.inc()
         if rest:
             self.write(rest)
         if self._tunnel_buffer:
-            upstream.write(b"".join(self._tunnel_buffer))
+            upstream.tunnel_write(b"".join(self._tunnel_buffer))
             self._tunnel_buffer = []
-        self.resume_reading("upgrade")
+        self.flow.resume_reading("upgrade")
         self._cancel_timer()
         self._arm(self.plane.upgrade_idle_timeout)
 
@@ -542,8 +516,7 @@ class ClientConnection(asyncio.Protocol):
         if self._is_closing or self._transport is None:
             return
         self.uncork()
-        self._is_closing = True
-        self._cancel_timer()
+        self._closing()
         if self._ssl is not None and self._state != _HANDSHAKE:
             try:
                 self._ssl.unwrap()
@@ -552,9 +525,23 @@ class ClientConnection(asyncio.Protocol):
             self._flush()
         self._transport.close()
 
+    def cut(self) -> None:
+        """listen.max_handshakes: counted there as a refusal, not as a failed handshake."""
+        self._got_bytes = False
+        self.abort()
+
+    def is_idle(self) -> bool:
+        return (
+            self._state == _OPEN
+            and not self._is_closing
+            and self._active is None
+            and self._receiving is None
+            and not self._queue
+            and not self._in_head
+        )
+
     def abort(self) -> None:
-        self._is_closing = True
-        self._cancel_timer()
+        self._closing()
         if self._transport is not None:
             self._transport.abort()
 
@@ -563,6 +550,11 @@ class ClientConnection(asyncio.Protocol):
         if self._state == _HANDSHAKE or (self._active is None and not self._in_head):
             if self._state != _TUNNEL:
                 self.close()
+
+    def _closing(self) -> None:
+        self._is_closing = True
+        self.flow.detach()  # a closing transport is neither paused nor resumed
+        self._cancel_timer()
 
     def _arm(self, delay: float) -> None:
         self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
@@ -581,7 +573,7 @@ class ClientConnection(asyncio.Protocol):
         idle = self.plane.idle_timeout
         active = self._active
         if self._state == _HANDSHAKE:
-            deadline = self._opened + HANDSHAKE_TIMEOUT
+            deadline = self._opened + self.plane.admission.handshake_timeout
         elif self._state == _TUNNEL:
             deadline = self._last + self.plane.upgrade_idle_timeout
         elif self._in_head:
@@ -589,7 +581,7 @@ class ClientConnection(asyncio.Protocol):
             # byte a second never looks idle.
             deadline = self._head_started + idle
         elif self._state == _UPGRADING or (
-            active is not None and active.is_request_done and not self._is_write_paused
+            active is not None and active.is_request_done and not self.flow.is_write_paused
         ):
             deadline = now + idle  # waiting on the workload: the upstream timeout governs
         else:
@@ -601,7 +593,7 @@ class ClientConnection(asyncio.Protocol):
             handshake.refused(
                 HandshakeFailure.TIMEOUT,
                 self._remote,
-                f"no complete handshake within {HANDSHAKE_TIMEOUT:g} s",
+                f"no complete handshake within {self.plane.admission.handshake_timeout:g} s",
             )
             self._got_bytes = False
             self.abort()

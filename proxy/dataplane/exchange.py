@@ -3,7 +3,9 @@ upstream connection, then the response relayed to the client with its own framin
 
 Driven entirely by callbacks (parser events from both sides). A request whose token is
 cached runs without a task or an await; only a JWKS fetch, an introspection call or a new
-upstream connection goes through a task.
+upstream connection goes through a task. It talks to its two sides through the protocols in
+ports.py (it never sees the connection objects), to flow control through flow.Flow, and is
+out of the picture once a 101 has wired the two sides to each other.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from proxy import metrics
 from proxy.checks.pipeline import Admitted, Seen
+from proxy.dataplane.facts import ConnectionFacts
+from proxy.dataplane.faults import UpstreamFault
+from proxy.dataplane.flow import Flow
 from proxy.dataplane.http1 import (
     CONTINUE,
     LAST_CHUNK,
@@ -25,12 +30,10 @@ from proxy.dataplane.http1 import (
     response_head,
     upstream_head,
 )
-from proxy.dataplane.upstream import UpstreamConnection, UpstreamFault
+from proxy.dataplane.plane import Plane
+from proxy.dataplane.ports import ClientSide, UpstreamSide
 from proxy.errors import AuthError
 from proxy.headers import identity_headers, kept_request_headers, kept_response_headers
-
-if TYPE_CHECKING:
-    from proxy.dataplane.connection import ClientConnection
 
 log = logging.getLogger("certbound.dataplane")
 
@@ -51,25 +54,38 @@ class Exchange:
         "_task",
         "admitted",
         "body_sent",
-        "conn",
+        "client",
+        "facts",
+        "flow",
         "head",
         "is_finished",
         "is_request_done",
         "pending",
         "pending_bytes",
+        "plane",
         "seen",
         "started",
         "status",
         "upstream",
     )
 
-    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
-        self.conn = conn
+    def __init__(
+        self,
+        head: RequestHead,
+        client: ClientSide,
+        flow: Flow,
+        facts: ConnectionFacts,
+        plane: Plane,
+    ) -> None:
         self.head = head
+        self.client = client
+        self.flow = flow
+        self.facts = facts
+        self.plane = plane
         self.started = time.perf_counter()
         self.seen = Seen()
         self.admitted: Admitted | None = None
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: UpstreamSide | None = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.body_sent = 0
@@ -86,16 +102,16 @@ class Exchange:
     # -- the checks ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self.conn.plane.request_started()
+        self.plane.request_started()
         self._check()
 
     def _check(self) -> None:
         # tls.ocsp: one attribute check once the connection's answer is known (None).
-        if self.conn.ocsp is not None and not self._revocation_settled():
+        if self.facts.ocsp is not None and not self._revocation_settled():
             return
         try:
-            decision = self.conn.plane.pipeline.admit(
-                self.head.request, self.conn.identity, self.seen, self.conn.memo
+            decision = self.plane.pipeline.admit(
+                self.head.request, self.facts.identity, self.seen, self.facts.memo
             )
         except AuthError as refusal:
             self.refuse(refusal)
@@ -108,7 +124,7 @@ class Exchange:
     def _revocation_settled(self) -> bool:
         """The connection's OCSP answer: True to go on; False when this request was refused,
         or waits for the answer (only this connection's requests, only until it comes)."""
-        answer = self.conn.ocsp
+        answer = self.facts.ocsp
         if isinstance(answer, asyncio.Task):
             if not answer.done():
                 answer.add_done_callback(self._ocsp_answered)
@@ -117,10 +133,10 @@ class Exchange:
                 answer = AuthError.internal()
             else:
                 answer = answer.result()
-            self.conn.ocsp = answer
+            self.facts.ocsp = answer
         if answer is None:
             return True
-        self.seen.identity = self.conn.identity
+        self.seen.identity = self.facts.identity
         self.refuse(answer)
         return False
 
@@ -146,7 +162,7 @@ class Exchange:
 
     def refuse(self, refusal: AuthError) -> None:
         """Answer a refusal. A body still on its way is never read: the connection closes."""
-        self.conn.plane.pipeline.refused(self.head.request, refusal, self.seen)
+        self.plane.pipeline.refused(self.head.request, refusal, self.seen)
         self._answer(refusal)
 
     def answer_broken(self, refusal: AuthError) -> None:
@@ -159,10 +175,10 @@ class Exchange:
 
     def _answer(self, error: AuthError) -> None:
         body_pending = self.head.has_body and not self.is_request_done
-        close = body_pending or not self.head.keep_alive or self.conn.is_draining
+        close = body_pending or not self.head.keep_alive or self.plane.draining
         if self.status == 0:
             self.status = error.refusal.status
-            self.conn.write(error_response(error, close=close))
+            self.client.write(error_response(error, close=close))
             self._finish(close)
         else:
             self._finish(close=True, abort=True)
@@ -172,14 +188,14 @@ class Exchange:
     def _admitted(self, admitted: Admitted) -> None:
         self.admitted = admitted
         if self.head.expects_continue and not self.is_request_done:
-            self.conn.write(CONTINUE)
-        upstream = self.conn.plane.pool.take_idle()
+            self.client.write(CONTINUE)
+        upstream = self.plane.pool.take_idle()
         if upstream is not None:
             self._attach(upstream, reused=True)
         else:
-            self._run(self.conn.plane.pool.connect(), self._connected)
+            self._run(self.plane.pool.connect(), self._connected)
 
-    def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
+    def _connected(self, task: asyncio.Task[UpstreamSide]) -> None:
         self._task = None
         if task.cancelled():
             return
@@ -195,17 +211,18 @@ class Exchange:
         else:
             self._attach(task.result(), reused=False)
 
-    def _attach(self, upstream: UpstreamConnection, *, reused: bool) -> None:
+    def _attach(self, upstream: UpstreamSide, *, reused: bool) -> None:
         admitted = self.admitted
         assert admitted is not None
-        head, plane = self.head, self.conn.plane
+        head, plane = self.head, self.plane
         self.upstream = upstream
-        upstream.begin(self, skip_body=head.request.method == "HEAD")
+        upstream.begin(self, self.flow, skip_body=head.request.method == "HEAD")
+        self.flow.pair(upstream)
         if not reused:
             self._retried = True  # a fresh connection that fails is a real fault
         # Kept-alive clients send the same token on every request: the cached claims are the
         # very same object, so its header lines are rendered once per connection.
-        memo = self.conn.added_headers
+        memo = self.facts.added_headers
         if (
             memo is not None
             and memo[0] is admitted.claims
@@ -223,7 +240,7 @@ class Exchange:
                 host=head.host,
                 client_cert_header=plane.client_cert_header,
             )
-            self.conn.added_headers = (
+            self.facts.added_headers = (
                 admitted.claims,
                 admitted.identity,
                 admitted.binding,
@@ -245,7 +262,7 @@ class Exchange:
             parts.extend([chunk(p) for p in self.pending] if head.is_chunked else self.pending)
             self.body_sent += self.pending_bytes
             self.pending, self.pending_bytes = [], 0
-            self.conn.resume_reading("pending")
+            self.flow.resume_reading("pending")
         if self.is_request_done and head.is_chunked:
             parts.append(LAST_CHUNK)
         self._sent_at = time.perf_counter()
@@ -261,7 +278,7 @@ class Exchange:
             self.pending.append(data)
             self.pending_bytes += len(data)
             if self.pending_bytes > MAX_PENDING_BODY:
-                self.conn.pause_reading("pending")
+                self.flow.pause_reading("pending")
             return
         upstream.write(chunk(data) if self.head.is_chunked else data)
         self.body_sent += len(data)
@@ -278,10 +295,10 @@ class Exchange:
     # -- the response --------------------------------------------------------------------
 
     def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        head, conn = self.head, self.conn
+        head, client = self.head, self.client
         if status < 200 and status != 101:
             if status != 100 and head.version == "1.1":  # 103 Early Hints and the like
-                conn.write(response_head(status, reason, kept_response_headers(headers)[0], b""))
+                client.write(response_head(status, reason, kept_response_headers(headers)[0], b""))
             return
         if status == 101 and head.upgrade is None:
             self.upstream_failed(UpstreamFault("reset"), invalid=True)
@@ -306,7 +323,7 @@ class Exchange:
             extra = b""
         close = status != 101 and (
             not head.keep_alive
-            or conn.is_draining
+            or self.plane.draining
             or self._relay == _UNTIL_CLOSE
             or (head.has_body and not self.is_request_done)
         )
@@ -320,25 +337,26 @@ class Exchange:
             # RFC 9449 §8.2: the client's nonce aged; the next proof should carry this one.
             extra += b"DPoP-Nonce: " + admitted.dpop_nonce.encode("ascii") + b"\r\n"
         self.status = status
-        conn.write(response_head(status, reason, kept, extra))
+        client.write(response_head(status, reason, kept, extra))
         now = time.perf_counter()
         metrics.UPSTREAM_DURATION.observe(now - self._sent_at)
         metrics.OVERHEAD.observe(self._sent_at - self.started)
 
     def response_body(self, data: bytes) -> None:
         if self._relay == _CHUNKED:
-            self.conn.write(chunk(data))
+            self.client.write(chunk(data))
         elif self._relay != _NO_BODY:
-            self.conn.write(data)
+            self.client.write(data)
 
     def response_complete(self) -> None:
         if self.is_finished:
             return
         if self._relay == _CHUNKED:
-            self.conn.write(LAST_CHUNK)
+            self.client.write(LAST_CHUNK)
         assert self.admitted is not None
-        self.conn.plane.pipeline.forwarded(self.head.request, self.admitted, self.seen, self.status)
+        self.plane.pipeline.forwarded(self.head.request, self.admitted, self.seen, self.status)
         upstream, self.upstream = self.upstream, None
+        self.flow.pair(None)
         if upstream is not None:
             if not self.is_request_done:
                 upstream.is_reusable = False  # the rest of the body would follow
@@ -348,23 +366,28 @@ class Exchange:
     # -- upgrades ------------------------------------------------------------------------
 
     def upstream_upgraded(self, rest: bytes) -> None:
-        """The workload switched protocols (101 relayed): bytes flow both ways from now."""
-        assert self.upstream is not None and self.admitted is not None
-        self.conn.plane.pipeline.forwarded(self.head.request, self.admitted, self.seen, 101)
-        self.upstream.start_tunnel()
-        self.conn.plane.request_finished()
+        """The workload switched protocols (101 relayed): the two sides are wired to each
+        other, bytes flow both ways without this exchange, which is finished."""
+        upstream, self.upstream = self.upstream, None
+        assert upstream is not None and self.admitted is not None
+        self.plane.pipeline.forwarded(self.head.request, self.admitted, self.seen, 101)
+        self.plane.request_finished()
         self.is_finished = True
-        self.conn.start_tunnel(self.upstream, rest)
+        upstream.wire(self.client)
+        self.client.upgraded(upstream, rest)
 
-    def tunnel_from_upstream(self, data: bytes) -> None:
-        self.conn.tunnel_write(data)
+    # -- writing to the client (the upstream corks a burst of response callbacks) ------------
+
+    def cork(self) -> None:
+        self.client.cork()
+
+    def uncork(self) -> None:
+        self.client.uncork()
 
     # -- faults --------------------------------------------------------------------------
 
-    def upstream_lost(self, upstream: UpstreamConnection) -> None:
+    def upstream_lost(self, upstream: UpstreamSide) -> None:
         if self.is_finished:
-            if upstream.is_lost and self.conn.tunnel is upstream:
-                self.conn.close()
             return
         if self.status == 0:
             if (
@@ -376,7 +399,8 @@ class Exchange:
                 # A kept-alive connection the workload closed as we wrote: once more, fresh.
                 self._retried = True
                 self.upstream = None
-                self._run(self.conn.plane.pool.connect(), self._connected)
+                self.flow.pair(None)
+                self._run(self.plane.pool.connect(), self._connected)
                 return
             self.upstream_failed(UpstreamFault("reset"))
         elif self._ends_with_close:  # the workload framed its answer by closing
@@ -388,6 +412,7 @@ class Exchange:
         if self.is_finished:
             return
         upstream, self.upstream = self.upstream, None
+        self.flow.pair(None)
         if upstream is not None:
             upstream.close()
         error = fault.count()
@@ -398,7 +423,7 @@ class Exchange:
                 "before answering" if self.status == 0 else "mid-response",
             )
         if self.status == 0:
-            self.conn.plane.pipeline.upstream_failed(self.head.request, error, self.seen)
+            self.plane.pipeline.upstream_failed(self.head.request, error, self.seen)
             self._answer(error)
         else:
             # The status line is gone already; cut the connection so the client sees a
@@ -412,9 +437,10 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
+            self.flow.pair(None)
         if not self.is_finished:
             self.is_finished = True
-            self.conn.plane.request_finished()
+            self.plane.request_finished()
 
     def _finish(self, close: bool, abort: bool = False) -> None:
         if self.is_finished:
@@ -423,5 +449,6 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
-        self.conn.plane.request_finished()
-        self.conn.exchange_finished(self, close=close, abort=abort)
+            self.flow.pair(None)
+        self.plane.request_finished()
+        self.client.exchange_finished(self, close=close, abort=abort)

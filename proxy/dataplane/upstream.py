@@ -1,5 +1,7 @@
 """The workload side: a per-worker pool of keep-alive connections, and one protocol object
-per connection that parses the response (C parser) and hands it to the exchange it serves.
+per connection that parses the response (C parser) and hands it to the exchange it serves
+through the response callbacks (ports.ResponseSink); after a 101 it is wired straight to the
+client connection (ports.TunnelEnd).
 
 An idle connection the workload closes leaves the pool at once (connection_lost), so a
 request is rarely written to a dead socket; when it is, the exchange retries once.
@@ -11,17 +13,15 @@ import asyncio
 import collections
 import ssl
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
-from proxy import metrics
-from proxy.errors import AuthError, Reason
+from proxy.dataplane.faults import UpstreamFault
+from proxy.dataplane.flow import Flow
+from proxy.dataplane.ports import ResponseSink, TunnelEnd
 from proxy.settings import UpstreamSettings
-
-if TYPE_CHECKING:
-    from proxy.dataplane.exchange import Exchange
 
 KEEPALIVE_SECONDS = 30.0  # an idle pooled connection is closed after this
 MAX_RESPONSE_HEAD = 256 * 1024  # the workload is trusted, but not with our memory
@@ -31,39 +31,23 @@ class _NoCallbacks:
     """What a closed connection's parser points at instead of the connection."""
 
 
-class UpstreamFault(Exception):
-    """A failed exchange with the workload, by kind (the metric label) and client answer."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.kind = kind
-
-    def count(self) -> AuthError:
-        """Count the fault and say what the client gets: 504 for a timeout, 502 otherwise."""
-        metrics.UPSTREAM_ERRORS.labels(kind=self.kind).inc()
-        if self.kind == "timeout":
-            return AuthError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer in time")
-        if self.kind == "connect":
-            return AuthError(Reason.UPSTREAM_CONNECT, "upstream is unreachable")
-        return AuthError(Reason.UPSTREAM_RESET, "upstream closed the connection")
-
-
 class UpstreamConnection(asyncio.Protocol):
     """One connection to the workload; serves one exchange at a time."""
 
     __slots__ = (
+        "_flow",
         "_head_bytes",
         "_headers",
         "_in_head",
         "_is_waiting",
         "_last_read",
         "_parser",
+        "_peer",
         "_reading_paused",
         "_reason",
+        "_sink",
         "_skip_body",
         "_timer",
-        "_tunnel",
-        "exchange",
         "has_response_bytes",
         "idle_since",
         "is_lost",
@@ -75,7 +59,9 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
+        self._sink: ResponseSink | None = None  # the exchange served now
+        self._flow: Flow | None = None  # its client's flow control
+        self._peer: TunnelEnd | None = None  # after a 101: the client connection
         self.is_reusable = True
         self.is_lost = False
         self.idle_since = 0.0
@@ -86,18 +72,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._in_head = False
         self._skip_body = False
-        self._tunnel = False
         self._reading_paused = False
         self._last_read = 0.0
         self._is_waiting = False  # a request is sent and its answer not complete
         self._timer: asyncio.TimerHandle | None = None
 
-    # -- used by the exchange ------------------------------------------------------------
+    # -- ports.UpstreamSide: used by the exchange ----------------------------------------
 
-    def begin(self, exchange: Exchange, *, skip_body: bool) -> None:
-        """Serve `exchange`; `skip_body`: it is a HEAD request, whose answer has no body even
-        when it carries a Content-Length (the parser cannot be told, so we stop it)."""
-        self.exchange = exchange
+    def begin(self, sink: ResponseSink, flow: Flow, *, skip_body: bool) -> None:
+        """Serve one exchange; `skip_body`: it is a HEAD request, whose answer has no body
+        even when it carries a Content-Length (the parser cannot be told, so we stop it)."""
+        self._sink = sink
+        self._flow = flow
         self._skip_body = skip_body
         self.has_response_bytes = False
 
@@ -127,23 +113,35 @@ class UpstreamConnection(asyncio.Protocol):
             self._last_read = time.monotonic()
             self.transport.resume_reading()
 
-    def start_tunnel(self) -> None:
-        self._tunnel = True
+    def wire(self, peer: TunnelEnd) -> None:
+        """After a 101: bytes from the workload go straight to `peer`, the exchange is out."""
+        self._peer = peer
+        self._sink = None
         self._cancel_timer()
 
+    def tunnel_write(self, data: bytes) -> None:
+        self.write(data)
+
+    def tunnel_closed(self) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Close without reuse (a broken or unfinished exchange)."""
+        """Close without reuse (a broken or unfinished exchange, or a tunnel's end)."""
         self.is_reusable = False
-        self.exchange = None
+        self._sink = None
+        self._flow = None
+        self._peer = None
         self._cancel_timer()
         if self.transport is not None:
             self.transport.abort()
 
     def finish(self) -> None:
         """The exchange is over: back to the pool, or closed."""
-        self.exchange = None
+        self._sink = None
+        self._flow = None
         self._is_waiting = False
-        if self.is_reusable and not self.is_lost and not self._tunnel:
+        if self.is_reusable and not self.is_lost and self._peer is None:
+            self.resume_reading()  # its last client may have held it back
             self.pool.release(self)
         else:
             self.close()
@@ -155,27 +153,27 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        exchange = self.exchange
-        if exchange is None:
+        if self._peer is not None:
+            self._peer.tunnel_write(data)
+            return
+        sink = self._sink
+        if sink is None:
             # Bytes while idle: the workload broke framing. Never hand this one out again.
             self.close()
             return
         self._last_read = time.monotonic()
         self.has_response_bytes = True
-        if self._tunnel:
-            exchange.tunnel_from_upstream(data)
-            return
-        exchange.conn.cork()
+        sink.cork()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            exchange.upstream_upgraded(data[upgrade.args[0] :])
+            sink.upstream_upgraded(data[upgrade.args[0] :])
         except httptools.HttpParserError:
             # Includes a callback's own failure (HttpParserCallbackError).
             self.is_reusable = False
-            exchange.upstream_failed(UpstreamFault("reset"), invalid=True)
+            sink.upstream_failed(UpstreamFault("reset"), invalid=True)
         finally:
-            exchange.conn.uncork()
+            sink.uncork()
 
     def eof_received(self) -> bool:
         return False  # close; connection_lost tells the exchange
@@ -184,19 +182,22 @@ class UpstreamConnection(asyncio.Protocol):
         self.is_lost = True
         self._cancel_timer()
         self.pool.forget(self)
-        exchange, self.exchange = self.exchange, None
-        if exchange is not None:
-            exchange.upstream_lost(self)
+        sink, peer = self._sink, self._peer
+        self._sink = self._flow = self._peer = None
+        if peer is not None:
+            peer.tunnel_closed()
+        elif sink is not None:
+            sink.upstream_lost(self)
         # The parser holds this protocol: break the cycle so it is freed at once.
         self._parser = httptools.HttpResponseParser(_NoCallbacks())
 
     def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.conn.pause_reading("upstream")
+        if self._flow is not None:
+            self._flow.upstream_write_paused()
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.conn.resume_reading("upstream")
+        if self._flow is not None:
+            self._flow.upstream_write_resumed()
 
     # -- parser callbacks ----------------------------------------------------------------
 
@@ -219,34 +220,34 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        exchange = self.exchange
-        assert exchange is not None
+        sink = self._sink
+        assert sink is not None
         status = self._parser.get_status_code()
         if not self._parser.should_keep_alive():
             self.is_reusable = False
-        exchange.response_head(status, self._reason, self._headers)
+        sink.response_head(status, self._reason, self._headers)
         if self._skip_body and status >= 200:
             # The answer to HEAD ends with its head; a fresh parser for the next one.
             self._parser = httptools.HttpResponseParser(self)
-            exchange.response_complete()
+            sink.response_complete()
 
     def on_body(self, body: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.response_body(body)
+        if self._sink is not None:
+            self._sink.response_body(body)
 
     def on_message_complete(self) -> None:
-        exchange = self.exchange
-        if exchange is not None and self._parser.get_status_code() >= 200:
-            exchange.response_complete()
+        sink = self._sink
+        if sink is not None and self._parser.get_status_code() >= 200:
+            sink.response_complete()
 
     # -- timeout -------------------------------------------------------------------------
 
     def _check_timeout(self) -> None:
         self._timer = None
-        if self._tunnel or self.is_lost:
+        if self._peer is not None or self.is_lost:
             return
         idle = time.monotonic() - self._last_read
-        if self.exchange is None or not self._is_waiting:
+        if self._sink is None or not self._is_waiting:
             if idle < KEEPALIVE_SECONDS:  # pooled: stay armed for the next exchange
                 self._timer = asyncio.get_running_loop().call_later(
                     self.pool.timeout, self._check_timeout
@@ -257,9 +258,9 @@ class UpstreamConnection(asyncio.Protocol):
             delay = self.pool.timeout - (0 if self._reading_paused else idle)
             self._timer = asyncio.get_running_loop().call_later(delay, self._check_timeout)
             return
-        exchange = self.exchange
+        sink = self._sink
         self.close()
-        exchange.upstream_failed(UpstreamFault("timeout"))
+        sink.upstream_failed(UpstreamFault("timeout"))
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

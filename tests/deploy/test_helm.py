@@ -126,6 +126,11 @@ def test_defaults_render_no_optional_crd_objects(default_docs: list[dict[str, An
         ("proxy.config.dpop.replay_cache_timeout_seconds=10", "/dpop/replay_cache_timeout_seconds"),
         ("proxy.dpop.nonceKey.key=a/b", "at '/proxy/dpop/nonceKey/key'"),
         ("proxy.dpop.replayCache.secretName=Bad_Name", "at '/proxy/dpop/replayCache/secretName'"),
+        (
+            "proxy.extraConfig.listen.handshake_timeout_seconds=0",
+            "at '/proxy/extraConfig/listen/handshake_timeout_seconds': minimum",
+        ),
+        ("proxy.extraConfig.listen.memory_budget_mib=16", "/extraConfig/listen/memory_budget_mib"),
     ],
 )
 def test_values_schema_rejects_bad_value_with_clear_message(
@@ -431,6 +436,33 @@ def test_several_issuers_claim_headers_and_strip_render_to_a_config_certbound_ac
     assert settings.forwarding.authorization == "strip"
     # helm writes maps sorted by key; the order of claim headers carries no meaning
     assert dict(settings.forwarding.claim_headers) == {"X-User-Email": "email", "X-Roles": "roles"}
+
+
+def test_connection_caps_come_from_the_memory_limit_unless_extra_config_sets_them(
+    render: RenderFn, tmp_path: Path
+) -> None:
+    """The chart writes no cap: certbound reads its budget from the container's memory limit
+    (proxy/capacity.py). Caps given through proxy.extraConfig.listen render to a config
+    certbound accepts, beside the listen keys the chart owns."""
+    from proxy.capacity import connection_caps
+    from proxy.config import load_settings
+
+    docs = render()
+    assert set(_config(docs)["listen"]) == {"host", "port", "workers"}
+    limits = _containers(docs)["certbound"]["resources"]["limits"]
+    assert limits["memory"] == "256Mi"  # what docs/operations.md's figures are for
+    values = tmp_path / "caps.yaml"
+    listen = {"max_handshakes": 300, "handshake_timeout_seconds": 5, "memory_budget_mib": 200}
+    values.write_text(yaml.safe_dump({"proxy": {"extraConfig": {"listen": listen}}}))
+    config = _config(render([values]))
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        config["tls"][key] = "/dev/null"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings = load_settings(path, environ={})
+    assert (settings.listen.port, settings.listen.handshake_timeout_seconds) == (8443, 5.0)
+    caps = connection_caps(settings.listen, settings.listen.workers, 200 << 20)
+    assert caps.max_handshakes == 300
 
 
 def test_values_schema_rejects_a_bad_claim_header_name(helm: str) -> None:

@@ -110,13 +110,14 @@ async def test_connections_over_the_cap_are_closed_and_counted(
     pki: PKI, issuer: Issuer, upstream: Upstream
 ) -> None:
     async with proxy_with(pki, issuer, upstream, adjust=listen_with(max_connections=3)) as r:
-        before = await r.metric("certbound_connections_refused_total")
+        refused = 'certbound_connections_refused_total{kind="connections"}'
+        before = await r.metric(refused)
         held = [await asyncio.open_connection("127.0.0.1", r.proxy.data_port) for _ in range(3)]
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", r.proxy.data_port)
             assert await asyncio.wait_for(reader.read(1), 2) == b""  # closed at once
             writer.close()
-            assert await r.metric("certbound_connections_refused_total") == before + 1
+            assert await r.metric(refused) == before + 1
         finally:
             for _, w in held:
                 w.close()
