@@ -199,7 +199,9 @@ BUILD_INFO = Gauge(
 BUILD_INFO.labels(version=__version__).set(1)
 # Series that alerts use with increase()/rate() must exist before their first event (the
 # per-issuer ones are made when the issuers are: tokens/jwks.py, pipeline.py).
-for _kind in ("connect", "timeout", "reset"):
+# send_timeout: a response cut because the client stopped reading; body_timeout: a request
+# body that stalled after it had reached the workload.
+for _kind in ("connect", "timeout", "reset", "send_timeout", "body_timeout"):
     UPSTREAM_ERRORS.labels(kind=_kind)
 for _result in ("good", "revoked", "unknown"):
     REVOCATION_CHECKS.labels(result=_result)

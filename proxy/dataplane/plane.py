@@ -32,6 +32,9 @@ class Plane:
         self.pool = pool
         self.max_connections = settings.listen.max_connections
         self.idle_timeout = settings.listen.idle_timeout_seconds
+        self.send_timeout = settings.listen.send_timeout_seconds
+        self.body_timeout = settings.listen.body_timeout_seconds
+        self.request_buffer_bytes = settings.listen.request_buffer_bytes
         self.max_header_bytes = settings.listen.max_header_bytes
         self.upgrade_idle_timeout = settings.upstream.upgrade_idle_timeout_seconds
         self.upgrade_protocols = frozenset(p.lower() for p in settings.forwarding.upgrade_protocols)
