@@ -210,7 +210,7 @@ class ClientConnection(asyncio.Protocol):
         self.flow.client_write_paused()
         self._send_progress = time.monotonic()
         self._send_queued = self._write_buffer_size()
-        if self._timer is not None:
+        if self._timer is not None and not self._is_closing:  # closing: its abort timer stays
             self._cancel_timer()
             self._arm(min(self.plane.send_timeout, STALL_GRACE))
 
