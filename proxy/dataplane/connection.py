@@ -454,10 +454,11 @@ class ClientConnection(asyncio.Protocol):
             self._stop_reason = refusal
             raise _Stop from None
         self._headers = []  # read_head kept what it needs
-        self._body_progress = time.monotonic()
-        if head.has_body and self.plane.body_timeout < self.plane.idle_timeout:
-            self._cancel_timer()  # the shorter deadline is checked in time
-            self._arm(self.plane.body_timeout)
+        if head.has_body:
+            self._body_progress = time.monotonic()
+            if self.plane.body_timeout < self.plane.idle_timeout:
+                self._cancel_timer()  # the shorter deadline is checked in time
+                self._arm(self.plane.body_timeout)
         exchange = Exchange(head, self, self.flow, self.facts, self.plane)
         self._receiving = exchange
         if self._active is None and self._broken is None:

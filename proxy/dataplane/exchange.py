@@ -204,6 +204,7 @@ class Exchange:
             # nginx's proxy_request_buffering: a slow upload costs no pool connection until
             # its body is here (or outgrew the buffer).
             self._is_buffering = True
+            self.flow.resume_reading("pending")  # held back while the checks ran
             return
         self._take_upstream()
 
