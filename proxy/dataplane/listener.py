@@ -8,7 +8,7 @@ import asyncio
 from proxy.checks.pipeline import Pipeline
 from proxy.dataplane.connection import ClientConnection
 from proxy.dataplane.plane import Plane
-from proxy.dataplane.upstream import UpstreamPool
+from proxy.dataplane.pool import UpstreamPool
 from proxy.settings import Settings
 from proxy.trust.tls import ServerTLS
 

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from proxy import metrics
 from proxy.checks.pipeline import Pipeline
-from proxy.dataplane.upstream import UpstreamPool
+from proxy.dataplane.pool import UpstreamPool
 from proxy.headers import dropped_request_headers
 from proxy.settings import Settings
 from proxy.tokens.claim_headers import claim_header_names

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from proxy.dataplane.faults import UpstreamFault
-from proxy.dataplane.upstream import UpstreamConnection, UpstreamPool
+from proxy.dataplane.pool import UpstreamPool
+from proxy.dataplane.upstream import UpstreamConnection
 from proxy.settings import UpstreamSettings
 from tests.conftest import PKI, Issuer, Upstream
 from tests.faults.conftest import proxy_with, upstream_at
