@@ -651,10 +651,11 @@ class ClientConnection(asyncio.Protocol):
             self._arm(min(deadline - now, STALL_GRACE))
             return
         log.info(
-            "client %s read nothing for %.1f s (listen.send_timeout_seconds %g): aborted",
+            "client %s read nothing for %.1f s (listen.send_timeout_seconds %g%s): aborted",
             self._remote,
             stalled,
             self.plane.send_timeout,
+            "; its upstream connection was wanted" if now < deadline else "",
         )
         if self._active is not None:
             metrics.UPSTREAM_ERRORS.labels(kind="send_timeout").inc()
