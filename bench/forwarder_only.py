@@ -19,7 +19,7 @@ from proxy.checks.pipeline import Admitted, Seen
 from proxy.checks.request import Request
 from proxy.config import load_settings
 from proxy.dataplane.listener import DataPlane
-from proxy.dataplane.upstream import UpstreamPool
+from proxy.dataplane.pool import UpstreamPool
 from proxy.errors import AuthError
 from proxy.trust.identity import ClientIdentity
 from proxy.trust.tls import ServerTLS

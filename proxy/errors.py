@@ -26,6 +26,7 @@ class Reason(enum.Enum):
     NO_TOKEN = "no_token"  # noqa: S105 - a reason name, not a secret
     MALFORMED_REQUEST = "malformed_request"
     HEADERS_TOO_LARGE = "headers_too_large"
+    BODY_TIMEOUT = "body_timeout"  # the request body stalled (listen.body_timeout_seconds)
     UPGRADE_NOT_ALLOWED = "upgrade_not_allowed"
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - a reason name, not a secret
     INVALID_SIGNATURE = "invalid_signature"
@@ -118,6 +119,8 @@ REFUSALS: dict[Reason, Refusal] = {
     # RFC 6585 §5; not an authentication problem, so no challenge.
     Reason.HEADERS_TOO_LARGE: Refusal(431, None),
     Reason.UPGRADE_NOT_ALLOWED: Refusal(400, "invalid_request"),
+    # RFC 9110 §15.5.9: the client did not send the rest of its request in time.
+    Reason.BODY_TIMEOUT: Refusal(408, None),
     Reason.INVALID_TOKEN: _INVALID_TOKEN,
     Reason.INVALID_SIGNATURE: _INVALID_TOKEN,
     Reason.INACTIVE_TOKEN: _INVALID_TOKEN,

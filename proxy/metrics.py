@@ -286,7 +286,9 @@ BUILD_INFO.labels(version=__version__).set(1)
 # Series that alerts and panels read with increase()/rate() exist at 0 before their first
 # event; the per-issuer ones are made when the issuers are (create_request_series from
 # checks/pipeline.py, tokens/jwks.py, tokens/introspect.py).
-for _kind in ("connect", "timeout", "reset"):
+# send_timeout: a response cut because the client stopped reading; body_timeout: a request
+# body that stalled after it had reached the workload.
+for _kind in ("connect", "timeout", "reset", "send_timeout", "body_timeout"):
     UPSTREAM_ERRORS.labels(kind=_kind)
 for _result in ("good", "revoked", "unknown"):
     REVOCATION_CHECKS.labels(result=_result)

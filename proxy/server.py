@@ -23,7 +23,7 @@ from proxy.checks.pipeline import Pipeline
 from proxy.config import read_nonce_key
 from proxy.dataplane.admission import Admission
 from proxy.dataplane.listener import DataPlane
-from proxy.dataplane.upstream import UpstreamPool
+from proxy.dataplane.pool import UpstreamPool
 from proxy.settings import DPoPSettings, Settings, trusted_issuers
 from proxy.tokens.introspect import Introspector
 from proxy.tokens.issuers import Issuers

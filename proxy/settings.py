@@ -41,6 +41,14 @@ class ListenSettings:
     # The caps above are lowered to fit this; 0: the container's memory limit (cgroup), if any
     memory_budget_mib: int = 0
     idle_timeout_seconds: float = 30.0  # to complete a request, and between kept-alive ones
+    # A client whose send buffer is full and that reads nothing for this long is aborted
+    # (nginx's send_timeout); its upstream connection goes back to the pool at once.
+    send_timeout_seconds: float = 30.0
+    # A request body with no new byte for this long is refused 408 (nginx client_body_timeout).
+    body_timeout_seconds: float = 30.0
+    # Request bodies are read up to this many bytes before an upstream connection is taken
+    # (nginx proxy_request_buffering): a slow upload costs no pool connection until then.
+    request_buffer_bytes: int = 65536
     max_header_bytes: int = 65536  # request line + headers; over it: 431
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
 

@@ -203,3 +203,29 @@ def test_data_plane_defaults(tmp_path: Path, pki: PKI) -> None:
     assert s.listen.event_loop == "auto"
     assert s.forwarding.upgrade_protocols == ("websocket",)
     assert s.upstream.upgrade_idle_timeout_seconds == 3600
+
+
+def test_stalled_peer_keys_are_checked_with_their_names(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(
+        tmp_path,
+        pki,
+        listen={
+            "send_timeout_seconds": 0,
+            "body_timeout_seconds": -1,
+            "request_buffer_bytes": 17 * 1048576,
+        },
+    )
+    found = "\n".join(problems(path))
+    for key in (
+        "listen.send_timeout_seconds: must be greater than 0, got 0",
+        "listen.body_timeout_seconds: must be greater than 0, got -1",
+        "listen.request_buffer_bytes: must be 0 to 16777216, got 17825792",
+    ):
+        assert key in found, key
+
+
+def test_stalled_peer_defaults(tmp_path: Path, pki: PKI) -> None:
+    s = load_settings(write_config(tmp_path, pki), {})
+    assert s.listen.send_timeout_seconds == 30
+    assert s.listen.body_timeout_seconds == 30
+    assert s.listen.request_buffer_bytes == 65536

@@ -58,6 +58,13 @@ def validate(s: Settings) -> list[str]:
             "listen.memory_budget_mib: 0 (the container's memory limit) or 64 to 1048576, "
             f"got {s.listen.memory_budget_mib}"
         )
+    positive("listen.send_timeout_seconds", s.listen.send_timeout_seconds)
+    positive("listen.body_timeout_seconds", s.listen.body_timeout_seconds)
+    if not 0 <= s.listen.request_buffer_bytes <= 16 * 1048576:
+        problems.append(
+            "listen.request_buffer_bytes: must be 0 to 16777216, "
+            f"got {s.listen.request_buffer_bytes}"
+        )
     if not 1024 <= s.listen.max_header_bytes <= 1048576:
         problems.append(
             f"listen.max_header_bytes: must be 1024 to 1048576, got {s.listen.max_header_bytes}"

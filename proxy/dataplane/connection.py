@@ -34,6 +34,10 @@ from proxy.trust.identity import identity_from_certificate
 
 log = logging.getLogger("certbound.dataplane")
 
+# A client whose send buffer has not shrunk for this long while others wait for a pool
+# connection gives its upstream connection up: a stalled reader must not make good clients
+# wait out the whole send timeout (nginx frees the upstream by buffering the response).
+STALL_GRACE = 0.5
 READ_SIZE = 64 * 1024
 TLS_HANDSHAKE_RECORD = 0x16
 NOT_TLS_ANSWER = (
@@ -52,6 +56,7 @@ class _Stop(Exception):
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_active",
+        "_body_progress",
         "_broken",
         "_cork",
         "_counted",
@@ -71,6 +76,8 @@ class ClientConnection(asyncio.Protocol):
         "_queue",
         "_receiving",
         "_remote",
+        "_send_progress",
+        "_send_queued",
         "_ssl",
         "_state",
         "_stop_reason",
@@ -107,6 +114,10 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel_buffer: list[bytes] = []
         self._opened = self._last = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
+        # The client's send buffer while it is full: its size and when it last shrank.
+        self._send_queued = 0
+        self._send_progress = 0.0
+        self._body_progress = 0.0  # when the body being received last brought a byte
         self._got_bytes = False
         self._counted = False
         # The head being parsed.
@@ -195,6 +206,11 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.flow.client_write_paused()
+        self._send_progress = time.monotonic()
+        self._send_queued = self._write_buffer_size()
+        if self._timer is not None and not self._is_closing:  # closing: its abort timer stays
+            self._cancel_timer()
+            self._arm(min(self.plane.send_timeout, STALL_GRACE))
 
     def resume_writing(self) -> None:
         self._last = time.monotonic()
@@ -279,12 +295,16 @@ class ClientConnection(asyncio.Protocol):
         assert self._ssl is not None
         if data:
             self._in.write(data)
-        sslobj, pieces = self._ssl, []
+        sslobj = self._ssl
+        pieces: list[bytes] = []
         try:
             while True:
                 piece = sslobj.read(READ_SIZE)
                 if not piece:  # close_notify
-                    self._peer_finished()
+                    if pieces:  # after what came before it is parsed
+                        asyncio.get_running_loop().call_soon(self._peer_finished)
+                    else:
+                        self._peer_finished()
                     break
                 pieces.append(piece)
                 if not self._in.pending and not sslobj.pending():
@@ -435,6 +455,11 @@ class ClientConnection(asyncio.Protocol):
             self._stop_reason = refusal
             raise _Stop from None
         self._headers = []  # read_head kept what it needs
+        if head.has_body:
+            self._body_progress = time.monotonic()
+            if self.plane.body_timeout < self.plane.idle_timeout:
+                self._cancel_timer()  # the shorter deadline is checked in time
+                self._arm(self.plane.body_timeout)
         exchange = Exchange(head, self, self.flow, self.facts, self.plane)
         self._receiving = exchange
         if self._active is None and self._broken is None:
@@ -445,6 +470,7 @@ class ClientConnection(asyncio.Protocol):
             self.flow.pause_reading("pipeline")
 
     def on_body(self, body: bytes) -> None:
+        self._body_progress = time.monotonic()
         if self._receiving is not None:
             self._receiving.request_body(body)
 
@@ -485,8 +511,12 @@ class ClientConnection(asyncio.Protocol):
         self._active.start()
 
     def _peer_finished(self) -> None:
-        """The client sent close_notify or FIN: answer what is in progress, then close."""
+        """The client sent close_notify or FIN: answer what is in progress, then close. A
+        request whose body is still arriving never will: it is cut, its upstream freed now."""
         self._peer_done = True
+        if self._is_receiving_body():
+            self.abort()
+            return
         if self._active is None and not self._queue and self._state != _UPGRADING:
             self.close()
 
@@ -524,6 +554,12 @@ class ClientConnection(asyncio.Protocol):
                 pass  # the peer's close_notify is not awaited
             self._flush()
         self._transport.close()
+        if self._write_buffer_size():
+            # close() waits for the buffer to drain: a client that reads nothing would hold
+            # the connection forever (nginx's send_timeout applies here too).
+            self._timer = asyncio.get_running_loop().call_later(
+                self.plane.send_timeout, self._transport.abort
+            )
 
     def cut(self) -> None:
         """listen.max_handshakes: counted there as a refusal, not as a failed handshake."""
@@ -556,6 +592,18 @@ class ClientConnection(asyncio.Protocol):
         self.flow.detach()  # a closing transport is neither paused nor resumed
         self._cancel_timer()
 
+    def _write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def _is_receiving_body(self) -> bool:
+        receiving = self._receiving
+        return (
+            receiving is not None
+            and receiving.head.has_body
+            and not receiving.is_request_done
+            and not receiving.is_finished
+        )
+
     def _arm(self, delay: float) -> None:
         self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
@@ -574,15 +622,19 @@ class ClientConnection(asyncio.Protocol):
         active = self._active
         if self._state == _HANDSHAKE:
             deadline = self._opened + self.plane.admission.handshake_timeout
+        elif self.flow.is_write_paused:
+            self._check_send_progress(now)
+            return
         elif self._state == _TUNNEL:
             deadline = self._last + self.plane.upgrade_idle_timeout
         elif self._in_head:
             # From the head's first byte, not the last: a slowloris client dribbling one
             # byte a second never looks idle.
             deadline = self._head_started + idle
-        elif self._state == _UPGRADING or (
-            active is not None and active.is_request_done and not self.flow.is_write_paused
-        ):
+        elif self._is_receiving_body():
+            self._check_body_progress(now)
+            return
+        elif self._state == _UPGRADING or (active is not None and active.is_request_done):
             deadline = now + idle  # waiting on the workload: the upstream timeout governs
         else:
             deadline = self._last + idle
@@ -599,3 +651,45 @@ class ClientConnection(asyncio.Protocol):
             self.abort()
         else:
             self.close()
+
+    def _check_send_progress(self, now: float) -> None:
+        """The client's send buffer is full: abort (not close, which would wait on it) when
+        it has not shrunk for listen.send_timeout_seconds, or for STALL_GRACE while its
+        upstream connection is wanted by requests waiting for the pool."""
+        queued = self._write_buffer_size()
+        if queued < self._send_queued:
+            self._send_queued, self._send_progress = queued, now
+        stalled = now - self._send_progress
+        deadline = self._send_progress + self.plane.send_timeout
+        holds_upstream = self._active is not None and self._active.upstream is not None
+        if now < deadline and not (
+            stalled >= STALL_GRACE and holds_upstream and self.plane.pool.is_contended
+        ):
+            self._arm(min(deadline - now, STALL_GRACE))
+            return
+        log.info(
+            "client %s read nothing for %.1f s (listen.send_timeout_seconds %g%s): aborted",
+            self._remote,
+            stalled,
+            self.plane.send_timeout,
+            "; its upstream connection was wanted" if now < deadline else "",
+        )
+        if self._active is not None:
+            metrics.UPSTREAM_ERRORS.labels(kind="send_timeout").inc()
+        self.abort()
+
+    def _check_body_progress(self, now: float) -> None:
+        """A request body is arriving: 408 when no byte came for listen.body_timeout_seconds.
+        While we hold its reading back (the checks, the workload), the client is not late."""
+        if self.flow.is_reading_paused:
+            self._body_progress = now
+        deadline = self._body_progress + self.plane.body_timeout
+        if now < deadline:
+            self._arm(deadline - now)
+            return
+        receiving = self._receiving
+        assert receiving is not None
+        if receiving is self._active:
+            receiving.body_timed_out()
+        else:
+            self.abort()

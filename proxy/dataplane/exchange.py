@@ -32,13 +32,16 @@ from proxy.dataplane.http1 import (
 )
 from proxy.dataplane.plane import Plane
 from proxy.dataplane.ports import ClientSide, UpstreamSide
-from proxy.errors import AuthError
+from proxy.errors import AuthError, Reason
 from proxy.headers import identity_headers, kept_request_headers, kept_response_headers
 
 log = logging.getLogger("certbound.dataplane")
 
 # Body bytes held while the checks run or a connection is made, before reading pauses.
 MAX_PENDING_BODY = 256 * 1024
+# RFC 9110 §9.2.2: only these may be sent again after a connection failed under them (and
+# only when no body byte could have been consumed). POST and PATCH never are.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 # How the response body reaches the client.
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
@@ -48,6 +51,8 @@ class Exchange:
     __slots__ = (
         "_close_after",
         "_ends_with_close",
+        "_holds_upload",
+        "_is_buffering",
         "_relay",
         "_retried",
         "_sent_at",
@@ -96,6 +101,8 @@ class Exchange:
         self._close_after = False
         self._ends_with_close = False
         self._retried = False
+        self._is_buffering = False  # reading the body before taking an upstream connection
+        self._holds_upload = False  # one of the pool's upload slots (a body still arriving)
         self._sent_at = 0.0
         self._task: asyncio.Task[Any] | None = None
 
@@ -189,11 +196,40 @@ class Exchange:
         self.admitted = admitted
         if self.head.expects_continue and not self.is_request_done:
             self.client.write(CONTINUE)
+        if (
+            self.head.has_body
+            and not self.is_request_done
+            and self.pending_bytes < self.plane.request_buffer_bytes
+        ):
+            # nginx's proxy_request_buffering: a slow upload costs no pool connection until
+            # its body is here (or outgrew the buffer).
+            self._is_buffering = True
+            self.flow.resume_reading("pending")  # held back while the checks ran
+            return
+        self._take_upstream()
+
+    def _take_upstream(self) -> None:
+        self._is_buffering = False
+        if self.head.has_body and not self.is_request_done:
+            # The body streams: one of the pool's upload slots, waited for in turn.
+            self._run(self._upstream_for_upload(), self._connected)
+            return
         upstream = self.plane.pool.take_idle()
         if upstream is not None:
             self._attach(upstream, reused=True)
         else:
             self._run(self.plane.pool.connect(), self._connected)
+
+    async def _upstream_for_upload(self) -> UpstreamSide:
+        pool = self.plane.pool
+        await pool.upload_slot()
+        self._holds_upload = True
+        return await pool.connect()
+
+    def _end_upload(self) -> None:
+        if self._holds_upload:
+            self._holds_upload = False
+            self.plane.pool.upload_finished()
 
     def _connected(self, task: asyncio.Task[UpstreamSide]) -> None:
         self._task = None
@@ -277,7 +313,10 @@ class Exchange:
         if upstream is None:
             self.pending.append(data)
             self.pending_bytes += len(data)
-            if self.pending_bytes > MAX_PENDING_BODY:
+            if self._is_buffering:
+                if self.pending_bytes >= self.plane.request_buffer_bytes:
+                    self._take_upstream()
+            elif self.pending_bytes > MAX_PENDING_BODY:
                 self.flow.pause_reading("pending")
             return
         upstream.write(chunk(data) if self.head.is_chunked else data)
@@ -285,6 +324,10 @@ class Exchange:
 
     def request_complete(self) -> None:
         self.is_request_done = True
+        self._end_upload()
+        if self._is_buffering and not self.is_finished:
+            self._take_upstream()
+            return
         upstream = self.upstream
         if self.is_finished or upstream is None:
             return
@@ -394,13 +437,15 @@ class Exchange:
                 not self._retried
                 and not upstream.has_response_bytes
                 and self.body_sent == 0
+                and self.head.request.method in IDEMPOTENT_METHODS
                 and self.admitted is not None
             ):
-                # A kept-alive connection the workload closed as we wrote: once more, fresh.
+                # A kept-alive connection the workload closed as we wrote: once more, over a
+                # fresh connection (another pooled one may be just as stale).
                 self._retried = True
                 self.upstream = None
                 self.flow.pair(None)
-                self._run(self.plane.pool.connect(), self._connected)
+                self._run(self.plane.pool.connect(fresh=True), self._connected)
                 return
             self.upstream_failed(UpstreamFault("reset"))
         elif self._ends_with_close:  # the workload framed its answer by closing
@@ -430,10 +475,25 @@ class Exchange:
             # truncated response instead of a complete-looking short one.
             self._finish(close=True, abort=True)
 
+    def body_timed_out(self) -> None:
+        """No request body byte for listen.body_timeout_seconds: 408, the upstream freed."""
+        if self.is_finished:
+            return
+        if self.upstream is not None:
+            metrics.UPSTREAM_ERRORS.labels(kind="body_timeout").inc()
+        seconds = self.plane.body_timeout
+        self.refuse(
+            AuthError(
+                Reason.BODY_TIMEOUT,
+                f"no request body byte for {seconds:g} s (listen.body_timeout_seconds)",
+            )
+        )
+
     def client_lost(self) -> None:
         """The client went away mid-exchange: drop the upstream side too."""
         if self._task is not None:
             self._task.cancel()
+        self._end_upload()
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
@@ -446,6 +506,9 @@ class Exchange:
         if self.is_finished:
             return
         self.is_finished = True
+        if self._task is not None:
+            self._task.cancel()  # a connection still being waited for is not needed now
+        self._end_upload()
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None

@@ -37,6 +37,10 @@ class Flow:
         """The client connection is closing: its transport is no longer paused or resumed."""
         self._transport = None
 
+    @property
+    def is_reading_paused(self) -> bool:
+        return bool(self._paused_by)
+
     # -- the client's reading ------------------------------------------------------------
 
     def pause_reading(self, why: str) -> None:

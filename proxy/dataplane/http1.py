@@ -189,6 +189,7 @@ _REASONS = {
     400: b"Bad Request",
     401: b"Unauthorized",
     403: b"Forbidden",
+    408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     502: b"Bad Gateway",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from proxy.checks.pipeline import Pipeline
 from proxy.dataplane.connection import ClientConnection
 from proxy.dataplane.plane import Plane
-from proxy.dataplane.upstream import UpstreamPool
+from proxy.dataplane.pool import UpstreamPool
 from proxy.settings import Settings
 from proxy.trust.tls import ServerTLS
 

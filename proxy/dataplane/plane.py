@@ -11,7 +11,7 @@ from proxy import metrics
 from proxy.capacity import connection_caps
 from proxy.checks.pipeline import Pipeline
 from proxy.dataplane.admission import Admission
-from proxy.dataplane.upstream import UpstreamPool
+from proxy.dataplane.pool import UpstreamPool
 from proxy.headers import dropped_request_headers
 from proxy.settings import Settings
 from proxy.tokens.claim_headers import claim_header_names
@@ -37,6 +37,9 @@ class Plane:
             connection_caps(settings.listen, 1, 0), settings.listen.handshake_timeout_seconds
         )
         self.idle_timeout = settings.listen.idle_timeout_seconds
+        self.send_timeout = settings.listen.send_timeout_seconds
+        self.body_timeout = settings.listen.body_timeout_seconds
+        self.request_buffer_bytes = settings.listen.request_buffer_bytes
         self.max_header_bytes = settings.listen.max_header_bytes
         self.upgrade_idle_timeout = settings.upstream.upgrade_idle_timeout_seconds
         self.upgrade_protocols = frozenset(p.lower() for p in settings.forwarding.upgrade_protocols)

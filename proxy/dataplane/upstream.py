@@ -1,30 +1,36 @@
-"""The workload side: a per-worker pool of keep-alive connections, and one protocol object
-per connection that parses the response (C parser) and hands it to the exchange it serves
-through the response callbacks (ports.ResponseSink); after a 101 it is wired straight to the
-client connection (ports.TunnelEnd).
+"""One connection to the workload: a protocol object that parses the response (C parser) and
+hands it to the exchange it serves through the response callbacks (ports.ResponseSink); after
+a 101 it is wired straight to the client connection (ports.TunnelEnd). The pool that holds
+these is pool.py.
 
 An idle connection the workload closes leaves the pool at once (connection_lost), so a
-request is rarely written to a dead socket; when it is, the exchange retries once.
+request is rarely written to a dead socket; when it is, the exchange may retry (exchange.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import ssl
 import time
-from typing import cast
-from urllib.parse import urlsplit
+from typing import Protocol, cast
 
 import httptools
 
 from proxy.dataplane.faults import UpstreamFault
 from proxy.dataplane.flow import Flow
 from proxy.dataplane.ports import ResponseSink, TunnelEnd
-from proxy.settings import UpstreamSettings
 
 KEEPALIVE_SECONDS = 30.0  # an idle pooled connection is closed after this
 MAX_RESPONSE_HEAD = 256 * 1024  # the workload is trusted, but not with our memory
+
+
+class Owner(Protocol):
+    """The pool a connection belongs to, as the connection sees it."""
+
+    timeout: float  # upstream.timeout_seconds
+
+    def release(self, conn: UpstreamConnection) -> None: ...
+
+    def forget(self, conn: UpstreamConnection) -> None: ...
 
 
 class _NoCallbacks:
@@ -56,7 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: Owner) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self._sink: ResponseSink | None = None  # the exchange served now
@@ -266,109 +272,3 @@ class UpstreamConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-class UpstreamPool:
-    """Keep-alive connections to the one workload, at most upstream.max_connections."""
-
-    def __init__(self, settings: UpstreamSettings) -> None:
-        url = urlsplit(settings.url)
-        self.host = url.hostname or "127.0.0.1"
-        self.port = url.port or (443 if url.scheme == "https" else 80)
-        self.ssl: ssl.SSLContext | None = None
-        if url.scheme == "https":
-            self.ssl = ssl.create_default_context()
-        self.base_path = url.path.rstrip("/")
-        self.authority = url.netloc.encode("idna")
-        self.timeout = settings.timeout_seconds
-        self.connect_timeout = settings.connect_timeout_seconds
-        self.max_connections = settings.max_connections
-        self._idle: list[UpstreamConnection] = []  # LIFO: the warmest connection first
-        self._open: set[UpstreamConnection] = set()
-        self._connecting = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._sweeper: asyncio.TimerHandle | None = None
-
-    def take_idle(self) -> UpstreamConnection | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.is_lost:
-                return conn
-        return None
-
-    async def connect(self) -> UpstreamConnection:
-        """A connection for one exchange: idle, new, or the next one released."""
-        loop = asyncio.get_running_loop()
-        while True:
-            idle = self.take_idle()
-            if idle is not None:
-                return idle
-            if len(self._open) + self._connecting < self.max_connections:
-                break
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, self.timeout)
-            except TimeoutError:
-                raise UpstreamFault("timeout") from None
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        self._connecting += 1
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.host if self.ssl else None,
-                )
-        except TimeoutError:
-            self._wake()
-            raise UpstreamFault("timeout") from None
-        except OSError:
-            self._wake()
-            raise UpstreamFault("connect") from None
-        finally:
-            self._connecting -= 1
-        self._open.add(conn)
-        return conn
-
-    def release(self, conn: UpstreamConnection) -> None:
-        conn.idle_since = time.monotonic()
-        self._idle.append(conn)
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(KEEPALIVE_SECONDS, self._sweep)
-        self._wake()
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        if conn in self._open:
-            self._open.discard(conn)
-            if conn in self._idle:
-                self._idle.remove(conn)
-            self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        cutoff = time.monotonic() - KEEPALIVE_SECONDS
-        for conn in [c for c in self._idle if c.idle_since < cutoff]:
-            self._idle.remove(conn)
-            conn.close()
-        if self._idle:
-            self._sweeper = asyncio.get_running_loop().call_later(KEEPALIVE_SECONDS, self._sweep)
-
-    def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for conn in list(self._open):
-            conn.close()
-        self._idle.clear()

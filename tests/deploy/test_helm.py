@@ -247,6 +247,9 @@ def test_config_points_at_mounted_secret_and_localhost_workload(
     ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
     assert config["listen"]["port"] == ports["mtls"]
     assert config["admin"]["port"] == ports["admin"]
+    # The stalled-peer bounds reach the config under the names certbound reads.
+    for key in ("send_timeout_seconds", "body_timeout_seconds", "request_buffer_bytes"):
+        assert key in config["listen"], key
 
 
 def test_config_change_rolls_pods_but_scaling_does_not(render: RenderFn) -> None:

@@ -104,6 +104,7 @@ then proxy.extraConfig is merged over it for keys newer than this chart.
 {{- $c := deepCopy .Values.proxy.config -}}
 {{- $_ := set $c "listen" (dict "host" "0.0.0.0" "port" (int .Values.proxy.ports.mtls) "workers" (int .Values.proxy.workers)) -}}
 {{- $_ := set $c "admin" (dict "host" "0.0.0.0" "port" (int .Values.proxy.ports.admin)) -}}
+{{- $_ := set $c "listen" (merge $c.listen (deepCopy (default (dict) .Values.proxy.listen))) -}}
 {{- $clientCA := printf "%s/ca.crt" (include "certbound.tlsDir" .) -}}
 {{- if .Values.tls.clientCA.secretName -}}
 {{- $clientCA = printf "%s/%s" (include "certbound.clientCADir" .) .Values.tls.clientCA.key -}}
