@@ -34,7 +34,8 @@ def problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
 
 def test_minimal_config_loads_with_defaults(tmp_path: Path, pki: PKI) -> None:
     s = load_settings(write_config(tmp_path, pki), {})
-    assert (s.listen.port, s.admin.port, s.tls.min_version) == (8443, 9090, "1.2")
+    assert (s.listen.port, s.admin.port) == (8443, 9090)
+    assert (s.tls.profile, s.tls.min_version, s.tls.verify_depth) == ("intermediate", "", 3)
     assert s.tokens.algorithms == ("RS256", "PS256", "ES256", "EdDSA")
 
 
