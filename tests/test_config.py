@@ -85,6 +85,21 @@ def test_all_bad_values_are_reported_together(tmp_path: Path, pki: PKI) -> None:
         assert key in found, key
 
 
+def test_tls_profile_and_min_version_conflict_is_explained(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(tmp_path, pki, tls={"profile": "modern", "min_version": "1.2"})
+    assert problems(path) == [
+        'tls.min_version: "1.2" conflicts with tls.profile: modern (TLS 1.3 and later only); '
+        "leave tls.min_version unset, or use tls.profile: intermediate to accept TLS 1.2"
+    ]
+    # Raising intermediate's floor is no conflict.
+    load_settings(write_config(tmp_path, pki, tls={"min_version": "1.3"}), {})
+    found = problems(write_config(tmp_path, pki, tls={"profile": "old", "verify_depth": 11}))
+    assert found == [
+        "tls.profile: intermediate or modern, got 'old'",
+        "tls.verify_depth: must be 0 to 10, got 11",
+    ]
+
+
 def test_wrong_types_name_the_key(tmp_path: Path, pki: PKI) -> None:
     path = write_config(tmp_path, pki, listen={"port": "high"}, log={"audit_accepted": "yes"})
     found = problems(path)
