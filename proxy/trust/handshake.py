@@ -180,7 +180,12 @@ def _field(certificate: x509.Certificate, name: str) -> str:
 
 
 # cryptography parses extensions on first use; these are what it raises on ones OpenSSL took.
-_UNREADABLE = (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+_UNREADABLE = (
+    ValueError,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    x509.InvalidVersion,
+)
 
 
 def read_certificate(der: bytes) -> tuple[x509.Certificate, ClientIdentity] | None:
