@@ -87,6 +87,8 @@ class HandshakeFailure(enum.Enum):
     REVOKED = "revoked"
     REVOCATION_UNKNOWN = "revocation_unknown"
     STRICT_VIOLATION = "strict_violation"
+    CHAIN_TOO_LONG = "chain_too_long"  # more intermediates than tls.verify_depth
+    UNPARSEABLE_CERTIFICATE = "unparseable_certificate"  # OpenSSL took it, cryptography cannot
     PROTOCOL_VERSION = "protocol_version"
     NOT_TLS = "not_tls"
     TIMEOUT = "timeout"

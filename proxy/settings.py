@@ -58,7 +58,12 @@ class TLSSettings:
     cert_file: str = ""
     key_file: str = ""
     client_ca_file: str = ""
-    min_version: str = "1.2"
+    # Mozilla Server Side TLS 5.7: intermediate (TLS 1.2 and 1.3) | modern (TLS 1.3 only).
+    profile: str = "intermediate"
+    min_version: str = ""  # "1.3" raises intermediate's floor; empty: the profile's
+    # The most intermediate CA certificates between a client's certificate and a CA of
+    # client_ca_file (OpenSSL's and nginx's verify depth).
+    verify_depth: int = 3
     session_tickets: int = 0  # TLS 1.3 tickets issued per full handshake (resumption); 0-4
     x509_strict: bool = False  # OpenSSL's extra checks (key identifiers, ...) on client chains
     crl_files: tuple[str, ...] = ()  # PEM or DER CRLs of the client CAs, one per file

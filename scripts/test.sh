@@ -38,6 +38,13 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
 fi
+# sslyze checks the mTLS listener against Mozilla's profiles as a reviewer would. Its own
+# environment: sslyze 6.3.1 pins cryptography below 47, and the suite must test the
+# cryptography (and its OpenSSL) that certbound ships with, not a downgraded one.
+if [ ! -x .venv-sslyze/bin/sslyze ]; then
+    python3 -m venv .venv-sslyze
+fi
+.venv-sslyze/bin/python -m pip install --quiet 'sslyze==6.3.1'
 npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error >/dev/null
 # promtool and a Prometheus server: Debian's prometheus package (the alert rules run in it).
 as_root bash .ci/install-promtool.sh

@@ -34,7 +34,8 @@ def problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
 
 def test_minimal_config_loads_with_defaults(tmp_path: Path, pki: PKI) -> None:
     s = load_settings(write_config(tmp_path, pki), {})
-    assert (s.listen.port, s.admin.port, s.tls.min_version) == (8443, 9090, "1.2")
+    assert (s.listen.port, s.admin.port) == (8443, 9090)
+    assert (s.tls.profile, s.tls.min_version, s.tls.verify_depth) == ("intermediate", "", 3)
     assert s.tokens.algorithms == ("RS256", "PS256", "ES256", "EdDSA")
 
 
@@ -82,6 +83,21 @@ def test_all_bad_values_are_reported_together(tmp_path: Path, pki: PKI) -> None:
         "tokens.leeway_seconds",
     ):
         assert key in found, key
+
+
+def test_tls_profile_and_min_version_conflict_is_explained(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(tmp_path, pki, tls={"profile": "modern", "min_version": "1.2"})
+    assert problems(path) == [
+        'tls.min_version: "1.2" conflicts with tls.profile: modern (TLS 1.3 and later only); '
+        "leave tls.min_version unset, or use tls.profile: intermediate to accept TLS 1.2"
+    ]
+    # Raising intermediate's floor is no conflict.
+    load_settings(write_config(tmp_path, pki, tls={"min_version": "1.3"}), {})
+    found = problems(write_config(tmp_path, pki, tls={"profile": "old", "verify_depth": 11}))
+    assert found == [
+        "tls.profile: intermediate or modern, got 'old'",
+        "tls.verify_depth: must be 0 to 10, got 11",
+    ]
 
 
 def test_wrong_types_name_the_key(tmp_path: Path, pki: PKI) -> None:

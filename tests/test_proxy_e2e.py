@@ -293,7 +293,7 @@ async def test_key_set_change_flushes_the_token_cache(running: Running) -> None:
 async def test_thumbprint_is_computed_once_per_connection(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proxy.dataplane import connection as connection_module
+    from proxy.trust import handshake as handshake_module
 
     calls = 0
     real = identity_module.identity_from_certificate
@@ -303,7 +303,7 @@ async def test_thumbprint_is_computed_once_per_connection(
         calls += 1
         return real(cert, der)
 
-    monkeypatch.setattr(connection_module, "identity_from_certificate", counting)
+    monkeypatch.setattr(handshake_module, "identity_from_certificate", counting)
     token = running.issuer.mint(running.pki.alice)
     connector = aiohttp.TCPConnector(ssl=running.client_ssl("alice"), limit=1)
     async with aiohttp.ClientSession(connector=connector) as s:

@@ -23,6 +23,7 @@ from proxy.settings import (
 from proxy.tokens.claim_headers import claim_path_problem, header_name_problem
 from proxy.tokens.dpop import ASYMMETRIC_ALGORITHMS
 from proxy.tokens.resp import RedisAddress
+from proxy.trust.profiles import PROFILES, version_conflict
 
 
 def validate(s: Settings) -> list[str]:
@@ -110,8 +111,14 @@ def validate(s: Settings) -> list[str]:
             "tls.crl_fetch_interval_seconds: must be 60 to 86400, "
             f"got {s.tls.crl_fetch_interval_seconds}"
         )
-    if s.tls.min_version not in ("1.2", "1.3"):
+    if s.tls.profile not in PROFILES:
+        problems.append(f"tls.profile: intermediate or modern, got {s.tls.profile!r}")
+    if s.tls.min_version not in ("", "1.2", "1.3"):
         problems.append(f'tls.min_version: must be "1.2" or "1.3", got {s.tls.min_version!r}')
+    elif conflict := version_conflict(s.tls.profile, s.tls.min_version):
+        problems.append(conflict)
+    if not 0 <= s.tls.verify_depth <= 10:
+        problems.append(f"tls.verify_depth: must be 0 to 10, got {s.tls.verify_depth}")
 
     url = urlsplit(s.upstream.url)
     if url.scheme not in ("http", "https") or not url.hostname:

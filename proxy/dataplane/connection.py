@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import ssl
 import time
 from typing import cast
 
 import httptools
-from cryptography import x509
 
 from proxy import metrics
 from proxy.checks.pipeline import Seen
@@ -30,7 +28,7 @@ from proxy.dataplane.plane import Plane
 from proxy.dataplane.ports import TunnelEnd
 from proxy.errors import AuthError, HandshakeFailure
 from proxy.trust import handshake
-from proxy.trust.identity import identity_from_certificate
+from proxy.trust.channel import HandshakeRefused, TLSBroken, TLSChannel
 
 log = logging.getLogger("certbound.dataplane")
 
@@ -38,7 +36,6 @@ log = logging.getLogger("certbound.dataplane")
 # connection gives its upstream connection up: a stalled reader must not make good clients
 # wait out the whole send timeout (nginx frees the upstream by buffering the response).
 STALL_GRACE = 0.5
-READ_SIZE = 64 * 1024
 TLS_HANDSHAKE_RECORD = 0x16
 NOT_TLS_ANSWER = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -65,12 +62,10 @@ class ClientConnection(asyncio.Protocol):
         "_head_fed",
         "_head_started",
         "_headers",
-        "_in",
         "_in_head",
         "_is_closing",
         "_last",
         "_opened",
-        "_out",
         "_parser",
         "_peer_done",
         "_queue",
@@ -78,10 +73,10 @@ class ClientConnection(asyncio.Protocol):
         "_remote",
         "_send_progress",
         "_send_queued",
-        "_ssl",
         "_state",
         "_stop_reason",
         "_timer",
+        "_tls",
         "_transport",
         "_tunnel_buffer",
         "_url",
@@ -98,9 +93,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: TunnelEnd | None = None  # after a 101: the upstream connection
         self._transport: asyncio.Transport | None = None
         self._state = _HANDSHAKE
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._ssl: ssl.SSLObject | None = None
+        self._tls: TLSChannel | None = None
         self._parser: httptools.HttpRequestParser | None = None
         self._remote = ""
         self._active: Exchange | None = None
@@ -141,7 +134,9 @@ class ClientConnection(asyncio.Protocol):
         self._counted = True
         self._transport = transport
         self.flow.attach(transport)
-        self._ssl = self.plane.tls.current.wrap_bio(self._in, self._out, server_side=True)
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if peer else ""
+        self._tls = TLSChannel(self.plane.tls.current)
         self._arm(self.plane.admission.handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -201,6 +196,7 @@ class ClientConnection(asyncio.Protocol):
         cyclic collection."""
         self._parser = None
         self._receiving = None
+        self._tls = None
         self.facts = ConnectionFacts()
         self.flow.pair(None)
 
@@ -219,32 +215,28 @@ class ClientConnection(asyncio.Protocol):
     # -- TLS -----------------------------------------------------------------------------
 
     def _handshake(self, data: bytes) -> None:
-        assert self._ssl is not None and self._transport is not None
+        assert self._tls is not None and self._transport is not None
         if not self._got_bytes:
             self._got_bytes = True
             if data[0] != TLS_HANDSHAKE_RECORD:
                 self._not_tls(data)
                 return
-        self._in.write(data)
         try:
-            self._ssl.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush()
-            return
-        except ssl.SSLError as exc:
+            done = self._tls.handshake(data, self._remote)
+        except HandshakeRefused:
             self._flush()  # the alert tells the client why
-            reason, detail = handshake.classify(exc)
-            handshake.refused(reason, self._remote, detail)
             self._counted_failure_close()
             return
         self._flush()
+        if not done:
+            return
         self._established()
         if self._is_closing:
             return
-        if self._in.pending:  # the first request can arrive with the client's Finished
-            plaintext = self._decrypt(b"")
-            if plaintext:
-                self._feed(plaintext)
+        # The first request can arrive with the client's Finished.
+        plaintext = self._decrypt(b"")
+        if plaintext:
+            self._feed(plaintext)
 
     def _counted_failure_close(self) -> None:
         self._got_bytes = False  # counted already; connection_lost must not count it again
@@ -262,27 +254,23 @@ class ClientConnection(asyncio.Protocol):
         self._counted_failure_close()
 
     def _established(self) -> None:
-        assert self._ssl is not None
-        der = self._ssl.getpeercert(binary_form=True)
+        assert self._tls is not None
+        der = self._tls.peer_certificate()
         if der:
-            try:
-                certificate = x509.load_der_x509_certificate(der)
-            except ValueError:
-                # OpenSSL verified it, but it does not parse here: no identity, no binding.
-                log.warning("client certificate from %s could not be read", self._remote)
-            else:
-                tls = self.plane.tls
-                if not handshake.admit(
-                    certificate, der, self._remote, tls.revocation, tls.allow_unknown_revocation
-                ):
-                    # Revoked (or unknown and refused): closed before any request is read.
-                    self._is_closing = True
-                    self._counted_failure_close()
-                    return
-                self.facts.identity = identity_from_certificate(certificate, der)
-                if self.plane.ocsp is not None:
-                    # Asked now, answered beside the connection; its first request waits.
-                    self.facts.ocsp = self.plane.ocsp.begin(certificate)
+            tls = self.plane.tls
+            # Every handshake, full or resumed: readable, in its validity period, not revoked.
+            admitted = handshake.admit(
+                der, self._remote, tls.revocation, tls.allow_unknown_revocation
+            )
+            if admitted is None:
+                # Refused (counted and logged): closed before any request is read.
+                self._is_closing = True
+                self._counted_failure_close()
+                return
+            certificate, self.facts.identity = admitted
+            if self.plane.ocsp is not None:
+                # Asked now, answered beside the connection; its first request waits.
+                self.facts.ocsp = self.plane.ocsp.begin(certificate)
         self._state = _OPEN
         self.plane.admission.handshake_over(self)
         self.plane.admission.idles(self)
@@ -292,38 +280,22 @@ class ClientConnection(asyncio.Protocol):
         self._arm(self.plane.idle_timeout)
 
     def _decrypt(self, data: bytes) -> bytes:
-        assert self._ssl is not None
-        if data:
-            self._in.write(data)
-        sslobj = self._ssl
-        pieces: list[bytes] = []
+        assert self._tls is not None
         try:
-            while True:
-                piece = sslobj.read(READ_SIZE)
-                if not piece:  # close_notify
-                    if pieces:  # after what came before it is parsed
-                        asyncio.get_running_loop().call_soon(self._peer_finished)
-                    else:
-                        self._peer_finished()
-                    break
-                pieces.append(piece)
-                if not self._in.pending and not sslobj.pending():
-                    break
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError as exc:
-            log.debug("TLS error from %s: %s", self._remote, exc.reason or type(exc).__name__)
+            plaintext, closed = self._tls.decrypt(data)
+        except TLSBroken as exc:
+            log.debug("TLS error from %s: %s", self._remote, exc)
             self.abort()
             return b""
-        if self._out.pending:  # TLS 1.3 key updates and the like
-            self._flush()
-        if len(pieces) == 1:
-            return pieces[0]
-        return b"".join(pieces)
+        if closed:
+            self._peer_finished()
+        return plaintext
 
     def _flush(self) -> None:
-        if self._out.pending and self._transport is not None:
-            self._transport.write(self._out.read())
+        if self._tls is not None and self._transport is not None:
+            out = self._tls.outgoing()
+            if out:
+                self._transport.write(out)
 
     # -- ports.ClientSide: used by the exchange -------------------------------------------
 
@@ -331,9 +303,8 @@ class ClientConnection(asyncio.Protocol):
         if self._cork is not None:
             self._cork.append(data)
         elif not self._is_closing:
-            assert self._ssl is not None and self._transport is not None
-            self._ssl.write(data)
-            self._transport.write(self._out.read())
+            assert self._tls is not None and self._transport is not None
+            self._transport.write(self._tls.encrypt(data))
 
     def cork(self) -> None:
         """Collect writes until uncork(): a small response's head and body in one record."""
@@ -547,12 +518,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self.uncork()
         self._closing()
-        if self._ssl is not None and self._state != _HANDSHAKE:
-            try:
-                self._ssl.unwrap()
-            except (ssl.SSLError, ValueError):
-                pass  # the peer's close_notify is not awaited
-            self._flush()
+        if self._tls is not None and self._state != _HANDSHAKE:
+            self._transport.write(self._tls.close_notify())
         self._transport.close()
         if self._write_buffer_size():
             # close() waits for the buffer to drain: a client that reads nothing would hold

@@ -33,6 +33,10 @@ FIXES: dict[HandshakeFailure, str] = {
     HandshakeFailure.REVOKED: "it is on its CA's CRL: issue the client a new certificate",
     HandshakeFailure.REVOCATION_UNKNOWN: "no current CRL for its issuer: update tls.crl_files, "
     "or accept unknown status with tls.revocation_unavailable: allow",
+    HandshakeFailure.CHAIN_TOO_LONG: "its chain has more intermediates than tls.verify_depth: "
+    "raise tls.verify_depth, or put an intermediate in tls.client_ca_file",
+    HandshakeFailure.UNPARSEABLE_CERTIFICATE: "it has a malformed or duplicated extension: "
+    "reissue it",
 }
 
 

@@ -1,79 +1,124 @@
-"""The mTLS server context: serving certificate, client CA bundle, protocol floor.
+"""The mTLS server context: serving certificate, client CA bundle, profile, verify depth.
 
-`ServerTLS.current` is the context every new connection's handshake uses; it is rebuilt when
-the files on disk change, so Kubernetes secret rotation needs no restart. A broken new file
-is refused and the old context stays.
+`ServerTLS.current` is the pyOpenSSL context every new connection's handshake uses; it is
+rebuilt when the files on disk change, so Kubernetes secret rotation needs no restart. A broken
+new file is refused and the old context stays. pyOpenSSL rather than the standard library's
+`ssl`: only it has the verify callback (a refused certificate is named), the session cache
+mode, the CA names sent in the CertificateRequest and the verify depth.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
-import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _openssl
 
 from proxy import metrics
 from proxy.settings import TLSSettings
 from proxy.trust.crlfetch import distribution_points
+from proxy.trust.profiles import PROFILES, lowest_version
 from proxy.trust.revocation import CRLSet, IssuerCRL, RevocationConfigError, load_crls
+from proxy.trust.verify import on_verify
 
 log = logging.getLogger("certbound.tls")
 
-_MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+_CONTEXT_FILES = 3  # cert_file, key_file, client_ca_file: the first stamps of _file_stamp
+_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+_ALPN = b"http/1.1"
 
 
 class TLSConfigError(Exception):
     """A TLS file is missing or unusable; the text names the file, never its content."""
 
 
-def build_server_context(
-    settings: TLSSettings, client_cert_optional: bool = False
-) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _MIN_VERSIONS[settings.min_version]
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    # CERT_REQUIRED: no certificate, no handshake. OpenSSL checks the chain up to the bundle,
-    # validity dates and the clientAuth purpose (a serverAuth-only cert is refused): RFC 5280
-    # path validation. VERIFY_X509_STRICT adds checks RFC 5280 leaves to issuers (a CA's
-    # Subject Key Identifier, a leaf's Authority Key Identifier, ...) that older private CAs
-    # and `openssl x509 -req` without extensions do not meet; nginx, Envoy and Go accept
-    # such chains, so strictness is opt-in (tls.x509_strict).
-    # With client_cert.source: header the certificate comes from a trusted ingress instead, and
-    # the ingress may or may not present its own (checked against trusted_proxy_subjects).
-    ctx.verify_mode = ssl.CERT_OPTIONAL if client_cert_optional else ssl.CERT_REQUIRED
+def build_server_context(settings: TLSSettings, client_cert_optional: bool = False) -> SSL.Context:
+    profile = PROFILES[settings.profile]
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[lowest_version(settings.profile, settings.min_version)])
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    # OpenSSL's record buffers go back while a connection is idle (8 KB of an idle TLS 1.3
+    # connection's 36 KB, measured).
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    if profile.tls12_suites:
+        ctx.set_cipher_list(profile.tls12_suites.encode())
+    ctx.set_tls13_ciphersuites(profile.tls13_suites.encode())
+    # pyOpenSSL has no public call for the key-exchange groups; this is its own binding.
+    if _openssl.SSL_CTX_set1_curves_list(ctx._context, profile.groups.encode()) != 1:
+        raise TLSConfigError(f"tls.profile: OpenSSL refused the groups {profile.groups}")
+    # No server-side session cache: nothing is held per session (a TLS 1.2 session ID resumes
+    # nothing), so an expired certificate cannot come back through one, and memory does not
+    # grow with reconnects. Resumption exists only through tls.session_tickets, and a resumed
+    # connection goes through the same post-handshake checks (handshake.admit).
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    if settings.session_tickets == 0:
+        ctx.set_options(SSL.OP_NO_TICKET)
+    # Verification: OpenSSL checks the chain up to the bundle, validity dates and the
+    # clientAuth purpose (RFC 5280 path validation); the callback only records what it
+    # refused, to name it. With client_cert.source: header the certificate comes from a
+    # trusted ingress instead, which may or may not present its own.
+    mode = (
+        SSL.VERIFY_PEER
+        if client_cert_optional
+        else SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+    )
+    ctx.set_verify(mode, on_verify)
+    ctx.set_verify_depth(settings.verify_depth)
+    # VERIFY_X509_STRICT adds checks RFC 5280 leaves to issuers (a CA's Subject Key
+    # Identifier, a leaf's Authority Key Identifier, ...) that older private CAs and
+    # `openssl x509 -req` without extensions do not meet; nginx, Envoy and Go accept such
+    # chains, so strictness is opt-in (tls.x509_strict).
     if settings.x509_strict:
-        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
-    else:
-        ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
+        ctx.get_cert_store().set_flags(crypto.X509StoreFlags.X509_STRICT)  # type: ignore[union-attr]
     try:
-        ctx.load_cert_chain(settings.cert_file, settings.key_file)
-    except (OSError, ssl.SSLError) as exc:
+        ctx.use_certificate_chain_file(settings.cert_file.encode())
+        ctx.use_privatekey_file(settings.key_file.encode())
+        ctx.check_privatekey()
+    except (OSError, SSL.Error) as exc:
         raise TLSConfigError(
             f"tls.cert_file/tls.key_file: cannot load {settings.cert_file}: {_why(exc)}"
         ) from None
     try:
-        ctx.load_verify_locations(cafile=settings.client_ca_file)
-    except (OSError, ssl.SSLError) as exc:
+        bundle = Path(settings.client_ca_file).read_bytes()
+        try:
+            cas = x509.load_pem_x509_certificates(bundle)
+        except ValueError:
+            cas = []
+        if not cas:
+            raise TLSConfigError(
+                f"tls.client_ca_file: no CA certificate in {settings.client_ca_file}"
+            )
+        ctx.load_verify_locations(settings.client_ca_file.encode())
+        # The CertificateRequest names these CAs, so a client holding several certificates
+        # presents the one this listener accepts.
+        ctx.load_client_ca(settings.client_ca_file.encode())
+    except (OSError, SSL.Error) as exc:
         raise TLSConfigError(
             f"tls.client_ca_file: cannot load {settings.client_ca_file}: {_why(exc)}"
         ) from None
-    if not ctx.get_ca_certs():
-        raise TLSConfigError(f"tls.client_ca_file: no CA certificate in {settings.client_ca_file}")
-    ctx.set_alpn_protocols(["http/1.1"])
-    # TLS 1.3 session tickets: OpenSSL issues two after every full handshake, which costs a
-    # quarter of the handshake's CPU here, for clients that mostly never resume. Off by
-    # default, so every connection's certificate is also verified afresh.
-    ctx.num_tickets = settings.session_tickets
-    if settings.session_tickets == 0:
-        ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2 tickets too
+    # OpenSSL refuses to resume a verified session without a session ID context; tying it to
+    # what verification depends on means a ticket from before a CA change never resumes.
+    context_id = f"{settings.profile}|{settings.verify_depth}|{settings.x509_strict}".encode()
+    ctx.set_session_id(hashlib.sha256(bundle + context_id).digest())
+    ctx.set_alpn_select_callback(_select_alpn)
     return ctx
 
 
+def _select_alpn(_: SSL.Connection, offered: list[bytes]) -> Any:  # bytes or pyOpenSSL's marker
+    # No overlap (a client offering h2 only): the handshake goes on without ALPN, as before.
+    return _ALPN if _ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
 def _why(exc: Exception) -> str:
+    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        return str(exc.args[0][-1][-1])  # OpenSSL's reason text, e.g. "no such file"
     return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
 
 
@@ -141,9 +186,9 @@ class ServerTLS:
         self._settings = settings
         self._optional = client_cert_optional
         self.current = build_server_context(settings, client_cert_optional)
-        # Revocation is checked in Python after the handshake (proxy/handshake.py), not by
+        # Revocation is checked in Python after the handshake (trust/handshake.py), not by
         # OpenSSL: a stale CRL can then be allowed (tls.revocation_unavailable), and a refusal
-        # is logged with the certificate it refused, which OpenSSL's path gives us no way to see.
+        # is logged with the certificate it refused.
         self._from_files = load_revocation(settings)
         self._fetched: tuple[IssuerCRL, ...] = ()  # tls.fetch_crls, kept across file reloads
         self.revocation = self._from_files
@@ -200,11 +245,16 @@ class ServerTLS:
             stamp = await asyncio.to_thread(self._file_stamp)
             if stamp == self._stamp:
                 continue
+            # Only new CRLs: the context, and the session tickets it issued, stay; a resumed
+            # session meets the new CRLs after its handshake like any other.
+            keep_context = stamp[:_CONTEXT_FILES] == self._stamp[:_CONTEXT_FILES]
             self._stamp = stamp
             try:
-                current = await asyncio.to_thread(
-                    build_server_context, self._settings, self._optional
-                )
+                current = self.current
+                if not keep_context:
+                    current = await asyncio.to_thread(
+                        build_server_context, self._settings, self._optional
+                    )
                 revocation = await asyncio.to_thread(load_revocation, self._settings)
             except TLSConfigError as exc:
                 log.error("TLS files changed but cannot be used; keeping the old ones: %s", exc)
