@@ -1,0 +1,89 @@
+"""What the checks cost per request, without sockets: `Pipeline.admit` on a cached, mTLS-bound
+token, timed in a loop. For changes to the checks themselves (a trace hook, a new step), where
+the whole-proxy runs of bench/run.py are too noisy to see a few hundred nanoseconds.
+
+    .venv/bin/python bench/checks.py [--rounds 9] [--calls 100000]
+
+Two paths, both synchronous (no await): (memo) a kept-alive connection sending the same
+Authorization value again, answered from its TokenMemo; (cache) the same token on a connection
+without a memo, answered from the verified-token cache plus the binding and policy steps. Prints
+the best round's nanoseconds per call; compare runs on the same machine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from proxy.checks.pipeline import Admitted, Pipeline, Seen, TokenMemo
+from proxy.checks.request import Request
+from proxy.config import load_settings
+from proxy.settings import trusted_issuers
+from proxy.tokens.issuers import Issuers
+from proxy.tokens.jwt import JWTVerifier, TokenCache
+from proxy.trust.identity import ClientIdentity, identity_from_der
+
+try:
+    from bench import harness as h
+except ImportError:  # run as a script: bench/ is sys.path[0]
+    import harness as h  # type: ignore[no-redef]
+
+
+def per_call_ns(
+    pipeline: Pipeline, request: Request, identity: ClientIdentity, memo: bool, calls: int
+) -> float:
+    admit = pipeline.admit
+    connection_memo = TokenMemo() if memo else None
+    assert isinstance(admit(request, identity, Seen(), connection_memo), Admitted)
+    start = time.perf_counter()
+    for _ in range(calls):
+        admit(request, identity, Seen(), connection_memo)
+    return (time.perf_counter() - start) / calls * 1e9
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cb-checks-") as scratch:
+        m = h.make_material(Path(scratch), 1)
+        config = m.dir / "certbound.yaml"
+        config.write_text(h.certbound_config(m, 0, 0, 9, 10_000))
+        settings = load_settings(str(config))
+        async with aiohttp.ClientSession() as session:
+            issuers = Issuers(trusted_issuers(settings.tokens), settings.tokens, session)
+            await issuers.refresh()
+            cache = TokenCache(settings.tokens.cache_size)
+            pipeline = Pipeline(settings, JWTVerifier(issuers, cache), None, None, issuers.names)
+            token = m.token_one.read_text().strip()
+            request = Request(
+                "GET",
+                "/orders/7",
+                ((b"Host", b"orders.example"), (b"Authorization", b"Bearer " + token.encode())),
+                (b"host", b"authorization"),
+                "127.0.0.1",
+            )
+            alice = x509.load_pem_x509_certificate(m.alice_cert.read_bytes())
+            identity = identity_from_der(alice.public_bytes(Encoding.DER))
+            decision = pipeline.admit(request, identity, Seen())
+            assert not isinstance(decision, Admitted)
+            await decision  # verified once: in the cache from now on
+            for name, memo in (("memo", True), ("cache", False)):
+                rounds = [
+                    per_call_ns(pipeline, request, identity, memo, args.calls)
+                    for _ in range(args.rounds)
+                ]
+                print(f"{name:<6} best {min(rounds):7.0f} ns/call  median "
+                      f"{sorted(rounds)[len(rounds) // 2]:7.0f} ns/call")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
