@@ -4,7 +4,8 @@ that is counted (metrics.py) and, for refusals, audited (audit.py).
 
 It takes a plain `Request` value and never learns which server parsed it. A request whose
 token is already in the verified-token cache is decided synchronously (no task, no await);
-only a cache miss returns a coroutine.
+only a cache miss returns a coroutine. Given a Trace (proxy/trace.py), each check records
+itself there before deciding: that record is what `certbound explain` prints.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from proxy.tokens.replay_cache import (
     SharedReplayCache,
     replay_key,
 )
+from proxy.trace import Trace
 from proxy.trust.forwarded_cert import (
     ForwardedCertVerifier,
     is_trusted_peer,
@@ -163,23 +165,37 @@ class Pipeline:
         from_tls: ClientIdentity | None,
         seen: Seen,
         memo: TokenMemo | None = None,
+        trace: Trace | None = None,
     ) -> Decision:
         """The checks, in the order of design.md. Returns Admitted, or a coroutine resolving
         to it when the token must be verified with I/O. Raises AuthError for a refusal and
         records what it learnt in `seen`, so a refusal can still be audited with it. `memo`:
-        the connection's TokenMemo, when the caller keeps one per connection."""
+        the connection's TokenMemo, when the caller keeps one per connection. `trace`: where
+        to record each check (explain); None on the request path."""
+        if trace is not None:
+            trace.check("target", target=request.target)
         if not request.target.startswith("/"):
             # Only origin-form means anything to a sidecar: an absolute-form target would be
             # glued onto the upstream URL, and `*` or authority-form name no resource of it.
             raise AuthError.malformed("the request target must be an absolute path")
+        if trace is not None:
+            trace.check("certificate", source=self.settings.client_cert.source)
         identity = seen.identity = self._identity(request, from_tls)
+        if trace is not None:
+            trace.note(identity=identity, is_optional=self._certless)
         if identity is None and not self._certless:
             raise AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate")
         target, route = request.target, None
+        if trace is not None:
+            trace.check("route", method=request.method, is_enabled=self.policy.is_enabled)
         if self.policy.is_enabled:
             target, path = _normalised_target(request.target)
             route = match_route(self.policy, request.method, path)
+            if trace is not None:
+                trace.note(path=path, route=route, unmatched=self.settings.policy.unmatched)
             if route is not None:
+                if trace is not None and route.subjects:
+                    trace.check("subject", identity=identity, subjects=sorted(route.subjects))
                 check_subject(route, identity)
                 if route.public:
                     return Admitted(identity, target, binding="none")
@@ -196,7 +212,11 @@ class Pipeline:
                 claims = memo.recall(single, self.verifier.generation)
                 if claims is not None:
                     seen.claims = claims
-                    return self._authorize(claims, identity, target, route, "bound", None)
+                    if trace is not None:  # token and binding: as this connection's last
+                        trace.check("token", claims=claims, is_remembered=True)
+                    return self._authorize(
+                        claims, identity, target, route, "bound", None, None, trace
+                    )
             if single.isascii():
                 # A cache hit is the very string that passed extract_credentials when it was
                 # verified: its syntax need not be checked again.
@@ -206,16 +226,22 @@ class Pipeline:
                     token, is_dpop = single[5:], True
                 claims = self._cached(token) if token else None
         if claims is None:
+            if trace is not None:
+                trace.check("credentials", authorization=len(authorization), query=bool(query))
             token, is_dpop = extract_credentials(
                 authorization,
                 [name for name, _ in parse_qsl(query, keep_blank_values=True)] if query else (),
             )
+            if trace is not None:
+                trace.note(scheme="DPoP" if is_dpop else "Bearer")
             claims = self._cached(token)
             if claims is None:
-                presented = Presented(token, is_dpop, request, single)
+                presented = Presented(token, is_dpop, request, single, trace)
                 return self._admit_verified(presented, identity, target, route, seen, memo)
+        if trace is not None:
+            trace.check("token", claims=claims, is_cached=True)
         seen.claims = claims
-        presented = Presented(token, is_dpop, request, single)
+        presented = Presented(token, is_dpop, request, single, trace)
         return self._bind_and_authorize(claims, presented, identity, target, route, memo)
 
     async def _admit_verified(
@@ -227,12 +253,17 @@ class Pipeline:
         seen: Seen,
         memo: TokenMemo | None,
     ) -> Admitted:
+        trace = presented.trace
+        if trace is not None:
+            trace.check("token", is_cached=False)
         try:
             claims = seen.claims = await self._verify(presented.token)
         except AuthError as refusal:
             if presented.is_dpop:  # RFC 9449 §7.1: answer in the scheme the client used
                 refusal.dpop_algs = self._dpop_algs
             raise
+        if trace is not None:
+            trace.note(claims=claims)
         decision = self._bind_and_authorize(claims, presented, identity, target, route, memo)
         return decision if isinstance(decision, Admitted) else await decision
 
@@ -256,10 +287,19 @@ class Pipeline:
                 raise
             # Rollout: count and log what enforce would have done, then go on.
             reported, binding = failure, "report_only_failed"
+            if presented.trace is not None:
+                presented.trace.reported(failure)
         if checked is not None:
             if checked.shared_key is not None:
                 return self._record_then_authorize(
-                    checked, claims, identity, target, route, binding, mode == "report_only"
+                    checked,
+                    claims,
+                    identity,
+                    target,
+                    route,
+                    binding,
+                    mode == "report_only",
+                    presented.trace,
                 )
             nonce = checked.nonce
         else:
@@ -271,7 +311,9 @@ class Pipeline:
             memo.remember(
                 authorization, claims, self.verifier.generation, self.verifier.leeway_for(claims)
             )
-        return self._authorize(claims, identity, target, route, binding, reported, nonce)
+        return self._authorize(
+            claims, identity, target, route, binding, reported, nonce, presented.trace
+        )
 
     async def _record_then_authorize(
         self,
@@ -282,10 +324,13 @@ class Pipeline:
         route: Route | None,
         binding: str,
         report_only: bool,
+        trace: Trace | None,
     ) -> Admitted:
         """The proof passed every check but the shared replay cache: ask it, then policy."""
         assert self.shared_replays is not None and checked.shared_key is not None
         reported = None
+        if trace is not None:
+            trace.check("replay cache", where=self.shared_replays.where)
         try:
             is_first = await self.shared_replays.first_use(checked.shared_key, checked.ttl)
         except ReplayCacheUnavailable as exc:
@@ -296,7 +341,11 @@ class Pipeline:
             if not report_only:
                 raise failure
             reported, binding = failure, "report_only_failed"
-        return self._authorize(claims, identity, target, route, binding, reported, checked.nonce)
+            if trace is not None:
+                trace.reported(failure)
+        return self._authorize(
+            claims, identity, target, route, binding, reported, checked.nonce, trace
+        )
 
     def _unrecorded(self, why: str) -> bool:
         """dpop.replay_cache_unavailable: True to accept the proof unrecorded, or raise."""
@@ -331,6 +380,9 @@ class Pipeline:
         cnf = claims.cnf
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
         checked = None
+        trace = presented.trace
+        if trace is not None:
+            trace.check("cnf", cnf=cnf, is_dpop=presented.is_dpop)
         try:
             if jkt is not None:
                 if not presented.is_dpop:
@@ -344,15 +396,16 @@ class Pipeline:
         except AuthError as failure:
             failure.dpop_algs = self._dpop_algs
             raise
+        # cnf with jkt: x5t#S256 beside it must match too (it cannot be "unbound").
+        allow_unbound = route.allow_unbound_tokens if route and jkt is None else False
+        if trace is not None:
+            trace.check("cnf.x5t#S256", identity=identity, allow_unbound=allow_unbound)
         if identity is None:
             # Nothing to bind to and no other proof of possession.
             raise AuthError(Reason.NO_CLIENT_CERT, _CERTLESS_REFUSAL)
-        is_bound = check_binding(
-            cnf,
-            identity.thumbprint,
-            # cnf with jkt: x5t#S256 beside it must match too (it cannot be "unbound").
-            allow_unbound=route.allow_unbound_tokens if route and jkt is None else False,
-        )
+        is_bound = check_binding(cnf, identity.thumbprint, allow_unbound=allow_unbound)
+        if trace is not None:
+            trace.note(is_bound=is_bound)
         return is_bound, checked
 
     def _check_proof(self, jkt: object, presented: Presented, claims: TokenClaims) -> CheckedProof:
@@ -361,8 +414,10 @@ class Pipeline:
         the shared replay cache)."""
         if not isinstance(jkt, str) or THUMBPRINT.fullmatch(jkt) is None:
             raise AuthError(Reason.INVALID_CNF, "cnf jkt is not a base64url SHA-256 thumbprint")
-        request = presented.request
+        request, trace = presented.request, presented.trace
         proofs = request.values(b"dpop")
+        if trace is not None:
+            trace.check("DPoP header", count=len(proofs))
         if not proofs:
             raise AuthError(Reason.DPOP_PROOF_MISSING, "no DPoP proof header")
         if len(proofs) > 1:
@@ -372,24 +427,50 @@ class Pipeline:
         proof = verify_proof(
             proofs[0],
             method=request.method,
-            url=self._request_url(request),
+            url=self.request_url(request, trace),
             access_token=presented.token,
             algorithms=self._dpop_algorithms,
             max_age=max_age,
             leeway=leeway,
+            trace=trace,
         )
+        if trace is not None:
+            trace.check("cnf.jkt", jkt=jkt, thumbprint=proof.thumbprint)
         check_key(jkt, proof)
-        nonce = self.nonces.check(proof.nonce) if self.nonces is not None else None
+        nonce = self.check_nonce(proof.nonce, trace)
         # Last, so only proofs that passed everything else take a place in the cache.
         key, expires = replay_key(jkt, proof.jti), proof.iat + max_age + leeway
+        if trace is not None:
+            trace.check(
+                "replay", window=max_age + leeway, is_shared=self.shared_replays is not None
+            )
         if self.shared_replays is not None:
             return CheckedProof(nonce, key, expires - time.time())
         if not self.replays.first_use(key, expires):
             raise AuthError(Reason.DPOP_REPLAYED, "DPoP proof jti was used before")
         return CheckedProof(nonce)
 
-    def _request_url(self, request: Request) -> str:
+    def check_nonce(self, nonce: str | None, trace: Trace | None = None) -> str | None:
+        """dpop.nonce (RFC 9449 §9): the new nonce to send when `nonce` is last period's, or
+        None; raises AuthError for a missing or unknown one. Nothing to check without it."""
+        if trace is not None:
+            trace.check("nonce", nonce=nonce, is_required=self.nonces is not None)
+        if self.nonces is None:
+            return None
+        fresh = self.nonces.check(nonce)
+        if trace is not None:
+            trace.note(is_renewed=fresh is not None)
+        return fresh
+
+    def request_url(self, request: Request, trace: Trace | None = None) -> str:
         """The URL the client used, as htu must name it (RFC 9449 §4.3 step 9)."""
+        if trace is not None:
+            trace.check(
+                "request URL",
+                base=self._dpop_base,
+                hosts=request.values(b"host"),
+                request_path=request.path,
+            )
         if self._dpop_base:
             return self._dpop_base + request.path
         hosts = request.values(b"host")
@@ -406,8 +487,11 @@ class Pipeline:
         binding: str,
         reported: AuthError | None,
         dpop_nonce: str | None = None,
+        trace: Trace | None = None,
     ) -> Admitted:
         """Route policy, a step of its own: binding proves possession, not permission."""
+        if trace is not None:
+            trace.check("policy", route=route, is_enabled=self.policy.is_enabled)
         if route is not None:
             try:
                 authorize(route, claims)
@@ -543,6 +627,7 @@ class Presented(NamedTuple):
     is_dpop: bool
     request: Request
     authorization: str | None  # the single Authorization value, for the TokenMemo
+    trace: Trace | None  # where each check records itself, for explain; None when serving
 
 
 class CheckedProof(NamedTuple):
