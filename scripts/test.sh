@@ -35,5 +35,7 @@ echo "== ruff"
 .venv/bin/ruff format --check proxy tests bench
 echo "== mypy --strict proxy"
 .venv/bin/mypy
+echo "== mkdocs build --strict"
+.venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

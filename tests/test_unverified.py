@@ -23,9 +23,15 @@ json_values = st.recursive(
 )
 
 
+# PyJWT checks the types of its registered claims when it makes or decodes a token (an `iss` of
+# null is refused at encode), so those names would only test PyJWT; the read ignores names.
+REGISTERED = {"iss", "sub", "aud", "exp", "nbf", "iat", "jti"}
+claim_names = st.text(max_size=12).filter(lambda name: name not in REGISTERED)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
-    claims=st.dictionaries(st.text(max_size=12), json_values, max_size=6),
+    claims=st.dictionaries(claim_names, json_values, max_size=6),
     extra=st.dictionaries(st.sampled_from(["kid", "typ", "x5t", "cty"]), st.text(max_size=20)),
 )
 def test_reads_what_pyjwt_reads(claims: dict[str, Any], extra: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""The checks of design.md, step by step: identity -> token -> binding -> policy. Each step
+"""The checks of docs/design.md, step by step: identity -> token -> binding -> policy. Each step
 is a call into its own module; this one orders them, and turns the outcome into one decision
 that is counted (metrics.py) and, for refusals, audited (audit.py).
 
@@ -167,7 +167,7 @@ class Pipeline:
         memo: TokenMemo | None = None,
         trace: Trace | None = None,
     ) -> Decision:
-        """The checks, in the order of design.md. Returns Admitted, or a coroutine resolving
+        """The checks, in the order of docs/design.md. Returns Admitted, or a coroutine resolving
         to it when the token must be verified with I/O. Raises AuthError for a refusal and
         records what it learnt in `seen`, so a refusal can still be audited with it. `memo`:
         the connection's TokenMemo, when the caller keeps one per connection. `trace`: where

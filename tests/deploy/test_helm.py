@@ -312,7 +312,7 @@ def test_notes_explain_the_curl_call(helm: str) -> None:
 def test_readme_values_example_for_a_legacy_service_renders(
     render: RenderFn, tmp_path: Path
 ) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
     start = readme.index("a values file (`helm install orders ./helm/certbound -f orders.yaml`)")
     block = readme[
         readme.index("```yaml\n", start) + 8 : readme.index(

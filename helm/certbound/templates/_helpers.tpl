@@ -96,7 +96,7 @@ so that rotated files show up and the proxy's file watch sees them). */}}
 {{- define "certbound.dpopNonceDir" -}}/etc/certbound/dpop-nonce{{- end }}
 
 {{/*
-The certbound config file (see the main README). The chart owns listen, admin,
+The certbound config file (see docs/configuration.md). The chart owns listen, admin,
 tls file paths and upstream.url; everything else comes from proxy.config,
 then proxy.extraConfig is merged over it for keys newer than this chart.
 */}}
