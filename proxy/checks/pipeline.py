@@ -181,8 +181,6 @@ class Pipeline:
         if trace is not None:
             trace.check("certificate", source=self.settings.client_cert.source)
         identity = seen.identity = self._identity(request, from_tls)
-        if trace is not None:
-            trace.note(identity=identity, is_optional=self._certless)
         if identity is None and not self._certless:
             raise AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate")
         target, route = request.target, None
@@ -214,9 +212,8 @@ class Pipeline:
                     seen.claims = claims
                     if trace is not None:  # token and binding: as this connection's last
                         trace.check("token", claims=claims, is_remembered=True)
-                    return self._authorize(
-                        claims, identity, target, route, "bound", None, None, trace
-                    )
+                        self._trace_policy(trace, route)
+                    return self._authorize(claims, identity, target, route, "bound", None)
             if single.isascii():
                 # A cache hit is the very string that passed extract_credentials when it was
                 # verified: its syntax need not be checked again.
@@ -236,13 +233,13 @@ class Pipeline:
                 trace.note(scheme="DPoP" if is_dpop else "Bearer")
             claims = self._cached(token)
             if claims is None:
-                presented = Presented(token, is_dpop, request, single, trace)
-                return self._admit_verified(presented, identity, target, route, seen, memo)
+                presented = Presented(token, is_dpop, request, single)
+                return self._admit_verified(presented, identity, target, route, seen, memo, trace)
         if trace is not None:
             trace.check("token", claims=claims, is_cached=True)
         seen.claims = claims
-        presented = Presented(token, is_dpop, request, single, trace)
-        return self._bind_and_authorize(claims, presented, identity, target, route, memo)
+        presented = Presented(token, is_dpop, request, single)
+        return self._bind_and_authorize(claims, presented, identity, target, route, memo, trace)
 
     async def _admit_verified(
         self,
@@ -252,8 +249,8 @@ class Pipeline:
         route: Route | None,
         seen: Seen,
         memo: TokenMemo | None,
+        trace: Trace | None,
     ) -> Admitted:
-        trace = presented.trace
         if trace is not None:
             trace.check("token", is_cached=False)
         try:
@@ -264,7 +261,7 @@ class Pipeline:
             raise
         if trace is not None:
             trace.note(claims=claims)
-        decision = self._bind_and_authorize(claims, presented, identity, target, route, memo)
+        decision = self._bind_and_authorize(claims, presented, identity, target, route, memo, trace)
         return decision if isinstance(decision, Admitted) else await decision
 
     def _bind_and_authorize(
@@ -275,11 +272,12 @@ class Pipeline:
         target: str,
         route: Route | None,
         memo: TokenMemo | None,
+        trace: Trace | None,
     ) -> Decision:
         mode = route.binding_mode if route else self.settings.binding.mode
         reported, is_bound, checked = None, False, None
         try:
-            is_bound, checked = self._bind(claims, presented, identity, route)
+            is_bound, checked = self._bind(claims, presented, identity, route, trace)
             binding = "bound" if is_bound else "unbound"
         except AuthError as failure:
             if mode != "report_only" or failure.reason is Reason.NO_CLIENT_CERT:
@@ -287,8 +285,8 @@ class Pipeline:
                 raise
             # Rollout: count and log what enforce would have done, then go on.
             reported, binding = failure, "report_only_failed"
-            if presented.trace is not None:
-                presented.trace.reported(failure)
+            if trace is not None:
+                trace.reported(failure)
         if checked is not None:
             if checked.shared_key is not None:
                 return self._record_then_authorize(
@@ -299,7 +297,7 @@ class Pipeline:
                     route,
                     binding,
                     mode == "report_only",
-                    presented.trace,
+                    trace,
                 )
             nonce = checked.nonce
         else:
@@ -311,9 +309,9 @@ class Pipeline:
             memo.remember(
                 authorization, claims, self.verifier.generation, self.verifier.leeway_for(claims)
             )
-        return self._authorize(
-            claims, identity, target, route, binding, reported, nonce, presented.trace
-        )
+        if trace is not None:
+            self._trace_policy(trace, route)
+        return self._authorize(claims, identity, target, route, binding, reported, nonce)
 
     async def _record_then_authorize(
         self,
@@ -343,9 +341,9 @@ class Pipeline:
             reported, binding = failure, "report_only_failed"
             if trace is not None:
                 trace.reported(failure)
-        return self._authorize(
-            claims, identity, target, route, binding, reported, checked.nonce, trace
-        )
+        if trace is not None:
+            self._trace_policy(trace, route)
+        return self._authorize(claims, identity, target, route, binding, reported, checked.nonce)
 
     def _unrecorded(self, why: str) -> bool:
         """dpop.replay_cache_unavailable: True to accept the proof unrecorded, or raise."""
@@ -373,6 +371,7 @@ class Pipeline:
         presented: Presented,
         identity: ClientIdentity | None,
         route: Route | None,
+        trace: Trace | None,
     ) -> tuple[bool, CheckedProof | None]:
         """True when bound (to the certificate, to the DPoP key, or both as cnf says), False
         when unbound and the route allows it; raises AuthError otherwise. With a DPoP proof,
@@ -380,7 +379,6 @@ class Pipeline:
         cnf = claims.cnf
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
         checked = None
-        trace = presented.trace
         if trace is not None:
             trace.check("cnf", cnf=cnf, is_dpop=presented.is_dpop)
         try:
@@ -388,7 +386,7 @@ class Pipeline:
                 if not presented.is_dpop:
                     # RFC 9449 §7.2: a DPoP-bound token must not be accepted as a bearer one.
                     raise AuthError(Reason.DPOP_TOKEN_AS_BEARER, "DPoP-bound token sent as Bearer")
-                checked = self._check_proof(jkt, presented, claims)
+                checked = self._check_proof(jkt, presented, claims, trace)
                 if not (isinstance(cnf, dict) and "x5t#S256" in cnf):
                     return True, checked
             elif presented.is_dpop:
@@ -408,13 +406,15 @@ class Pipeline:
             trace.note(is_bound=is_bound)
         return is_bound, checked
 
-    def _check_proof(self, jkt: object, presented: Presented, claims: TokenClaims) -> CheckedProof:
+    def _check_proof(
+        self, jkt: object, presented: Presented, claims: TokenClaims, trace: Trace | None
+    ) -> CheckedProof:
         """RFC 9449 §4.3, §7.1 and §9: one proof, about this request and this token, by the key
         cnf.jkt names, with our nonce when asked for, and never seen before (here, or left to
         the shared replay cache)."""
         if not isinstance(jkt, str) or THUMBPRINT.fullmatch(jkt) is None:
             raise AuthError(Reason.INVALID_CNF, "cnf jkt is not a base64url SHA-256 thumbprint")
-        request, trace = presented.request, presented.trace
+        request = presented.request
         proofs = request.values(b"dpop")
         if trace is not None:
             trace.check("DPoP header", count=len(proofs))
@@ -487,11 +487,8 @@ class Pipeline:
         binding: str,
         reported: AuthError | None,
         dpop_nonce: str | None = None,
-        trace: Trace | None = None,
     ) -> Admitted:
         """Route policy, a step of its own: binding proves possession, not permission."""
-        if trace is not None:
-            trace.check("policy", route=route, is_enabled=self.policy.is_enabled)
         if route is not None:
             try:
                 authorize(route, claims)
@@ -502,6 +499,11 @@ class Pipeline:
         elif self.policy.is_enabled and not self.policy.unmatched_allowed:
             raise AuthError.no_route()
         return Admitted(identity, target, binding, claims, reported, dpop_nonce)
+
+    def _trace_policy(self, trace: Trace, route: Route | None) -> None:
+        """The policy step is next (recorded by _authorize's callers, so that the connection's
+        memo path passes no trace to it)."""
+        trace.check("policy", route=route, is_enabled=self.policy.is_enabled)
 
     def _identity(self, request: Request, from_tls: ClientIdentity | None) -> ClientIdentity | None:
         """From the TLS session, or from a header a trusted ingress set (client_cert.source)."""
@@ -627,7 +629,6 @@ class Presented(NamedTuple):
     is_dpop: bool
     request: Request
     authorization: str | None  # the single Authorization value, for the TokenMemo
-    trace: Trace | None  # where each check records itself, for explain; None when serving
 
 
 class CheckedProof(NamedTuple):
