@@ -15,6 +15,7 @@ from proxy.tokens.refetch import REFETCH_BURST
 from proxy.tools.pki import issue
 from proxy.trust import identity as identity_module
 from tests.conftest import (
+    NO_CREDENTIALS,
     PKI,
     Issuer,
     Running,
@@ -55,10 +56,13 @@ async def test_token_bound_to_other_cert_is_rejected_and_never_forwarded(running
     assert running.upstream.seen == []
 
 
-async def test_no_token_gets_bare_bearer_challenge_and_is_not_forwarded(running: Running) -> None:
+async def test_no_token_gets_bare_bearer_and_dpop_challenges_and_is_not_forwarded(
+    running: Running,
+) -> None:
     status, headers, _ = await running.request(token=None)
     assert status == 401
-    assert www(headers) == "Bearer"  # RFC 6750 §3.1: no error code when no credentials
+    # RFC 6750 §3.1: no error code when no credentials; RFC 9449 §7.1: DPoP is taken too.
+    assert www(headers) == NO_CREDENTIALS
     assert running.upstream.seen == []
 
 
@@ -182,7 +186,7 @@ async def test_form_token_without_authorization_is_401_and_never_forwarded(
 ) -> None:
     token = running.issuer.mint(running.pki.alice)
     status, hdrs, _ = await running.request("POST", data={"access_token": token, "q": "1"})
-    assert status == 401 and www(hdrs) == "Bearer"
+    assert status == 401 and www(hdrs) == NO_CREDENTIALS
     assert running.upstream.seen == []
 
 

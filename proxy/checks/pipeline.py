@@ -24,6 +24,7 @@ from proxy.checks.policy import (
     PathError,
     Policy,
     Route,
+    accepted_binding,
     authorize,
     check_subject,
     compile_policy,
@@ -32,7 +33,7 @@ from proxy.checks.policy import (
 )
 from proxy.checks.replay import ForeignCertificates
 from proxy.checks.request import Request
-from proxy.errors import AuthError, Outcome, Reason
+from proxy.errors import AuthError, Outcome, Reason, offer_dpop
 from proxy.settings import Settings
 from proxy.tokens.dpop import Nonces, check_key, verify_proof
 from proxy.tokens.extract import extract_credentials
@@ -61,6 +62,7 @@ class Seen:
 
     identity: ClientIdentity | None = None
     claims: TokenClaims | None = None
+    route: Route | None = None  # the matched route, for the challenge of a refusal
 
 
 class Admitted(NamedTuple):
@@ -180,6 +182,7 @@ class Pipeline:
             target, path = _normalised_target(request.target)
             route = match_route(self.policy, request.method, path)
             if route is not None:
+                seen.route = route
                 check_subject(route, identity)
                 if route.public:
                     return Admitted(identity, target, binding="none")
@@ -474,6 +477,7 @@ class Pipeline:
     def refused(self, request: Request, refusal: AuthError, seen: Seen) -> None:
         """Count and audit a refusal, by the checks or by the framing step."""
         issuer = refusal.issuer or (seen.claims.issuer_name if seen.claims else "")
+        offer_dpop(refusal, accepted_binding(self.policy, seen.route), self._dpop_algs)
         metrics.count(Outcome.REJECTED, refusal.reason, issuer)
         self._watch_replay(refusal, seen)
         self._audit(request, Outcome.REJECTED, refusal, seen)

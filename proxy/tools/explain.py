@@ -26,7 +26,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from proxy.checks.binding import THUMBPRINT, check_binding
 from proxy.checks.policy import (
     PathError,
+    Policy,
     Route,
+    accepted_binding,
     authorize,
     check_subject,
     compile_policy,
@@ -34,7 +36,7 @@ from proxy.checks.policy import (
     normalize_path,
 )
 from proxy.config import read_nonce_key
-from proxy.errors import AuthError, Reason, challenge
+from proxy.errors import AuthError, Reason, challenge, offer_dpop
 from proxy.settings import Settings, trusted_issuers
 from proxy.tokens import dpop, unverified
 from proxy.tokens.dpop import PRIVATE_MEMBERS
@@ -109,10 +111,13 @@ async def explain(settings: Settings, request: Request, out: Out, now: float | N
     current = time.time() if now is None else now
     method = request.method.upper()
     algs = " ".join(settings.dpop.algorithms)
+    policy = compile_policy(settings.policy, settings.binding.mode)
+    route = None
 
     def refused(step: str, error: AuthError, *, dpop_scheme: bool = False) -> int:
         if dpop_scheme:  # RFC 9449 §7.1: the proxy answers in the scheme the client used
             error.dpop_algs = algs
+        offer_dpop(error, accepted_binding(policy, route), algs)  # as pipeline.refused
         refusal = error.refusal
         code = f' error="{refusal.error}"' if refusal.error else ""
         out(f"  -> refused at {step}: {error.reason.value}: {error.description}")
@@ -158,6 +163,7 @@ async def explain(settings: Settings, request: Request, out: Out, now: float | N
     if not request.token:
         if not request.proof:
             out("outcome: certificate accepted; no token given, so nothing more to check")
+            _print_no_token_answer(policy, method, request.target, algs, out)
             return 0
         out("2. DPoP proof alone (no token given: ath and cnf.jkt cannot be checked)")
         # Without a token no issuer is known: the most lenient configured leeway.
@@ -174,8 +180,6 @@ async def explain(settings: Settings, request: Request, out: Out, now: float | N
 
     is_dpop = bool(request.proof)
     out("2. route policy")
-    policy = compile_policy(settings.policy, settings.binding.mode)
-    route = None
     if not policy.is_enabled:
         out("   no routes configured: any valid bound token is allowed")
     else:
@@ -285,6 +289,22 @@ async def explain(settings: Settings, request: Request, out: Out, now: float | N
         out("   allowed")
     out("outcome: FORWARD")
     return 0
+
+
+def _print_no_token_answer(policy: Policy, method: str, target: str, algs: str, out: Out) -> None:
+    """What the proxy answers the same request without a token, challenge included."""
+    route = None
+    if policy.is_enabled:
+        try:
+            route = match_route(policy, method, normalize_path(target.partition("?")[0]))
+        except PathError:
+            return
+        if route is not None and route.public:
+            out("   without a token: forwarded (public route)")
+            return
+    error = AuthError(Reason.NO_TOKEN, "no access token")
+    offer_dpop(error, accepted_binding(policy, route), algs)
+    out(f"   without a token: 401 (reason no_token), WWW-Authenticate: {challenge(error)}")
 
 
 def _bind(
