@@ -216,10 +216,27 @@ class Pipeline:
             claims = self._cached(token)
             if claims is None:
                 presented = Presented(token, is_dpop, request, single)
-                return self._admit_verified(presented, identity, target, route, seen, memo)
+                claims = self._verified_now(presented)
+                if claims is None:
+                    return self._admit_verified(presented, identity, target, route, seen, memo)
         seen.claims = claims
         presented = Presented(token, is_dpop, request, single)
         return self._bind_and_authorize(claims, presented, identity, target, route, memo)
+
+    def _verified_now(self, presented: Presented) -> TokenClaims | None:
+        """A JWT whose key is at hand, verified without a task (most misses); None when the
+        token needs I/O first (an unknown kid, introspection)."""
+        if not self.settings.tokens.accept_jwt or self.introspector is not None:
+            return None
+        try:
+            return self.verifier.verify_now(presented.token)
+        except AuthError as refusal:
+            if presented.is_dpop:  # RFC 9449 §7.1: answer in the scheme the client used
+                refusal.dpop_algs = self._dpop_algs
+            raise
+        except Exception:  # as on the task path: a 500 and a log line, never a dead connection
+            log.error("internal error verifying a token", exc_info=True)
+            raise AuthError.internal() from None
 
     async def _admit_verified(
         self,
