@@ -25,6 +25,7 @@ from proxy.checks.policy import (
     PathError,
     Policy,
     Route,
+    accepted_binding,
     authorize,
     check_subject,
     compile_policy,
@@ -33,7 +34,7 @@ from proxy.checks.policy import (
 )
 from proxy.checks.replay import ForeignCertificates
 from proxy.checks.request import Request
-from proxy.errors import AuthError, Outcome, Reason
+from proxy.errors import AuthError, Outcome, Reason, offer_dpop
 from proxy.settings import Settings
 from proxy.tokens.dpop import Nonces, check_key, verify_proof
 from proxy.tokens.extract import extract_credentials
@@ -63,6 +64,7 @@ class Seen:
 
     identity: ClientIdentity | None = None
     claims: TokenClaims | None = None
+    route: Route | None = None  # the matched route, for the challenge of a refusal
 
 
 class Admitted(NamedTuple):
@@ -192,6 +194,7 @@ class Pipeline:
             if trace is not None:
                 trace.note(path=path, route=route, unmatched=self.settings.policy.unmatched)
             if route is not None:
+                seen.route = route
                 if trace is not None and route.subjects:
                     trace.check("subject", identity=identity, subjects=sorted(route.subjects))
                 check_subject(route, identity)
@@ -234,12 +237,36 @@ class Pipeline:
             claims = self._cached(token)
             if claims is None:
                 presented = Presented(token, is_dpop, request, single)
-                return self._admit_verified(presented, identity, target, route, seen, memo, trace)
-        if trace is not None:
-            trace.check("token", claims=claims, is_cached=True)
+                if trace is not None:
+                    trace.check("token", is_cached=False)
+                claims = self._verified_now(presented)
+                if claims is None:
+                    return self._admit_verified(
+                        presented, identity, target, route, seen, memo, trace
+                    )
+        if trace is not None:  # a cache hit, or verified just now (the step recorded above)
+            if trace.steps[-1].check == "token":
+                trace.note(claims=claims)
+            else:
+                trace.check("token", claims=claims, is_cached=True)
         seen.claims = claims
         presented = Presented(token, is_dpop, request, single)
         return self._bind_and_authorize(claims, presented, identity, target, route, memo, trace)
+
+    def _verified_now(self, presented: Presented) -> TokenClaims | None:
+        """A JWT whose key is at hand, verified without a task (most misses); None when the
+        token needs I/O first (an unknown kid, introspection)."""
+        if not self.settings.tokens.accept_jwt or self.introspector is not None:
+            return None
+        try:
+            return self.verifier.verify_now(presented.token)
+        except AuthError as refusal:
+            if presented.is_dpop:  # RFC 9449 §7.1: answer in the scheme the client used
+                refusal.dpop_algs = self._dpop_algs
+            raise
+        except Exception:  # as on the task path: a 500 and a log line, never a dead connection
+            log.error("internal error verifying a token", exc_info=True)
+            raise AuthError.internal() from None
 
     async def _admit_verified(
         self,
@@ -251,8 +278,6 @@ class Pipeline:
         memo: TokenMemo | None,
         trace: Trace | None,
     ) -> Admitted:
-        if trace is not None:
-            trace.check("token", is_cached=False)
         try:
             claims = seen.claims = await self._verify(presented.token)
         except AuthError as refusal:
@@ -560,9 +585,15 @@ class Pipeline:
     def refused(self, request: Request, refusal: AuthError, seen: Seen) -> None:
         """Count and audit a refusal, by the checks or by the framing step."""
         issuer = refusal.issuer or (seen.claims.issuer_name if seen.claims else "")
+        self.offer_schemes(refusal, seen)
         metrics.count(Outcome.REJECTED, refusal.reason, issuer)
         self._watch_replay(refusal, seen)
         self._audit(request, Outcome.REJECTED, refusal, seen)
+
+    def offer_schemes(self, refusal: AuthError, seen: Seen) -> None:
+        """The schemes the refusal's challenge offers: those the matched route takes (RFC 9449
+        §7.1). Part of refused(), and on its own for explain (no metric, no audit line)."""
+        offer_dpop(refusal, accepted_binding(self.policy, seen.route), self._dpop_algs)
 
     def upstream_failed(self, request: Request, fault: AuthError, seen: Seen) -> None:
         metrics.count(Outcome.UPSTREAM_ERROR, fault.reason, _issuer_of(seen))

@@ -39,7 +39,7 @@ from proxy.tokens.jwt import JWTVerifier, TokenCache
 from proxy.tools.steps import Printer, View, label, replay_lines
 from proxy.trace import Trace
 from proxy.trust.certcheck import check_certificate
-from proxy.trust.identity import identity_from_der
+from proxy.trust.identity import ClientIdentity, identity_from_der
 
 Out = Callable[[str], None]
 
@@ -120,9 +120,6 @@ async def explain(settings: Settings, request: Request, out: Out) -> int:
             out("   tls.client_cert is optional: the request goes on; only a DPoP-bound token or")
             out("   a public route can pass without a certificate")
 
-    if not request.token and not request.proof:
-        out("outcome: certificate accepted; no token given, so nothing more to check")
-        return 0
     view = View(settings, has_token=bool(request.token))
     settings = _as_explained(settings, request, view)
     _read_for_display(request, view)
@@ -137,14 +134,19 @@ async def explain(settings: Settings, request: Request, out: Out) -> int:
             issuer_names=issuers.names,
             nonce_key=view_nonce_key(settings),
         )
+        if not request.token and not request.proof:
+            out("outcome: certificate accepted; no token given, so nothing more to check")
+            await _print_no_token_answer(pipeline, request, identity, out)
+            return 0
         if not request.token:
             return _proof_alone(pipeline, settings, request, view, out)
-        trace, refusal, admitted = Trace(), None, None
+        trace, refusal, admitted, seen = Trace(), None, None, Seen()
         try:
-            decision = pipeline.admit(_as_request(request), identity, Seen(), None, trace)
+            decision = pipeline.admit(_as_request(request), identity, seen, None, trace)
             admitted = decision if isinstance(decision, Admitted) else await decision
         except AuthError as error:
             refusal = error
+            pipeline.offer_schemes(refusal, seen)  # as the proxy's answer carries them
     view.is_introspected = refusal is not None and _is_introspected(settings, request.token)
     _print_steps(trace, refusal, view, out)
     if view.is_introspected and trace.last is not None and trace.last.check == "token":
@@ -160,6 +162,24 @@ async def explain(settings: Settings, request: Request, out: Out) -> int:
     else:
         out("outcome: FORWARD")
     return 0
+
+
+async def _print_no_token_answer(
+    pipeline: Pipeline, request: Request, identity: ClientIdentity | None, out: Out
+) -> None:
+    """What the proxy answers the same request without a token, challenge included."""
+    seen = Seen()
+    try:
+        decision = pipeline.admit(_as_request(request), identity, seen)
+        if not isinstance(decision, Admitted):
+            await decision
+    except AuthError as refusal:
+        pipeline.offer_schemes(refusal, seen)
+        answer = f"{refusal.refusal.status} (reason {refusal.reason.value})"
+        header = challenge(refusal)
+        out(f"   without a token: {answer}" + (f", WWW-Authenticate: {header}" if header else ""))
+    else:
+        out("   without a token: forwarded (public route)")
 
 
 def _as_explained(settings: Settings, request: Request, view: View) -> Settings:
@@ -233,8 +253,10 @@ async def _load_keys(issuers: Issuers, token: str, view: View) -> None:
 
 def _as_request(request: Request) -> CheckedRequest:
     """The request as the data plane hands it to the checks."""
-    scheme = "DPoP" if request.proof else "Bearer"
-    headers = [(b"Authorization", f"{scheme} {request.token}".encode("latin-1", "replace"))]
+    headers = []
+    if request.token:
+        scheme = "DPoP" if request.proof else "Bearer"
+        headers.append((b"Authorization", f"{scheme} {request.token}".encode("latin-1", "replace")))
     if request.proof:
         headers.append((b"DPoP", request.proof.encode("latin-1", "replace")))
     if request.url:
