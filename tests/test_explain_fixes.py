@@ -16,7 +16,7 @@ from proxy.errors import AuthError, Reason
 from proxy.settings import Settings
 from proxy.tools.explain import Request, explain
 from proxy.tools.fixes import FIXES, fix_for
-from proxy.tools.steps import Printer, View
+from proxy.tools.printer import Printer, View
 from proxy.trace import Trace
 from tests.conftest import AUDIENCE, PKI, Issuer
 

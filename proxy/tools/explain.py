@@ -3,7 +3,7 @@ the operator has of it) through the decision, step by step.
 
 For the day a client swears its token is right. The decision is the proxy's own: the request is
 put to a Pipeline built from the configuration as `certbound run` builds it, with a Trace
-(proxy/trace.py) that records each check it takes; steps.py prints that record, and fixes.py
+(proxy/trace.py) that records each check it takes; printer.py prints that record, and fixes.py
 says what to do about the refusal. Nothing here decides.
 
 No network traffic except fetching the keys of the token's issuer; opaque tokens are not
@@ -36,7 +36,9 @@ from proxy.tokens.dpop import PRIVATE_MEMBERS, verify_proof
 from proxy.tokens.issuers import Issuers, read_issuer
 from proxy.tokens.jwks import KeySetError
 from proxy.tokens.jwt import JWTVerifier, TokenCache
-from proxy.tools.steps import Printer, View, label, replay_lines
+from proxy.tools.printer import Printer, View, label
+from proxy.tools.proof_steps import PROOF_STEPS, replay_lines
+from proxy.tools.steps import STEPS
 from proxy.trace import Trace
 from proxy.trust.certcheck import check_certificate
 from proxy.trust.identity import ClientIdentity, identity_from_der
@@ -90,38 +92,11 @@ def _split_url(url: str) -> SplitResult:
 
 async def explain(settings: Settings, request: Request, out: Out) -> int:
     """Print each step; return 0 if the request would be forwarded, 1 if refused."""
-    identity = None
-    if request.certificate is not None:
-        identity = identity_from_der(request.certificate.public_bytes(Encoding.DER))
-        out("1. client certificate (checked as the mTLS listener would)")
-        out(f"   subject     {identity.subject}")
-        out(f"   URI SANs    {', '.join(identity.uris) or '-'}")
-        out(f"   x5t#S256    {identity.thumbprint}")
-        if settings.client_cert.source == "tls":
-            verdict = check_certificate(request.certificate, settings.tls, out)
-            if verdict.refusal is not None:
-                out(f"outcome: REFUSE: the TLS handshake fails (reason {verdict.refusal.value})")
-                return 1
-        else:
-            out("   (client_cert.source is header: the ingress presents it; checked per request)")
-    else:
-        out("1. client certificate: none given (no --cert)")
-        optional = settings.tls.client_cert == "optional"
-        if settings.client_cert.source == "tls" and not optional:
-            out("   tls.client_cert is required: the listener refuses a connection without one")
-            out("   fix: give --cert with the client's certificate, or set tls.client_cert:")
-            out("        optional so that DPoP clients without a certificate can connect")
-            out("outcome: REFUSE: the TLS handshake fails (reason no_certificate)")
-            return 1
-        if not optional:
-            out("   client_cert.source is header and tls.client_cert is required:")
-            out("   a request without a forwarded certificate is refused")
-        else:
-            out("   tls.client_cert is optional: the request goes on; only a DPoP-bound token or")
-            out("   a public route can pass without a certificate")
-
+    is_accepted, identity = _print_certificate(settings, request, out)
+    if not is_accepted:
+        return 1
     view = View(settings, has_token=bool(request.token))
-    settings = _as_explained(settings, request, view)
+    settings, nonce_key = _as_explained(settings, view)
     _read_for_display(request, view)
     async with aiohttp.ClientSession() as session:
         issuers = Issuers(trusted_issuers(settings.tokens), settings.tokens, session)
@@ -132,7 +107,7 @@ async def explain(settings: Settings, request: Request, out: Out) -> int:
             JWTVerifier(issuers, TokenCache(0), settings.forwarding.claim_headers),
             None,
             issuer_names=issuers.names,
-            nonce_key=view_nonce_key(settings),
+            nonce_key=nonce_key,
         )
         if not request.token and not request.proof:
             out("outcome: certificate accepted; no token given, so nothing more to check")
@@ -150,7 +125,8 @@ async def explain(settings: Settings, request: Request, out: Out) -> int:
     view.is_introspected = refusal is not None and _is_introspected(settings, request.token)
     _print_steps(trace, refusal, view, out)
     if view.is_introspected and trace.last is not None and trace.last.check == "token":
-        return 1  # the proxy's answer would be the introspection endpoint's
+        out("outcome: not known here: the introspection endpoint's answer decides")
+        return 1
     if refusal is not None:
         return _refused(refusal, out)
     assert admitted is not None
@@ -162,6 +138,42 @@ async def explain(settings: Settings, request: Request, out: Out) -> int:
     else:
         out("outcome: FORWARD")
     return 0
+
+
+def _print_certificate(
+    settings: Settings, request: Request, out: Out
+) -> tuple[bool, ClientIdentity | None]:
+    """Step 1, the listener's: whether the handshake succeeds, and the client's identity."""
+    identity = None
+    if request.certificate is not None:
+        identity = identity_from_der(request.certificate.public_bytes(Encoding.DER))
+        out("1. client certificate (checked as the mTLS listener would)")
+        out(f"   subject     {identity.subject}")
+        out(f"   URI SANs    {', '.join(identity.uris) or '-'}")
+        out(f"   x5t#S256    {identity.thumbprint}")
+        if settings.client_cert.source == "tls":
+            verdict = check_certificate(request.certificate, settings.tls, out)
+            if verdict.refusal is not None:
+                out(f"outcome: REFUSE: the TLS handshake fails (reason {verdict.refusal.value})")
+                return False, identity
+        else:
+            out("   (client_cert.source is header: the ingress presents it; checked per request)")
+    else:
+        out("1. client certificate: none given (no --cert)")
+        optional = settings.tls.client_cert == "optional"
+        if settings.client_cert.source == "tls" and not optional:
+            out("   tls.client_cert is required: the listener refuses a connection without one")
+            out("   fix: give --cert with the client's certificate, or set tls.client_cert:")
+            out("        optional so that DPoP clients without a certificate can connect")
+            out("outcome: REFUSE: the TLS handshake fails (reason no_certificate)")
+            return False, None
+        if not optional:
+            out("   client_cert.source is header and tls.client_cert is required:")
+            out("   a request without a forwarded certificate is refused")
+        else:
+            out("   tls.client_cert is optional: the request goes on; only a DPoP-bound token or")
+            out("   a public route can pass without a certificate")
+    return True, identity
 
 
 async def _print_no_token_answer(
@@ -182,30 +194,24 @@ async def _print_no_token_answer(
         out("   without a token: forwarded (public route)")
 
 
-def _as_explained(settings: Settings, request: Request, view: View) -> Settings:
-    """The settings of the Pipeline explain runs: the certificate given is the client's
-    whatever client_cert.source says (an ingress header is not what is being explained), and
-    nonces are checked only when explain can know their key (dpop.nonce_secret_file)."""
-    dpop = settings.dpop
+def _as_explained(settings: Settings, view: View) -> tuple[Settings, bytes]:
+    """The settings of the Pipeline explain runs, and its dpop.nonce key: the certificate
+    given is the client's whatever client_cert.source says (an ingress header is not what is
+    explained), and nonces are checked only when explain can know their key, from
+    dpop.nonce_secret_file as `certbound run` reads it (a per-pod random key it cannot)."""
+    dpop, nonce_key = settings.dpop, b""
     if dpop.nonce and not dpop.nonce_secret_file:
         view.nonce_note = "dpop.nonce is true with a random key per pod"
         view.nonce_note += " (no dpop.nonce_secret_file), which explain cannot know"
         dpop = dataclasses.replace(dpop, nonce=False)
     elif dpop.nonce:
         try:
-            read_nonce_key(dpop.nonce_secret_file)
+            nonce_key = read_nonce_key(dpop.nonce_secret_file)
         except OSError as exc:
             view.nonce_note = f"cannot read dpop.nonce_secret_file ({exc.strerror})"
             dpop = dataclasses.replace(dpop, nonce=False)
     client_cert = dataclasses.replace(settings.client_cert, source="tls")
-    return dataclasses.replace(settings, dpop=dpop, client_cert=client_cert)
-
-
-def view_nonce_key(settings: Settings) -> bytes:
-    """dpop.nonce's key as `certbound run` reads it, when explain checks nonces at all."""
-    if not settings.dpop.nonce:
-        return b""
-    return read_nonce_key(settings.dpop.nonce_secret_file)
+    return dataclasses.replace(settings, dpop=dpop, client_cert=client_cert), nonce_key
 
 
 def _read_for_display(request: Request, view: View) -> None:
@@ -326,7 +332,7 @@ def _print_steps(
     trace: Trace, refusal: AuthError | None, view: View, out: Out, *, section: bool = True
 ) -> None:
     """Every step taken; `refusal` belongs to the last one (the checks stopped there)."""
-    printer = Printer(view, out, sections=section)
+    printer = Printer(view, out, {**STEPS, **PROOF_STEPS}, sections=section)
     for index, step in enumerate(trace.steps):
         printer.step(step, refusal if index == len(trace.steps) - 1 else None)
 
