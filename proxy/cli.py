@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument(
         "--no-services", action="store_true", help="leave Services aimed at the workload's port"
     )
+    inject.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 2 and write nothing on a warning (a Service left around certbound)",
+    )
     inject.add_argument("--mode", choices=["native", "container"], help="overrides inject.mode")
 
     injector = sub.add_parser("injector", help="serve the mutating admission webhook over TLS")
@@ -117,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.values,
             inject_all=args.all,
             move_services=not args.no_services,
+            strict=args.strict,
             mode=args.mode,
             stdin=sys.stdin,
             stdout=sys.stdout,

@@ -10,7 +10,19 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+# Runtime dependencies exactly as the image gets them (requirements/runtime.txt, hash-locked by
+# scripts/lock.sh); the test tools on top may not move any of those pins.
+.venv/bin/python -m pip install --quiet --require-hashes --only-binary=:all: -r requirements/runtime.txt
+.venv/bin/python -m pip install --quiet -e '.[test]' \
+    -c <(grep -E '^[A-Za-z]' requirements/runtime.txt | sed 's/ *\\$//')
+# The image tests build and run the Dockerfile with podman (runc; catatonit for pods), on a base
+# image made from Debian packages by mmdebstrap.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null \
+    || ! command -v catatonit >/dev/null || ! command -v mmdebstrap >/dev/null; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        podman runc catatonit mmdebstrap
+fi
 
 # Tools the tests drive for real; a missing tool fails its test, it is never skipped.
 # redis-server: the shared DPoP replay cache's tests start their own on loopback.

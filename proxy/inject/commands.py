@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -49,12 +50,14 @@ def kube_inject(
     *,
     inject_all: bool,
     move_services: bool,
+    strict: bool = False,
     mode: str | None,
     stdin: TextIO,
     stdout: TextIO,
     stderr: TextIO,
 ) -> int:
-    """Read, transform, write; on any error print one line per problem, write nothing, exit 2."""
+    """Read, transform, write; on any error print one line per problem, write nothing, exit 2.
+    Warnings are printed and the output written (exit 0), unless `strict`: then exit 2."""
     try:
         values: dict[str, Any] = {}
         if values_file:
@@ -84,12 +87,23 @@ def kube_inject(
         return 2
     for note in result.notes:
         print(f"{PREFIX} {note}", file=stderr)
+    if strict and result.warnings:
+        print(f"{PREFIX} --strict: {len(result.warnings)} warning(s), nothing written", file=stderr)
+        return 2
     stdout.write(dump_all([o for o in result.objects if o is not None]))
     return 0
 
 
 def injector(config: str) -> int:
     from proxy.inject.webhook import InjectorConfigError, load_injector_settings, serve
+
+    # One line per decision on stderr, where kubectl logs reads it; aiohttp's own are quiet.
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
     try:
         settings = load_injector_settings(config)

@@ -31,7 +31,14 @@ VOLUMES = (
     "certbound-dpop-nonce",
     "certbound-tmp",
 )
+# The chart's own pod names its ports mtls and admin. An injected sidecar shares the pod with
+# containers nobody here wrote, whose ports are often named admin or numbered 8443/9090
+# (Traefik, Kong, Prometheus, Kiali): its names are certbound's own (15 characters at most,
+# the IANA_SVC_NAME limit) and its numbers sit outside the 8xxx/9xxx and Istio's 15xxx ranges.
 PORT_NAMES = ("mtls", "admin")
+MTLS_PORT_NAME = "certbound-mtls"
+ADMIN_PORT_NAME = "certbound-admin"
+INJECTED_PORT_NAMES = (MTLS_PORT_NAME, ADMIN_PORT_NAME)
 CONFIG_ANNOTATION = "certbound.io/config"
 
 # The chart's values.yaml defaults for the keys that shape the sidecar (a test compares them).
@@ -84,7 +91,7 @@ DEFAULT_VALUES: dict[str, Any] = {
         "extraVolumeMounts": [],
     },
     "tls": {"secretName": "", "defaultMode": 288, "clientCA": {"secretName": "", "key": "ca.crt"}},
-    "inject": {"mode": "native", "configMap": ""},
+    "inject": {"mode": "native", "configMap": "", "ports": {"mtls": 17443, "admin": 17090}},
 }
 
 
@@ -128,6 +135,15 @@ class SidecarOptions:
     nonce_key: str
     config_map: str
     mode: Mode
+    inject_ports: Ports  # inject.ports: the sidecar's ports in an injected pod
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """certbound's two container port numbers in one pod."""
+
+    mtls: int
+    admin: int
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,6 +215,15 @@ def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptio
     admin = _port(p["ports"]["admin"], "proxy.ports.admin", problems)
     if mtls and mtls == admin:
         problems.append("proxy.ports.admin: must differ from proxy.ports.mtls")
+    ports = v["inject"]["ports"]
+    injected = Ports(0, 0)
+    if _typed(ports, dict, "inject.ports", problems):
+        injected = Ports(
+            _port(ports["mtls"], "inject.ports.mtls", problems),
+            _port(ports["admin"], "inject.ports.admin", problems),
+        )
+        if injected.mtls and injected.mtls == injected.admin:
+            problems.append("inject.ports.admin: must differ from inject.ports.mtls")
     workers = _typed(p["workers"], int, "proxy.workers", problems)
     for key in ("config", "extraConfig", "resources", "securityContext"):
         _typed(p[key], dict, f"proxy.{key}", problems)
@@ -256,6 +281,7 @@ def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptio
         nonce_key=p["dpop"]["nonceKey"]["key"],
         config_map=v["inject"]["configMap"],
         mode=mode,
+        inject_ports=injected,
     )
 
 
@@ -305,13 +331,15 @@ def client_ca_file(opts: SidecarOptions) -> str:
     return f"{TLS_DIR}/ca.crt"
 
 
-def owned_env(opts: SidecarOptions, upstream_port: int) -> list[dict[str, Any]]:
+def owned_env(
+    opts: SidecarOptions, upstream_port: int, ports: Ports, audience: str = ""
+) -> list[dict[str, Any]]:
     """The config keys the injector owns, as CERTBOUND_* overrides: the config file (a
     ConfigMap or the pod's annotation) belongs to the team, these follow from the pod."""
-    pairs = {
-        "LISTEN__PORT": opts.mtls_port,
+    pairs: dict[str, object] = {
+        "LISTEN__PORT": ports.mtls,
         "LISTEN__WORKERS": opts.workers,
-        "ADMIN__PORT": opts.admin_port,
+        "ADMIN__PORT": ports.admin,
         "TLS__CERT_FILE": f"{TLS_DIR}/tls.crt",
         "TLS__KEY_FILE": f"{TLS_DIR}/tls.key",
         "TLS__CLIENT_CA_FILE": client_ca_file(opts),
@@ -319,6 +347,8 @@ def owned_env(opts: SidecarOptions, upstream_port: int) -> list[dict[str, Any]]:
     }
     if opts.nonce_secret:
         pairs["DPOP__NONCE_SECRET_FILE"] = nonce_secret_file(opts)
+    if audience:  # the pod's certbound.io/audience: one config, an audience per workload
+        pairs["TOKENS__AUDIENCE"] = audience
     return [{"name": f"CERTBOUND_{k}", "value": str(v)} for k, v in pairs.items()]
 
 
@@ -334,21 +364,30 @@ def secret_env(opts: SidecarOptions) -> list[dict[str, Any]]:
     return [{"name": REPLAY_CACHE_ENV, "valueFrom": {"secretKeyRef": ref}}]
 
 
-def sidecar_container(opts: SidecarOptions, upstream_port: int | None = None) -> dict[str, Any]:
-    """The certbound container. `upstream_port` None: the config file names every key (the
-    chart's case); otherwise the keys the injector owns are passed as environment overrides."""
+def sidecar_container(
+    opts: SidecarOptions,
+    upstream_port: int | None = None,
+    ports: Ports | None = None,
+    audience: str = "",
+) -> dict[str, Any]:
+    """The certbound container. `upstream_port` None: the chart's own pod, whose config file
+    names every key. Otherwise an injected sidecar: certbound's own port names, `ports` (default
+    inject.ports), and the keys the injector owns passed as environment overrides."""
+    injected = upstream_port is not None
+    numbers = (ports or opts.inject_ports) if injected else Ports(opts.mtls_port, opts.admin_port)
+    names = INJECTED_PORT_NAMES if injected else PORT_NAMES
     container: dict[str, Any] = {
         "name": NAME,
         "image": opts.image,
         "imagePullPolicy": opts.pull_policy,
         "args": ["run", "--config", CONFIG_PATH],
         "ports": [
-            {"name": "mtls", "containerPort": opts.mtls_port, "protocol": "TCP"},
-            {"name": "admin", "containerPort": opts.admin_port, "protocol": "TCP"},
+            {"name": names[0], "containerPort": numbers.mtls, "protocol": "TCP"},
+            {"name": names[1], "containerPort": numbers.admin, "protocol": "TCP"},
         ],
     }
     env = [
-        *(owned_env(opts, upstream_port) if upstream_port else []),
+        *(owned_env(opts, upstream_port, numbers, audience) if upstream_port else []),
         *secret_env(opts),
         *opts.env,
     ]
@@ -357,6 +396,8 @@ def sidecar_container(opts: SidecarOptions, upstream_port: int | None = None) ->
     for probe in _PROBES:
         if opts.probes[probe]:
             container[probe] = copy.deepcopy(opts.probes[probe])
+            if injected:
+                _rename_probe_port(container[probe], opts, numbers)
     container["resources"] = copy.deepcopy(opts.resources)
     container["securityContext"] = copy.deepcopy(opts.security_context)
     mounts: list[dict[str, Any]] = [
@@ -376,6 +417,21 @@ def sidecar_container(opts: SidecarOptions, upstream_port: int | None = None) ->
     if opts.mode is Mode.NATIVE and upstream_port:
         container["restartPolicy"] = "Always"
     return container
+
+
+def _rename_probe_port(probe: dict[str, Any], opts: SidecarOptions, ports: Ports) -> None:
+    """The values' probes name the chart's ports (admin, or its number): point them at the
+    injected sidecar's own."""
+    renamed: dict[object, object] = {
+        "mtls": MTLS_PORT_NAME,
+        "admin": ADMIN_PORT_NAME,
+        opts.mtls_port: ports.mtls,
+        opts.admin_port: ports.admin,
+    }
+    for kind in ("httpGet", "tcpSocket", "grpc"):
+        action = probe.get(kind)
+        if isinstance(action, dict) and action.get("port") in renamed:
+            action["port"] = renamed[action["port"]]
 
 
 def pod_volumes(

@@ -21,14 +21,9 @@ import yaml
 from aiohttp import web
 
 from proxy.config import ConfigError
-from proxy.inject.manifests import (
-    InjectError,
-    describe,
-    inject_template,
-    is_injected,
-    wants_injection,
-)
+from proxy.inject.manifests import describe
 from proxy.inject.patch import make_patch
+from proxy.inject.pod import Decision, Outcome, decide
 from proxy.inject.spec import SidecarOptions, ValuesError, options_from_values
 
 log = logging.getLogger("certbound.injector")
@@ -88,12 +83,23 @@ def load_injector_settings(path: str) -> InjectorSettings:
             options = options_from_values(values)
         except ValuesError as exc:
             problems += [f"values.{p}" for p in exc.problems]
+        if options and not options.config_map and not _has_tokens(options.config):
+            # Without them every namespace-wide pod would be skipped: say so once, at start.
+            problems.append(
+                "values.proxy.config.tokens: issuer and audience (or issuers) required, "
+                "unless values.inject.configMap names a ConfigMap with config.yaml"
+            )
     if problems or options is None:
         raise InjectorConfigError(problems)
     return InjectorSettings(host, port, tls["cert_file"], tls["key_file"], options)
 
 
 _TLS_KEYS = ("cert_file", "key_file")
+
+
+def _has_tokens(config: Mapping[str, Any]) -> bool:
+    tokens = config.get("tokens")
+    return isinstance(tokens, Mapping) and bool(tokens.get("issuer") or tokens.get("issuers"))
 
 
 def answer(uid: str, allowed: bool, **response: Any) -> dict[str, Any]:
@@ -108,37 +114,71 @@ def refusal(uid: str, code: int, message: str) -> dict[str, Any]:
     return answer(uid, False, status={"code": code, "message": message})
 
 
-def review(body: Any, opts: SidecarOptions, *, inject_all: bool) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, AdmissionReview answer) for one parsed request body."""
+def review(
+    body: Any, opts: SidecarOptions, *, inject_all: bool
+) -> tuple[int, dict[str, Any], Decision | None, str]:
+    """(HTTP status, AdmissionReview answer, the pod's decision if one was made, the pod as
+    `namespace/name`) for one parsed request body."""
     request = body.get("request") if isinstance(body, dict) else None
     uid = request.get("uid") if isinstance(request, dict) else None
     if not isinstance(body, dict) or not isinstance(request, dict) or not isinstance(uid, str):
-        return 400, refusal("", 400, "not an AdmissionReview: request.uid is missing")
+        return 400, refusal("", 400, "not an AdmissionReview: request.uid is missing"), None, ""
     if body.get("apiVersion") != API_VERSION or body.get("kind") != "AdmissionReview":
-        return 400, refusal(uid, 400, f"expected kind AdmissionReview, apiVersion {API_VERSION}")
+        message = f"expected kind AdmissionReview, apiVersion {API_VERSION}"
+        return 400, refusal(uid, 400, message), None, ""
     if request.get("kind") != _POD or request.get("subResource"):
-        return 200, answer(uid, True)  # not a pod: none of our business
+        return 200, answer(uid, True), None, ""  # not a pod: none of our business
     if request.get("operation") != "CREATE":
-        return 200, answer(uid, True)
+        return 200, answer(uid, True), None, ""
     pod = request.get("object")
     if not isinstance(pod, dict):
-        return 200, refusal(uid, 400, "request.object is missing or not an object")
+        return 200, refusal(uid, 400, "request.object is missing or not an object"), None, ""
     meta: dict[str, Any] = pod["metadata"] if isinstance(pod.get("metadata"), dict) else {}
-    if not wants_injection(meta, inject_all=inject_all):
-        return 200, answer(uid, True)
-    if isinstance(pod.get("spec"), dict) and is_injected(pod["spec"]):
-        return 200, answer(uid, True, warnings=["certbound: already injected, left alone"])
-    if meta.get("namespace") is None and isinstance(request.get("namespace"), str):
-        meta = {**meta, "namespace": request["namespace"]}
-    where = describe({"kind": "Pod", "metadata": meta}, 1)
-    try:
-        injected = inject_template(pod, opts)
-    except InjectError as exc:
+    namespace = meta.get("namespace") or request.get("namespace")
+    namespace = namespace if isinstance(namespace, str) else ""
+    where = describe({"kind": "Pod", "metadata": {**meta, "namespace": namespace}}, 1)
+    decision = decide(pod, opts, inject_all=inject_all, namespace=namespace)
+    if decision.outcome is Outcome.REFUSED:
         # The pod asked for certbound: starting it without would expose the workload.
-        return 200, refusal(uid, 400, f"certbound cannot be added to {where}: {exc}")
-    ops = make_patch(pod, injected.template)
+        message = f"certbound cannot be added to {where}: {decision.reason}"
+        return 200, refusal(uid, 400, message), decision, where
+    if decision.outcome in (Outcome.SKIPPED, Outcome.ALREADY_INJECTED):
+        warning = f"certbound not added: {decision.reason}"
+        return 200, answer(uid, True, warnings=[warning]), decision, where
+    if decision.injected is None:
+        return 200, answer(uid, True), decision, where
+    ops = make_patch(pod, decision.injected.template)
     patch = base64.b64encode(json.dumps(ops).encode()).decode()
-    return 200, answer(uid, True, patchType="JSONPatch", patch=patch)
+    warnings = [f"certbound: {w}" for w in decision.warnings]
+    extra = {"warnings": warnings} if warnings else {}
+    return 200, answer(uid, True, patchType="JSONPatch", patch=patch, **extra), decision, where
+
+
+def _uid_of(body: Any) -> str:
+    """The review's uid when it has one, for answers to reviews that could not be read."""
+    request = body.get("request") if isinstance(body, dict) else None
+    uid = request.get("uid") if isinstance(request, dict) else None
+    return uid if isinstance(uid, str) else ""
+
+
+def _log_decision(uid: str, where: str, decision: Decision | None, document: Any) -> None:
+    """One line per review: uid, pod, what was decided and why (never the pod's content)."""
+    if decision is None:
+        status = document["response"].get("status")
+        outcome = "refused" if status else "allowed"
+        reason = status["message"] if status else "not a pod creation"
+        log.info("review uid=%s outcome=%s reason=%s", uid or "-", outcome, json.dumps(reason))
+        return
+    level = logging.WARNING if decision.exposed or decision.warnings else logging.INFO
+    reason = decision.reason or "; ".join(decision.warnings)
+    log.log(
+        level,
+        "review uid=%s pod=%s outcome=%s reason=%s",
+        uid or "-",
+        where.removeprefix("Pod "),
+        decision.outcome.value,
+        json.dumps(reason),
+    )
 
 
 def _json(status: int, document: Mapping[str, Any]) -> web.Response:
@@ -150,17 +190,21 @@ def build_app(opts: SidecarOptions) -> web.Application:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
+            log.warning("review refused: larger than %d bytes", MAX_BODY)
             return _json(413, refusal("", 413, f"AdmissionReview larger than {MAX_BODY} bytes"))
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
+            log.warning("review refused: the body is not JSON")
             return _json(400, refusal("", 400, "the body is not JSON"))
+        uid = _uid_of(body)
         try:
-            status, document = review(body, opts, inject_all=inject_all)
+            status, document, decision, where = review(body, opts, inject_all=inject_all)
         except Exception:  # a bug must still get an AdmissionReview answer, not a 500
-            log.exception("review failed")
-            status, document = 400, refusal("", 400, "certbound could not read this review")
-        log.info("%s %s", request.path, document["response"].get("status", "allowed"))
+            log.exception("review uid=%s failed", uid or "-")
+            status, document = 400, refusal(uid, 400, "certbound could not read this review")
+            decision, where = None, ""
+        _log_decision(uid, where, decision, document)
         return _json(status, document)
 
     async def inject(request: web.Request) -> web.Response:
@@ -186,24 +230,30 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return ctx
 
 
+# How often the serving certificate's files are checked: two stat calls.
+RELOAD_INTERVAL_SECONDS = 2.0
+
+
 async def _reload(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
-    """cert-manager renews the serving certificate in place; new handshakes get the new one."""
+    """cert-manager renews the serving certificate in place (kubelet swaps the Secret's files);
+    new handshakes get the new one. The API server trusts the CA that signs both (the chart's
+    CA Issuer), so handshakes before and after the swap succeed."""
     seen = _stamp(cert_file, key_file)
     while True:
-        await asyncio.sleep(10)
+        await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
         stamp = _stamp(cert_file, key_file)
         if stamp != seen:
             try:
                 ctx.load_cert_chain(cert_file, key_file)
                 seen = stamp
-                log.info("serving certificate reloaded")
+                log.info("serving certificate reloaded from %s", cert_file)
             except (OSError, ssl.SSLError) as exc:
                 log.warning("new serving certificate not loaded, keeping the old one: %s", exc)
 
 
-def _stamp(*paths: str) -> tuple[float, ...]:
+def _stamp(*paths: str) -> tuple[int, ...]:
     try:
-        return tuple(os.stat(p).st_mtime for p in paths)
+        return tuple(x for p in paths for x in (os.stat(p).st_mtime_ns, os.stat(p).st_ino))
     except OSError:
         return ()
 
@@ -214,7 +264,13 @@ async def serve(settings: InjectorSettings, stop: asyncio.Event) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ctx)
     await site.start()
-    log.info("injector listening on %s:%d", settings.host, settings.port)
+    log.info(
+        "injector listening on %s:%d (mode %s, serving certificate %s)",
+        settings.host,
+        settings.port,
+        settings.options.mode.value,
+        settings.cert_file,
+    )
     reload = asyncio.create_task(_reload(ctx, settings.cert_file, settings.key_file))
     try:
         await stop.wait()

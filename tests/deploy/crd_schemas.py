@@ -99,6 +99,7 @@ CERTIFICATE = _resource(
             "duration": _GO_DURATION,
             "renewBefore": _GO_DURATION,
             "commonName": {"type": "string", "maxLength": 64},
+            "isCA": {"type": "boolean"},
             "dnsNames": {"type": "array", "items": _STR},
             "usages": {"type": "array", "items": {"enum": _KEY_USAGES}},
             "privateKey": {
@@ -249,7 +250,7 @@ PROMETHEUS_RULE = _resource(
     },
 )
 
-# cert-manager.io/v1 Issuer: only the selfSigned issuer type the injector uses.
+# cert-manager.io/v1 Issuer: only the selfSigned and ca issuer types the injector uses.
 ISSUER = _resource(
     "cert-manager.io/v1",
     "Issuer",
@@ -260,8 +261,21 @@ ISSUER = _resource(
                 "type": "object",
                 "properties": {"crlDistributionPoints": {"type": "array", "items": _STR}},
                 "additionalProperties": False,
-            }
+            },
+            "ca": {
+                "type": "object",
+                "required": ["secretName"],
+                "properties": {
+                    "secretName": _STR,
+                    "crlDistributionPoints": {"type": "array", "items": _STR},
+                    "ocspServers": {"type": "array", "items": _STR},
+                    "issuingCertificateURLs": {"type": "array", "items": _STR},
+                },
+                "additionalProperties": False,
+            },
         },
+        "minProperties": 1,
+        "maxProperties": 1,
         "additionalProperties": False,
     },
 )

@@ -74,11 +74,13 @@ def test_all_features_render_every_optional_object(all_docs: list[dict[str, Any]
         [
             "Certificate",
             "Certificate",
+            "Certificate",  # the injector's CA and serving certificate, the chart's own
             "ConfigMap",
             "ConfigMap",
             "Deployment",
             "Deployment",
             "Issuer",
+            "Issuer",  # the injector's self-signed and CA issuers
             "MutatingWebhookConfiguration",
             "NetworkPolicy",
             "PodDisruptionBudget",

@@ -76,39 +76,3 @@ def test_the_chart_injector_gives_pods_the_chart_sidecar(helm: str, values: Path
 def _enable_injector() -> Path:
     path = REPO / "tests" / "inject" / "manifests" / "chart-injector.yaml"
     return path
-
-
-def test_webhook_configuration_excludes_kube_system_and_the_injector(helm: str) -> None:
-    docs = _render(helm, _enable_injector())
-    config = _find(docs, "MutatingWebhookConfiguration", "demo-certbound-injector-shop")
-    assert config["metadata"]["annotations"] == {
-        "cert-manager.io/inject-ca-from": "shop/demo-certbound-injector"
-    }
-    certificate = _find(docs, "Certificate", "demo-certbound-injector")
-    assert "demo-certbound-injector.shop.svc" in certificate["spec"]["dnsNames"]
-    assert certificate["spec"]["issuerRef"]["name"] == "demo-certbound-injector"
-    paths = {}
-    for hook in config["webhooks"]:
-        paths[hook["name"]] = hook["clientConfig"]["service"]["path"]
-        assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
-        namespaces = {e["key"]: e for e in hook["namespaceSelector"]["matchExpressions"]}
-        assert namespaces["kubernetes.io/metadata.name"] == {
-            "key": "kubernetes.io/metadata.name",
-            "operator": "NotIn",
-            "values": ["kube-system", "shop"],
-        }
-        objects = {e["key"]: e for e in hook["objectSelector"]["matchExpressions"]}
-        assert objects["app.kubernetes.io/component"]["values"] == ["injector"]
-    assert paths == {
-        "namespace.inject.certbound.io": "/inject/namespace",
-        "pod.inject.certbound.io": "/inject",
-    }
-    injector = _find(docs, "Deployment", "demo-certbound-injector")
-    labels = injector["spec"]["template"]["metadata"]["labels"]
-    assert labels["app.kubernetes.io/component"] == "injector"
-    assert labels["certbound.io/inject"] == "false"
-    # The workload's Service and PDB never select injector pods.
-    service = _find(docs, "Service", "demo-certbound")
-    assert not service["spec"]["selector"].items() <= labels.items()
-    pdb = _find(docs, "PodDisruptionBudget", "demo-certbound-injector")
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()

@@ -27,7 +27,7 @@ ISSUER = "https://issuer.certbound.test"
 AUDIENCE = "payments-api"
 
 
-def _manifest(workload_port: int) -> str:
+def _manifest(workload_port: int, admin_port: int) -> str:
     return f"""
 apiVersion: apps/v1
 kind: Deployment
@@ -37,7 +37,11 @@ spec:
   template:
     metadata:
       labels: {{app: payments}}
-      annotations: {{certbound.io/inject: "true", certbound.io/tls-secret: payments-mtls}}
+      annotations:
+        certbound.io/inject: "true"
+        certbound.io/tls-secret: payments-mtls
+        certbound.io/audience: {AUDIENCE}
+        certbound.io/admin-port: "{admin_port}"
     spec:
       containers:
         - name: payments
@@ -64,22 +68,28 @@ def test_request_with_bound_token_flows_through_the_injected_sidecar(
     )
     mtls, admin = free_port(), free_port()
     with _serve(_Workload) as workload_port, _serve(_jwks_handler({"keys": [jwk]})) as jwks:
+        # The audience and the admin port come from the pod's annotations, the rest from the
+        # values one injector serves the whole cluster with.
         values = {
+            "inject": {"ports": {"mtls": mtls}},
             "proxy": {
-                "ports": {"mtls": mtls, "admin": admin},
                 "config": {
                     "tokens": {
                         "issuer": ISSUER,
-                        "audience": AUDIENCE,
+                        "audience": "another-api",
                         "jwks_uri": f"http://127.0.0.1:{jwks}/jwks",
                         "algorithms": ["ES256"],
                     }
                 },
-            }
+            },
         }
         (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
         result = kube_inject(
-            "-f", "-", "--values", str(tmp_path / "values.yaml"), stdin=_manifest(workload_port)
+            "-f",
+            "-",
+            "--values",
+            str(tmp_path / "values.yaml"),
+            stdin=_manifest(workload_port, admin),
         )
         assert result.returncode == 0, result.stderr
         (deployment,) = list(yaml.safe_load_all(result.stdout))

@@ -113,7 +113,10 @@ def test_sidecar_forwards_to_the_chosen_port_and_reads_the_inline_config() -> No
         assert container is not None, key
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["CERTBOUND_UPSTREAM__URL"] == f"http://127.0.0.1:{port}", key
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+        assert container["readinessProbe"]["httpGet"] == {
+            "path": "/readyz",
+            "port": "certbound-admin",
+        }
     payments = pod_template(docs[("Deployment", "payments")])
     assert payments is not None
     config = yaml.safe_load(payments["metadata"]["annotations"]["certbound.io/config"])
@@ -142,11 +145,13 @@ def test_services_selecting_the_pod_move_only_the_protected_port_to_mtls() -> No
     docs = _by_name(inject_file("helm-rendered.yaml") + inject_file("workloads.yaml"))
     payments = docs[("Service", "payments")]["spec"]["ports"]
     assert [(p["name"], p["targetPort"]) for p in payments] == [
-        ("http", "mtls"),
+        ("http", "certbound-mtls"),
         ("metrics", "metrics"),  # the log shipper's metrics port is not certbound's business
     ]
     # No targetPort means targetPort == port (5000), the protected port.
-    assert docs[("Service", "ledger")]["spec"]["ports"] == [{"port": 5000, "targetPort": "mtls"}]
+    assert docs[("Service", "ledger")]["spec"]["ports"] == [
+        {"port": 5000, "targetPort": "certbound-mtls"}
+    ]
 
 
 def test_no_services_leaves_them_alone_with_a_warning() -> None:
@@ -221,8 +226,9 @@ def test_objects_it_cannot_handle_get_one_line_each_and_nothing_is_written() -> 
         "certbound: kube-inject: Rollout edge/canary: unknown kind with a pod template"
     )
     assert lines[2] == (
-        "certbound: kube-inject: Pod edge/admin-ui: container 'ui' already uses the port name "
-        "'admin'; certbound's ports are named mtls and admin"
+        "certbound: kube-inject: Pod edge/kong-proxy: container 'proxy' declares port 17443, "
+        "which is certbound's mtls port; set the annotation certbound.io/mtls-port to a free "
+        "port (or inject.ports for every pod)"
     )
 
 
@@ -258,8 +264,8 @@ def test_jobs_refuse_container_mode_because_their_pods_would_never_complete() ->
         (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p, annotations: "
             '{certbound.io/inject: "true"}}\nspec: {containers: [{name: a, ports: '
-            "[{containerPort: 8443}]}]}\n",
-            "Pod p: container 'a' declares port 8443, which is certbound's mtls port",
+            "[{containerPort: 17090}]}]}\n",
+            "Pod p: container 'a' declares port 17090, which is certbound's admin port",
         ),
     ],
 )
@@ -308,7 +314,7 @@ def test_a_kubectl_list_is_injected_item_by_item() -> None:
     (out,) = list(yaml.safe_load_all(result.stdout))
     deployment, service = out["items"]
     assert sidecar(deployment["spec"]["template"]) is not None
-    assert service["spec"]["ports"][0]["targetPort"] == "mtls"
+    assert service["spec"]["ports"][0]["targetPort"] == "certbound-mtls"
 
 
 DPOP_VALUES = """

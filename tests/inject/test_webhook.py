@@ -20,14 +20,27 @@ import jsonpatch
 import pytest
 import yaml
 
+from proxy.inject.spec import options_from_values
+from proxy.inject.webhook import review
 from proxy.tools.pki import issue, make_ca
 from tests.process import free_port
 
-from .conftest import REPO, VALUES, WORKLOAD_FILES, inject_file, load, pod_template, sidecar
+from .conftest import (
+    MANIFESTS,
+    REPO,
+    VALUES,
+    WORKLOAD_FILES,
+    inject_file,
+    kube_inject,
+    load,
+    pod_template,
+    sidecar,
+)
 
 
 class Injector:
-    def __init__(self, port: int, ca_file: Path) -> None:
+    def __init__(self, port: int, ca_file: Path, log_file: Path) -> None:
+        self.log_file = log_file
         self.url = f"https://localhost:{port}"
         self.context = ssl.create_default_context(cafile=str(ca_file))
 
@@ -46,7 +59,7 @@ class Injector:
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "request": {
-                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "uid": request.pop("uid", "705ab4f5-6393-11e8-b7cc-42010a800002"),
                 "kind": {"group": "", "version": "v1", "kind": "Pod"},
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "namespace": "shop",
@@ -84,7 +97,7 @@ def injector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Injector]:
         stderr=subprocess.STDOUT,
         cwd=REPO,
     )
-    server = Injector(port, tmp / "ca.pem")
+    server = Injector(port, tmp / "ca.pem", tmp / "injector.log")
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -167,7 +180,7 @@ def test_an_injected_pod_is_left_alone(injector: Injector) -> None:
     _, _, expected = ALL_PODS[0]
     response = injector.review(expected)
     assert response["allowed"] is True and "patch" not in response
-    assert response["warnings"] == ["certbound: already injected, left alone"]
+    assert response["warnings"] == ["certbound not added: already has a certbound container"]
 
 
 def test_a_pod_that_asks_but_cannot_be_injected_is_refused_with_the_reason(
@@ -286,3 +299,123 @@ def test_injector_with_a_bad_config_exits_2_with_every_problem(tmp_path: Path) -
     ):
         assert line in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _corpus_pods() -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """(name, the pod as the API server sends it, the pod kube-inject --all writes or None)."""
+    out = []
+    for path in sorted((MANIFESTS / "corpus").glob("*.yaml")):
+        result = kube_inject("-f", str(path), "--values", str(VALUES), "--all")
+        assert result.returncode == 0, result.stderr
+        after = [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+        for before, injected in zip(load(f"corpus/{path.name}"), after, strict=True):
+            template, new = pod_template(before), pod_template(injected)
+            if template is None or new is None:
+                continue
+            meta = {"namespace": before["metadata"].get("namespace", "default")}
+            if before["kind"] != "Pod":
+                meta["generateName"] = before["metadata"]["name"] + "-"
+            pod = {"apiVersion": "v1", "kind": "Pod", **template}
+            pod["metadata"] = {**meta, **template.get("metadata", {})}
+            expected = None
+            if sidecar(new) is not None:
+                expected = {"apiVersion": "v1", "kind": "Pod", **new}
+                expected["metadata"] = {**meta, **new.get("metadata", {})}
+            out.append(
+                (f"{path.stem}/{before['kind']}/{before['metadata']['name']}", pod, expected)
+            )
+    return out
+
+
+CORPUS_PODS = _corpus_pods()
+
+
+@pytest.mark.parametrize(("name", "pod", "expected"), CORPUS_PODS, ids=[p[0] for p in CORPUS_PODS])
+def test_namespace_wide_webhook_agrees_with_kube_inject_all_on_the_corpus(
+    injector: Injector, name: str, pod: dict[str, Any], expected: dict[str, Any] | None
+) -> None:
+    response = injector.review(pod, "/inject/namespace", namespace=pod["metadata"]["namespace"])
+    assert response["allowed"] is True, response
+    if expected is None:  # skipped by both: created as it is, with the reason
+        assert "patch" not in response
+        (warning,) = response["warnings"]
+        assert warning.startswith("certbound not added: ")
+        return
+    patch = json.loads(base64.b64decode(response["patch"]))
+    assert jsonpatch.apply_patch(pod, patch) == expected
+
+
+def test_every_decision_is_one_log_line_with_uid_pod_and_reason(injector: Injector) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "log-agent-", "namespace": "shop"},
+        "spec": {"containers": [{"name": "agent", "image": "agent:1"}]},
+    }
+    injector.review(pod, "/inject/namespace", uid="2b0e5a7c-log-line-test")
+    status, answer = injector.post("/inject", b'{"request": {"uid": "9f1d-unreadable"}, "kind": 3}')
+    assert status == 400 and answer["response"]["uid"] == "9f1d-unreadable"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        log = injector.log_file.read_text()
+        if "9f1d-unreadable" in log:
+            break
+        time.sleep(0.1)
+    lines = log.splitlines()
+    (skipped,) = [line for line in lines if "uid=2b0e5a7c-log-line-test" in line]
+    assert "pod=shop/log-agent-*" in skipped and "outcome=skipped" in skipped
+    assert "declares no container port" in skipped
+    assert any("injector listening on 127.0.0.1:" in line for line in lines)
+    (unreadable,) = [line for line in lines if "uid=9f1d-unreadable" in line]
+    assert "outcome=refused" in unreadable
+
+
+def test_injector_without_token_settings_refuses_to_start(tmp_path: Path) -> None:
+    config = tmp_path / "no-tokens.yaml"
+    config.write_text("tls: {cert_file: /c, key_file: /k}\nvalues: {tls: {secretName: s}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "injector", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=REPO,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "values.proxy.config.tokens: issuer and audience (or issuers) required" in result.stderr
+
+
+def test_a_jobs_pod_is_skipped_in_container_mode_or_refused_if_it_asked() -> None:
+    values = yaml.safe_load(VALUES.read_text()) | {"inject": {"mode": "container"}}
+    options = options_from_values(values)
+    owner = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": "reindex",
+        "uid": "1",
+        "controller": True,
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "reindex-", "ownerReferences": [owner]},
+        "spec": {"containers": [{"name": "a", "ports": [{"containerPort": 8080}]}]},
+    }
+    body = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": "search",
+            "operation": "CREATE",
+            "object": pod,
+        },
+    }
+    _, document, _, _ = review(body, options, inject_all=True)
+    assert document["response"]["allowed"] is True and "patch" not in document["response"]
+    assert "a Job's pod never completes" in document["response"]["warnings"][0]
+    pod["metadata"]["annotations"] = {"certbound.io/inject": "true"}
+    _, document, _, _ = review(body, options, inject_all=False)
+    assert document["response"]["allowed"] is False
+    assert "a Job's pod never completes" in document["response"]["status"]["message"]

@@ -163,9 +163,31 @@ certificate are allowed, a route requires a DPoP binding, or nonces are on. */}}
 {{- if $used -}}true{{- end -}}
 {{- end }}
 
+{{/*
+The injector serves every enabled namespace of the cluster: the chart's placeholder token
+settings must never reach it. Fails the render with the values to set; renders nothing.
+*/}}
+{{- define "certbound.validateInjector" -}}
+{{- if not .Values.injector.configMap -}}
+{{- $tokens := default (dict) .Values.proxy.config.tokens -}}
+{{- $missing := list -}}
+{{- if not $tokens.issuers -}}
+{{- if or (not $tokens.issuer) (eq (toString $tokens.issuer) "https://issuer.example.com") -}}
+{{- $missing = append $missing "proxy.config.tokens.issuer" -}}
+{{- end -}}
+{{- if or (not $tokens.audience) (eq (toString $tokens.audience) "certbound-demo") -}}
+{{- $missing = append $missing "proxy.config.tokens.audience" -}}
+{{- end -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "injector.enabled: set %s to your authorization server's (the chart's placeholders would be trusted by every injected pod), or name a ConfigMap holding config.yaml in injector.configMap; a pod's certbound.io/audience annotation chooses its own audience" (join " and " $missing)) -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
 {{/* Injector labels. Its own app.kubernetes.io/name, so that the workload's Service and
-PDB never select injector pods; component=injector is what the webhook's objectSelector
-excludes, so the injector is never sent its own pods. */}}
+PDB never select injector pods. The webhook is never sent the injector's own pods: they are
+labelled certbound.io/inject "false" and run in the release namespace, both excluded. */}}
 {{- define "certbound.injectorSelectorLabels" -}}
 app.kubernetes.io/name: {{ printf "%s-injector" (include "certbound.name" .) | trunc 63 | trimSuffix "-" }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -191,7 +213,7 @@ values (the same proxy.* as this chart's own sidecar, see proxy/inject/spec.py).
 {{- define "certbound.injectorConfig" -}}
 {{- $tls := dict "secretName" .Values.injector.tlsSecretName "defaultMode" .Values.tls.defaultMode "clientCA" .Values.tls.clientCA -}}
 {{- $proxy := pick .Values.proxy "image" "ports" "workers" "config" "extraConfig" "env" "resources" "securityContext" "livenessProbe" "readinessProbe" "startupProbe" "extraVolumes" "extraVolumeMounts" "dpop" -}}
-{{- $inject := dict "mode" .Values.injector.mode "configMap" .Values.injector.configMap -}}
+{{- $inject := dict "mode" .Values.injector.mode "configMap" .Values.injector.configMap "ports" .Values.injector.ports -}}
 {{- $values := dict "proxy" $proxy "tls" $tls "inject" $inject -}}
 {{- $listen := dict "host" "0.0.0.0" "port" (int .Values.injector.port) -}}
 {{- $files := dict "cert_file" "/etc/certbound-injector/tls/tls.crt" "key_file" "/etc/certbound-injector/tls/tls.key" -}}
