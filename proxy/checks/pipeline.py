@@ -209,11 +209,12 @@ class Pipeline:
                     token, is_dpop = single[5:], True
                 claims = self._cached(token) if token else None
         if claims is None:
+            looked_up = token
             token, is_dpop = extract_credentials(
                 authorization,
                 [name for name, _ in parse_qsl(query, keep_blank_values=True)] if query else (),
             )
-            claims = self._cached(token)
+            claims = self._cached(token) if token != looked_up else None
             if claims is None:
                 presented = Presented(token, is_dpop, request, single)
                 claims = self._verified_now(presented)

@@ -22,7 +22,7 @@ from jwt.types import Options
 
 from proxy.cache import ExpiringCache
 from proxy.errors import AuthError, Reason
-from proxy.tokens import unverified
+from proxy.tokens import signature, unverified
 
 # Asymmetric JWS algorithms only: a proof shows possession of a private key (RFC 9449 §4.2).
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -47,6 +47,7 @@ PROOF_DECODE_OPTIONS: Options = {
     "verify_aud": False,
     "verify_iss": False,
 }
+_PROOF_OPTIONS: dict[str, Any] = dict(PROOF_DECODE_OPTIONS)
 
 
 # Public keys imported from proofs' jwk, by RFC 7638 thumbprint and alg: a client signs every
@@ -99,7 +100,7 @@ def verify_proof(
     if len(proof) > MAX_PROOF_LENGTH:
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof too long")
     try:
-        header = unverified.read(proof, payload=False)[0]
+        header, payload = unverified.read(proof)
     except unverified.Unreadable:
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof is not a JWS") from None
     if header.get("typ") != "dpop+jwt":
@@ -124,7 +125,8 @@ def verify_proof(
             ) from None
         _KEYS.put(name, key, math.inf)
     try:
-        claims = jwt.decode(proof, key, algorithms=[alg], options=PROOF_DECODE_OPTIONS)
+        # PyJWT's judges on the proof as read above (tokens/signature.py).
+        claims = signature.decode(proof, header, payload, key, alg, options=_PROOF_OPTIONS)
     except jwt.InvalidSignatureError:
         raise _refuse(Reason.DPOP_INVALID_SIGNATURE, "DPoP proof signature is invalid") from None
     except jwt.PyJWTError:
