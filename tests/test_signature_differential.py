@@ -175,8 +175,11 @@ def by_fast_path(token: str, alg: str, key: Any) -> tuple[str, Any]:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=tokens())
-def test_the_fast_path_judges_every_token_as_jwt_decode_does(case: tuple[str, str]) -> None:
+@given(case=tokens(), as_jwk=st.booleans())
+def test_the_fast_path_judges_every_token_as_jwt_decode_does(
+    case: tuple[str, str], as_jwk: bool
+) -> None:
+    """as_jwk: the key as a PyJWK bound to its algorithm, as tokens/dpop.py holds a proof's."""
     token, key_alg = case
     try:
         header = unverified.read(token, payload=False)[0]
@@ -188,7 +191,7 @@ def test_the_fast_path_judges_every_token_as_jwt_decode_does(case: tuple[str, st
     alg = header.get("alg")
     if not isinstance(alg, str):
         return  # check_header refuses it before either judge
-    key = KEYS[key_alg][1]
+    key = jwt.PyJWK(_jwk(key_alg), algorithm=key_alg) if as_jwk else KEYS[key_alg][1]
     try:
         unverified.read(token)
     except unverified.Unreadable:

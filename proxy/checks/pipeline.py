@@ -226,6 +226,7 @@ class Pipeline:
                     token, is_dpop = single[5:], True
                 claims = self._cached(token) if token else None
         if claims is None:
+            looked_up = token
             if trace is not None:
                 trace.check("credentials", authorization=len(authorization), query=bool(query))
             token, is_dpop = extract_credentials(
@@ -234,7 +235,7 @@ class Pipeline:
             )
             if trace is not None:
                 trace.note(scheme="DPoP" if is_dpop else "Bearer")
-            claims = self._cached(token)
+            claims = self._cached(token) if token != looked_up else None
             if claims is None:
                 presented = Presented(token, is_dpop, request, single)
                 if trace is not None:

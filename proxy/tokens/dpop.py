@@ -22,7 +22,7 @@ from jwt.types import Options
 
 from proxy.cache import ExpiringCache
 from proxy.errors import AuthError, Reason
-from proxy.tokens import unverified
+from proxy.tokens import signature, unverified
 from proxy.trace import Trace
 
 # Asymmetric JWS algorithms only: a proof shows possession of a private key (RFC 9449 §4.2).
@@ -48,6 +48,7 @@ PROOF_DECODE_OPTIONS: Options = {
     "verify_aud": False,
     "verify_iss": False,
 }
+_PROOF_OPTIONS: dict[str, Any] = dict(PROOF_DECODE_OPTIONS)
 
 
 # Public keys imported from proofs' jwk, by RFC 7638 thumbprint and alg: a client signs every
@@ -106,7 +107,7 @@ def verify_proof(
     if trace is not None:
         trace.check("JWS form")
     try:
-        header = unverified.read(proof, payload=False)[0]
+        header, payload = unverified.read(proof)
     except unverified.Unreadable:
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof is not a JWS") from None
     if trace is not None:
@@ -144,7 +145,8 @@ def verify_proof(
     if trace is not None:
         trace.check("signature")
     try:
-        claims = jwt.decode(proof, key, algorithms=[alg], options=PROOF_DECODE_OPTIONS)
+        # PyJWT's judges on the proof as read above (tokens/signature.py).
+        claims = signature.decode(proof, header, payload, key, alg, options=_PROOF_OPTIONS)
     except jwt.InvalidSignatureError:
         raise _refuse(Reason.DPOP_INVALID_SIGNATURE, "DPoP proof signature is invalid") from None
     except jwt.PyJWTError as exc:

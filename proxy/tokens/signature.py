@@ -26,7 +26,7 @@ _UNUSED_BITS = {0: 0, 2: 0b1111, 3: 0b11}
 
 
 def is_canonical(segment: str) -> bool:
-    """Whether a segment of the base64url alphabet (unverified.COMPACT_JWS checked that) is
+    """Whether a segment of the base64url alphabet (unverified.read checked that) is
     the one encoding of its bytes: the unused bits of its last character are zero. PyJWT
     refuses the other spellings (they decode to the same bytes), and so does this path."""
     unused = _UNUSED_BITS.get(len(segment) % 4)
@@ -46,14 +46,14 @@ def decode(
     key: Any,
     alg: str,
     *,
-    audience: Sequence[str],
-    issuer: str,
-    leeway: float,
+    audience: Sequence[str] | None = None,
+    issuer: str | None = None,
+    leeway: float = 0,
     options: dict[str, Any],
 ) -> dict[str, Any]:
     """jwt.decode(token, key, algorithms=[alg], ...) for a token whose header and payload
     unverified.read gave; raises what jwt.decode raises. `alg` is the header's, already
-    allowed by the caller."""
+    allowed by the caller; `key` a public key, or a PyJWK bound to one algorithm."""
     if "b64" in header or "crit" in header:
         # RFC 7797 and critical extensions: PyJWT's own rules, in full.
         return _decode_whole(token, key, alg, audience, issuer, leeway, options)
@@ -64,11 +64,17 @@ def decode(
         raw_signature = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
     except (binascii.Error, ValueError):
         raise jwt.DecodeError("Invalid crypto padding") from None
-    try:
-        algorithm = _JWS.get_algorithm_by_name(alg)
-    except NotImplementedError:
-        raise jwt.InvalidAlgorithmError("Algorithm not supported") from None
-    prepared = algorithm.prepare_key(key)
+    if isinstance(key, jwt.PyJWK):
+        # As PyJWS: a PyJWK verifies with the algorithm it was made for, and no other.
+        if alg != key.algorithm_name:
+            raise jwt.InvalidAlgorithmError("Token algorithm does not match the key's")
+        algorithm, prepared = key.Algorithm, key.Algorithm.prepare_key(key.key)
+    else:
+        try:
+            algorithm = _JWS.get_algorithm_by_name(alg)
+        except NotImplementedError:
+            raise jwt.InvalidAlgorithmError("Algorithm not supported") from None
+        prepared = algorithm.prepare_key(key)
     signing_input = f"{head}.{body}".encode("ascii")
     if not algorithm.verify(signing_input, prepared, raw_signature):
         raise jwt.InvalidSignatureError("Signature verification failed")
@@ -81,8 +87,8 @@ def _decode_whole(
     token: str,
     key: Any,
     alg: str,
-    audience: Sequence[str],
-    issuer: str,
+    audience: Sequence[str] | None,
+    issuer: str | None,
     leeway: float,
     options: dict[str, Any],
 ) -> dict[str, Any]:
