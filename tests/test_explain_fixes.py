@@ -1,10 +1,12 @@
 """explain prints the proxy's own decision with a fix for its reason: every Reason the proxy can
-answer with has a fix, and refusals made by the real checks (a Pipeline built from the
-configuration, keys from a JWKS file) come out under the check that made them."""
+answer with has a fix; refusals made by the real checks (a Pipeline built from the
+configuration, keys from a JWKS file) come out under the check that made them; and what explain
+says a running proxy answers is what it answers (real TLS, real JWKS endpoint, real upstream)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,12 @@ import yaml
 
 from proxy.config import load_settings
 from proxy.errors import AuthError, Reason
-from proxy.settings import Settings
+from proxy.settings import PolicySettings, RouteSettings, Settings
 from proxy.tools.explain import Request, explain
 from proxy.tools.fixes import FIXES, fix_for
 from proxy.tools.printer import Printer, View
 from proxy.trace import Trace
-from tests.conftest import AUDIENCE, PKI, Issuer
+from tests.conftest import AUDIENCE, PKI, Issuer, StartProxy
 
 REFUSAL_REASONS = [reason for reason in Reason if reason is not Reason.OK]
 
@@ -48,7 +50,8 @@ def test_a_fact_the_hint_names_but_the_check_did_not_record_reads_see_above() ->
 
 
 @pytest.fixture
-def issuer() -> Issuer:
+def file_issuer() -> Issuer:
+    """An issuer whose keys explain reads from a JWKS file (its URL leads nowhere)."""
     issuer = Issuer(url="https://issuer.invalid")
     issuer.add_key("k1")
     return issuer
@@ -108,15 +111,15 @@ ROUTES = {"routes": [{"path": "/orders/**", "scopes": ["orders:read"]}]}
 async def test_a_refusal_by_the_checks_is_printed_under_its_check_with_the_fix(
     tmp_path: Path,
     pki: PKI,
-    issuer: Issuer,
+    file_issuer: Issuer,
     reason: str,
     check: str,
     sections: dict[str, Any],
     claims: dict[str, Any],
     target: str,
 ) -> None:
-    settings = settings_for(tmp_path, pki, issuer, **sections)
-    lines = await run(settings, pki, issuer.mint(pki.alice, **claims), target)
+    settings = settings_for(tmp_path, pki, file_issuer, **sections)
+    lines = await run(settings, pki, file_issuer.mint(pki.alice, **claims), target)
     assert lines[-1] == "1", lines
     failed = [i for i, line in enumerate(lines) if f"FAIL {reason}: " in line]
     assert len(failed) == 1, lines
@@ -126,20 +129,22 @@ async def test_a_refusal_by_the_checks_is_printed_under_its_check_with_the_fix(
     assert lines[-2].startswith("outcome: REFUSE ") and lines[-2].endswith(f"(reason {reason})")
 
 
-async def test_a_hint_names_what_the_check_saw(tmp_path: Path, pki: PKI, issuer: Issuer) -> None:
-    settings = settings_for(tmp_path, pki, issuer, policy=ROUTES)
-    out = "\n".join(await run(settings, pki, issuer.mint(pki.alice), "/admin/x"))
+async def test_a_hint_names_what_the_check_saw(
+    tmp_path: Path, pki: PKI, file_issuer: Issuer
+) -> None:
+    settings = settings_for(tmp_path, pki, file_issuer, policy=ROUTES)
+    out = "\n".join(await run(settings, pki, file_issuer.mint(pki.alice), "/admin/x"))
     assert "fix: no rule matches GET /admin/x and policy.unmatched is deny" in out
-    out = "\n".join(await run(settings, pki, issuer.mint(pki.alice, scope="orders:write")))
+    out = "\n".join(await run(settings, pki, file_issuer.mint(pki.alice, scope="orders:write")))
     assert "route scopes: orders:read; token scope: orders:write" in out
     assert "every scope the route requires (orders:read)" in out
 
 
 async def test_report_only_prints_the_refusal_and_forwards(
-    tmp_path: Path, pki: PKI, issuer: Issuer
+    tmp_path: Path, pki: PKI, file_issuer: Issuer
 ) -> None:
-    settings = settings_for(tmp_path, pki, issuer, binding={"mode": "report_only"})
-    lines = await run(settings, pki, issuer.mint(pki.bob))
+    settings = settings_for(tmp_path, pki, file_issuer, binding={"mode": "report_only"})
+    lines = await run(settings, pki, file_issuer.mint(pki.bob))
     assert lines[-1] == "0", lines
     out = "\n".join(lines)
     assert "FAIL thumbprint_mismatch: token is bound to a different client certificate" in out
@@ -148,10 +153,47 @@ async def test_report_only_prints_the_refusal_and_forwards(
 
 
 async def test_public_route_is_forwarded_without_a_token_check(
-    tmp_path: Path, pki: PKI, issuer: Issuer
+    tmp_path: Path, pki: PKI, file_issuer: Issuer
 ) -> None:
     policy = {"routes": [{"path": "/health", "public": True}]}
-    settings = settings_for(tmp_path, pki, issuer, policy=policy)
+    settings = settings_for(tmp_path, pki, file_issuer, policy=policy)
     lines = await run(settings, pki, "not-even-a-token", "/health")
     assert lines[-2:] == ["outcome: FORWARD (public route: no token checked)", "0"]
     assert not any(line.startswith("3. token") for line in lines)
+
+
+# --- explain's answer is the running proxy's ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("who", "path", "claims"),
+    [
+        ("alice", "/orders/7", {}),
+        ("bob", "/orders/7", {}),
+        ("alice", "/orders/7", {"exp": int(time.time()) - 3600}),
+        ("alice", "/orders/7", {"aud": "https://other.example"}),
+        ("alice", "/orders/7", {"scope": "orders:list"}),
+        ("alice", "/orders/7", {"cnf": None}),
+        ("alice", "/admin", {}),
+    ],
+    ids=["forward", "other-cert", "expired", "audience", "scope", "unbound", "no-route"],
+)
+async def test_explain_answers_as_the_running_proxy_does(
+    start_proxy: StartProxy, pki: PKI, issuer: Issuer, who: str, path: str, claims: dict[str, Any]
+) -> None:
+    policy = PolicySettings(routes=(RouteSettings(path="/orders/**", scopes=("orders:read",)),))
+    running = await start_proxy(policy=policy)
+    token = issuer.mint(pki.alice, **claims)
+    status, headers, body = await running.request(path=path, who=who, token=token)
+    lines: list[str] = []
+    certificate = pki.alice.cert if who == "alice" else pki.bob.cert
+    request = Request(certificate=certificate, token=token, target=path)
+    code = await explain(running.proxy.settings, request, lines.append)
+    if status == 200:
+        assert (code, lines[-1]) == (0, "outcome: FORWARD"), lines
+        return
+    reason = body.decode().split(":", 1)[0].split()[1]
+    assert code == 1 and lines[-1].startswith(f"outcome: REFUSE {status} "), lines
+    assert lines[-1].endswith(f"(reason {reason})"), lines
+    assert f"     WWW-Authenticate: {headers['WWW-Authenticate']}" in lines
+    assert running.upstream.seen == []  # refused, and never forwarded
