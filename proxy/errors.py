@@ -188,6 +188,9 @@ class AuthError(Exception):
         self.issuer = ""  # the configured issuer's name, once the token's iss picked one
         # Set when the refusal concerns DPoP: the challenge is then `DPoP ..., algs="..."`.
         self.dpop_algs: str | None = None
+        # Set when the route accepts DPoP beside Bearer: a `DPoP algs="..."` challenge follows
+        # the Bearer one (offer_dpop).
+        self.dpop_offer: str | None = None
         self.dpop_nonce: str | None = None  # sent as DPoP-Nonce with a use_dpop_nonce refusal
 
     @property
@@ -212,20 +215,36 @@ def _quote(value: str) -> str:
     return "".join(c for c in value if 0x20 <= ord(c) <= 0x7E and c not in '"\\')
 
 
+def offer_dpop(error: AuthError, accepts: str, algs: str) -> None:
+    """RFC 9449 §7.1: tell the client which schemes the route takes. `accepts` is the route's
+    `binding` (any | mtls | dpop; "" when the refusal came before a route was found): a `dpop`
+    route challenges in the DPoP scheme only, an `any` one with Bearer and DPoP."""
+    if accepts == "dpop":
+        if error.dpop_algs is None:
+            error.dpop_algs = algs
+    elif accepts == "any":
+        error.dpop_offer = algs
+
+
 def challenge(error: AuthError) -> str | None:
     """The WWW-Authenticate value for a refusal, or None when the status is not 401/403."""
     refusal = error.refusal
     if refusal.status not in (400, 401, 403):
         return None
-    if refusal.error is None:
-        return "Bearer"
-    parts = [f'error="{refusal.error}"', f'error_description="{_quote(error.description)}"']
-    if error.scope is not None:
-        parts.append(f'scope="{_quote(error.scope)}"')
+    parts = []
+    if refusal.error is not None:
+        parts = [f'error="{refusal.error}"', f'error_description="{_quote(error.description)}"']
+        if error.scope is not None:
+            parts.append(f'scope="{_quote(error.scope)}"')
     if error.dpop_algs is not None:
         # RFC 9449 §7.1: the DPoP scheme, with the algorithms a proof may use.
         return "DPoP " + ", ".join([*parts, f'algs="{error.dpop_algs}"'])
-    return "Bearer " + ", ".join(parts)
+    # RFC 6750 §3: no error attribute when the request had no credentials.
+    bearer = "Bearer " + ", ".join(parts) if parts else "Bearer"
+    if error.dpop_offer is not None:
+        # RFC 9110 §11.6.1: several challenges in one field, comma-separated.
+        return f'{bearer}, DPoP algs="{error.dpop_offer}"'
+    return bearer
 
 
 def error_parts(error: AuthError) -> tuple[int, list[tuple[str, str]], bytes]:

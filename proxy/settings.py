@@ -133,7 +133,7 @@ class TokenSettings:
     require_typ_at_jwt: bool = False
     max_lifetime_seconds: int = 0
     jwks_refresh_seconds: float = 300.0
-    jwks_min_refetch_seconds: float = 30.0
+    jwks_min_refetch_seconds: float = 5.0
     cache_size: int = 10000
     accept_jwt: bool = True  # false: every token is introspected (opaque-only deployments)
     introspection: IntrospectionSettings = field(default_factory=IntrospectionSettings)

@@ -38,6 +38,8 @@ from tests.openssl_ca import Leaf, OpenSSLCA
 from tests.redis_server import RedisServer
 
 AUDIENCE = "https://orders.example"
+# A request without credentials, no policy: Bearer, and DPoP with dpop.algorithms' default.
+NO_CREDENTIALS = 'Bearer, DPoP algs="ES256 PS256 EdDSA RS256"'
 
 
 class _Collect(logging.Handler):

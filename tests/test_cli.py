@@ -94,7 +94,7 @@ def test_demo_prints_curl_lines_that_work_when_pasted(tmp_path: Path) -> None:
         assert replay.startswith("HTTP/1.1 401") and 'error="invalid_token"' in replay
         bare = paste(curls[2])
         assert bare.startswith("HTTP/1.1 401") and re.search(
-            r"^WWW-Authenticate: Bearer\r?$", bare, re.M
+            r'^WWW-Authenticate: Bearer, DPoP algs="[A-Za-z0-9 ]+"\r?$', bare, re.M
         )
         unbound = paste(curls[3])
         assert unbound.startswith("HTTP/1.1 401") and "missing_cnf" in unbound

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import PKI, Issuer, Upstream, process_config
+from tests.conftest import NO_CREDENTIALS, PKI, Issuer, Upstream, process_config
 from tests.process import ProxyProcess, proxy_process
 
 
@@ -186,7 +186,7 @@ async def test_form_token_is_not_a_credential(
     token = issuer.mint(pki.alice)
     done = await curl(pki, "--data-urlencode", f"access_token={token}", proc.url + "/forms")
     status, headers, _ = status_and_headers(done)
-    assert status == 401 and headers["www-authenticate"] == "Bearer"
+    assert status == 401 and headers["www-authenticate"] == NO_CREDENTIALS
     assert upstream.seen == []
 
 

@@ -4,7 +4,9 @@ reads for every token PyJWT accepts, and refuse what is not one spelling of a JW
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import re
 from typing import Any
 
 import jwt
@@ -73,3 +75,64 @@ def test_refuses_what_is_not_one_spelling_of_a_jws(token: str) -> None:
 def test_payload_is_not_read_when_not_asked_for() -> None:
     header, payload = unverified.read(f"{GOOD_HEAD}.{_b64('not an object')}.sig", payload=False)
     assert header == {"alg": "ES256"} and payload == {}
+
+
+# The regular expression and json.loads that unverified.read used before its C-speed checks:
+# the oracle for what it accepts and what it reads.
+_ORACLE_FORM = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def _oracle(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    if _ORACLE_FORM.fullmatch(token) is None:
+        return None
+    found = []
+    for part in token.split(".")[:2]:
+        if len(part) % 4 == 1:
+            return None
+        try:
+            value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        except (binascii.Error, ValueError, RecursionError):
+            return None
+        if not isinstance(value, dict):
+            return None
+        found.append(value)
+    kid = found[0].get("kid")
+    if kid is not None and not isinstance(kid, str):
+        return None
+    return found[0], found[1]
+
+
+def _encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+_JSONISH = st.one_of(
+    st.dictionaries(st.sampled_from(["alg", "kid", "iss", "x"]), st.integers() | st.text())
+    .map(json.dumps)
+    .map(str.encode),
+    st.sampled_from([b'{"a":1} ', b' {"a":1}', b'{"a":1}x', b"[1]", b"{}", b'{"a":"\xff"}']),
+    st.sampled_from(["utf-16", "utf-32", "utf-8-sig"]).map(lambda c: '{"a":1}'.encode(c)),
+    st.binary(max_size=12),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    header=_JSONISH,
+    payload=_JSONISH,
+    signature=st.binary(max_size=8).map(_encode),
+    noise=st.sampled_from(["", "=", " ", "+", "/", ".", "\n", "é", "\x00"]),
+    where=st.integers(0, 400),
+)
+def test_read_accepts_and_reads_exactly_what_the_regex_and_json_loads_did(
+    header: bytes, payload: bytes, signature: str, noise: str, where: int
+) -> None:
+    token = f"{_encode(header)}.{_encode(payload)}.{signature}"
+    at = min(where, len(token))
+    token = token[:at] + noise + token[at:]
+    expected = _oracle(token)
+    try:
+        got: tuple[dict[str, Any], dict[str, Any]] | None = unverified.read(token)
+    except unverified.Unreadable:
+        got = None
+    assert got == expected

@@ -4,7 +4,8 @@ that is counted (metrics.py) and, for refusals, audited (audit.py).
 
 It takes a plain `Request` value and never learns which server parsed it. A request whose
 token is already in the verified-token cache is decided synchronously (no task, no await);
-only a cache miss returns a coroutine.
+only a cache miss returns a coroutine. Given a Trace (proxy/trace.py), each check records
+itself there before deciding: that record is what `certbound explain` prints.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from proxy.checks.policy import (
     PathError,
     Policy,
     Route,
+    accepted_binding,
     authorize,
     check_subject,
     compile_policy,
@@ -32,7 +34,7 @@ from proxy.checks.policy import (
 )
 from proxy.checks.replay import ForeignCertificates
 from proxy.checks.request import Request
-from proxy.errors import AuthError, Outcome, Reason
+from proxy.errors import AuthError, Outcome, Reason, offer_dpop
 from proxy.settings import Settings
 from proxy.tokens.dpop import Nonces, check_key, verify_proof
 from proxy.tokens.extract import extract_credentials
@@ -44,6 +46,7 @@ from proxy.tokens.replay_cache import (
     SharedReplayCache,
     replay_key,
 )
+from proxy.trace import Trace
 from proxy.trust.forwarded_cert import (
     ForwardedCertVerifier,
     is_trusted_peer,
@@ -61,6 +64,7 @@ class Seen:
 
     identity: ClientIdentity | None = None
     claims: TokenClaims | None = None
+    route: Route | None = None  # the matched route, for the challenge of a refusal
 
 
 class Admitted(NamedTuple):
@@ -166,23 +170,36 @@ class Pipeline:
         from_tls: ClientIdentity | None,
         seen: Seen,
         memo: TokenMemo | None = None,
+        trace: Trace | None = None,
     ) -> Decision:
         """The checks, in the order of docs/design.md. Returns Admitted, or a coroutine resolving
         to it when the token must be verified with I/O. Raises AuthError for a refusal and
         records what it learnt in `seen`, so a refusal can still be audited with it. `memo`:
-        the connection's TokenMemo, when the caller keeps one per connection."""
+        the connection's TokenMemo, when the caller keeps one per connection. `trace`: where
+        to record each check (explain); None on the request path."""
+        if trace is not None:
+            trace.check("target", target=request.target)
         if not request.target.startswith("/"):
             # Only origin-form means anything to a sidecar: an absolute-form target would be
             # glued onto the upstream URL, and `*` or authority-form name no resource of it.
             raise AuthError.malformed("the request target must be an absolute path")
+        if trace is not None:
+            trace.check("certificate", source=self.settings.client_cert.source)
         identity = seen.identity = self._identity(request, from_tls)
         if identity is None and not self._certless:
             raise AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate")
         target, route = request.target, None
+        if trace is not None:
+            trace.check("route", method=request.method, is_enabled=self.policy.is_enabled)
         if self.policy.is_enabled:
             target, path = _normalised_target(request.target)
             route = match_route(self.policy, request.method, path)
+            if trace is not None:
+                trace.note(path=path, route=route, unmatched=self.settings.policy.unmatched)
             if route is not None:
+                seen.route = route
+                if trace is not None and route.subjects:
+                    trace.check("subject", identity=identity, subjects=sorted(route.subjects))
                 check_subject(route, identity)
                 if route.public:
                     return Admitted(identity, target, binding="none")
@@ -199,6 +216,9 @@ class Pipeline:
                 claims = memo.recall(single, self.verifier.generation)
                 if claims is not None:
                     seen.claims = claims
+                    if trace is not None:  # token and binding: as this connection's last
+                        trace.check("token", claims=claims, is_remembered=True)
+                        self._trace_policy(trace, route)
                     return self._authorize(claims, identity, target, route, "bound", None)
             if single.isascii():
                 # A cache hit is the very string that passed extract_credentials when it was
@@ -209,17 +229,48 @@ class Pipeline:
                     token, is_dpop = single[5:], True
                 claims = self._cached(token) if token else None
         if claims is None:
+            looked_up = token
+            if trace is not None:
+                trace.check("credentials", authorization=len(authorization), query=bool(query))
             token, is_dpop = extract_credentials(
                 authorization,
                 [name for name, _ in parse_qsl(query, keep_blank_values=True)] if query else (),
             )
-            claims = self._cached(token)
+            if trace is not None:
+                trace.note(scheme="DPoP" if is_dpop else "Bearer")
+            claims = self._cached(token) if token != looked_up else None
             if claims is None:
                 presented = Presented(token, is_dpop, request, single)
-                return self._admit_verified(presented, identity, target, route, seen, memo)
+                if trace is not None:
+                    trace.check("token", is_cached=False)
+                claims = self._verified_now(presented)
+                if claims is None:
+                    return self._admit_verified(
+                        presented, identity, target, route, seen, memo, trace
+                    )
+        if trace is not None:  # a cache hit, or verified just now (the step recorded above)
+            if trace.steps[-1].check == "token":
+                trace.note(claims=claims)
+            else:
+                trace.check("token", claims=claims, is_cached=True)
         seen.claims = claims
         presented = Presented(token, is_dpop, request, single)
-        return self._bind_and_authorize(claims, presented, identity, target, route, memo)
+        return self._bind_and_authorize(claims, presented, identity, target, route, memo, trace)
+
+    def _verified_now(self, presented: Presented) -> TokenClaims | None:
+        """A JWT whose key is at hand, verified without a task (most misses); None when the
+        token needs I/O first (an unknown kid, introspection)."""
+        if not self.settings.tokens.accept_jwt or self.introspector is not None:
+            return None
+        try:
+            return self.verifier.verify_now(presented.token)
+        except AuthError as refusal:
+            if presented.is_dpop:  # RFC 9449 §7.1: answer in the scheme the client used
+                refusal.dpop_algs = self._dpop_algs
+            raise
+        except Exception:  # as on the task path: a 500 and a log line, never a dead connection
+            log.error("internal error verifying a token", exc_info=True)
+            raise AuthError.internal() from None
 
     async def _admit_verified(
         self,
@@ -229,6 +280,7 @@ class Pipeline:
         route: Route | None,
         seen: Seen,
         memo: TokenMemo | None,
+        trace: Trace | None,
     ) -> Admitted:
         try:
             claims = seen.claims = await self._verify(presented.token)
@@ -236,7 +288,9 @@ class Pipeline:
             if presented.is_dpop:  # RFC 9449 §7.1: answer in the scheme the client used
                 refusal.dpop_algs = self._dpop_algs
             raise
-        decision = self._bind_and_authorize(claims, presented, identity, target, route, memo)
+        if trace is not None:
+            trace.note(claims=claims)
+        decision = self._bind_and_authorize(claims, presented, identity, target, route, memo, trace)
         return decision if isinstance(decision, Admitted) else await decision
 
     def _bind_and_authorize(
@@ -247,11 +301,12 @@ class Pipeline:
         target: str,
         route: Route | None,
         memo: TokenMemo | None,
+        trace: Trace | None,
     ) -> Decision:
         mode = route.binding_mode if route else self.settings.binding.mode
         reported, is_bound, checked = None, False, None
         try:
-            is_bound, checked = self._bind(claims, presented, identity, route)
+            is_bound, checked = self._bind(claims, presented, identity, route, trace)
             binding = "bound" if is_bound else "unbound"
         except AuthError as failure:
             if mode != "report_only" or failure.reason is Reason.NO_CLIENT_CERT:
@@ -259,10 +314,19 @@ class Pipeline:
                 raise
             # Rollout: count and log what enforce would have done, then go on.
             reported, binding = failure, "report_only_failed"
+            if trace is not None:
+                trace.reported(failure)
         if checked is not None:
             if checked.shared_key is not None:
                 return self._record_then_authorize(
-                    checked, claims, identity, target, route, binding, mode == "report_only"
+                    checked,
+                    claims,
+                    identity,
+                    target,
+                    route,
+                    binding,
+                    mode == "report_only",
+                    trace,
                 )
             nonce = checked.nonce
         else:
@@ -274,6 +338,8 @@ class Pipeline:
             memo.remember(
                 authorization, claims, self.verifier.generation, self.verifier.leeway_for(claims)
             )
+        if trace is not None:
+            self._trace_policy(trace, route)
         return self._authorize(claims, identity, target, route, binding, reported, nonce)
 
     async def _record_then_authorize(
@@ -285,10 +351,13 @@ class Pipeline:
         route: Route | None,
         binding: str,
         report_only: bool,
+        trace: Trace | None,
     ) -> Admitted:
         """The proof passed every check but the shared replay cache: ask it, then policy."""
         assert self.shared_replays is not None and checked.shared_key is not None
         reported = None
+        if trace is not None:
+            trace.check("replay cache", where=self.shared_replays.where)
         try:
             is_first = await self.shared_replays.first_use(checked.shared_key, checked.ttl)
         except ReplayCacheUnavailable as exc:
@@ -299,6 +368,10 @@ class Pipeline:
             if not report_only:
                 raise failure
             reported, binding = failure, "report_only_failed"
+            if trace is not None:
+                trace.reported(failure)
+        if trace is not None:
+            self._trace_policy(trace, route)
         return self._authorize(claims, identity, target, route, binding, reported, checked.nonce)
 
     def _unrecorded(self, why: str) -> bool:
@@ -327,6 +400,7 @@ class Pipeline:
         presented: Presented,
         identity: ClientIdentity | None,
         route: Route | None,
+        trace: Trace | None,
     ) -> tuple[bool, CheckedProof | None]:
         """True when bound (to the certificate, to the DPoP key, or both as cnf says), False
         when unbound and the route allows it; raises AuthError otherwise. With a DPoP proof,
@@ -334,12 +408,14 @@ class Pipeline:
         cnf = claims.cnf
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
         checked = None
+        if trace is not None:
+            trace.check("cnf", cnf=cnf, is_dpop=presented.is_dpop)
         try:
             if jkt is not None:
                 if not presented.is_dpop:
                     # RFC 9449 §7.2: a DPoP-bound token must not be accepted as a bearer one.
                     raise AuthError(Reason.DPOP_TOKEN_AS_BEARER, "DPoP-bound token sent as Bearer")
-                checked = self._check_proof(jkt, presented, claims)
+                checked = self._check_proof(jkt, presented, claims, trace)
                 if not (isinstance(cnf, dict) and "x5t#S256" in cnf):
                     return True, checked
             elif presented.is_dpop:
@@ -347,18 +423,21 @@ class Pipeline:
         except AuthError as failure:
             failure.dpop_algs = self._dpop_algs
             raise
+        # cnf with jkt: x5t#S256 beside it must match too (it cannot be "unbound").
+        allow_unbound = route.allow_unbound_tokens if route and jkt is None else False
+        if trace is not None:
+            trace.check("cnf.x5t#S256", identity=identity, allow_unbound=allow_unbound)
         if identity is None:
             # Nothing to bind to and no other proof of possession.
             raise AuthError(Reason.NO_CLIENT_CERT, _CERTLESS_REFUSAL)
-        is_bound = check_binding(
-            cnf,
-            identity.thumbprint,
-            # cnf with jkt: x5t#S256 beside it must match too (it cannot be "unbound").
-            allow_unbound=route.allow_unbound_tokens if route and jkt is None else False,
-        )
+        is_bound = check_binding(cnf, identity.thumbprint, allow_unbound=allow_unbound)
+        if trace is not None:
+            trace.note(is_bound=is_bound)
         return is_bound, checked
 
-    def _check_proof(self, jkt: object, presented: Presented, claims: TokenClaims) -> CheckedProof:
+    def _check_proof(
+        self, jkt: object, presented: Presented, claims: TokenClaims, trace: Trace | None
+    ) -> CheckedProof:
         """RFC 9449 §4.3, §7.1 and §9: one proof, about this request and this token, by the key
         cnf.jkt names, with our nonce when asked for, and never seen before (here, or left to
         the shared replay cache)."""
@@ -366,6 +445,8 @@ class Pipeline:
             raise AuthError(Reason.INVALID_CNF, "cnf jkt is not a base64url SHA-256 thumbprint")
         request = presented.request
         proofs = request.values(b"dpop")
+        if trace is not None:
+            trace.check("DPoP header", count=len(proofs))
         if not proofs:
             raise AuthError(Reason.DPOP_PROOF_MISSING, "no DPoP proof header")
         if len(proofs) > 1:
@@ -375,24 +456,50 @@ class Pipeline:
         proof = verify_proof(
             proofs[0],
             method=request.method,
-            url=self._request_url(request),
+            url=self.request_url(request, trace),
             access_token=presented.token,
             algorithms=self._dpop_algorithms,
             max_age=max_age,
             leeway=leeway,
+            trace=trace,
         )
+        if trace is not None:
+            trace.check("cnf.jkt", jkt=jkt, thumbprint=proof.thumbprint)
         check_key(jkt, proof)
-        nonce = self.nonces.check(proof.nonce) if self.nonces is not None else None
+        nonce = self.check_nonce(proof.nonce, trace)
         # Last, so only proofs that passed everything else take a place in the cache.
         key, expires = replay_key(jkt, proof.jti), proof.iat + max_age + leeway
+        if trace is not None:
+            trace.check(
+                "replay", window=max_age + leeway, is_shared=self.shared_replays is not None
+            )
         if self.shared_replays is not None:
             return CheckedProof(nonce, key, expires - time.time())
         if not self.replays.first_use(key, expires):
             raise AuthError(Reason.DPOP_REPLAYED, "DPoP proof jti was used before")
         return CheckedProof(nonce)
 
-    def _request_url(self, request: Request) -> str:
+    def check_nonce(self, nonce: str | None, trace: Trace | None = None) -> str | None:
+        """dpop.nonce (RFC 9449 §9): the new nonce to send when `nonce` is last period's, or
+        None; raises AuthError for a missing or unknown one. Nothing to check without it."""
+        if trace is not None:
+            trace.check("nonce", nonce=nonce, is_required=self.nonces is not None)
+        if self.nonces is None:
+            return None
+        fresh = self.nonces.check(nonce)
+        if trace is not None:
+            trace.note(is_renewed=fresh is not None)
+        return fresh
+
+    def request_url(self, request: Request, trace: Trace | None = None) -> str:
         """The URL the client used, as htu must name it (RFC 9449 §4.3 step 9)."""
+        if trace is not None:
+            trace.check(
+                "request URL",
+                base=self._dpop_base,
+                hosts=request.values(b"host"),
+                request_path=request.path,
+            )
         if self._dpop_base:
             return self._dpop_base + request.path
         hosts = request.values(b"host")
@@ -421,6 +528,11 @@ class Pipeline:
         elif self.policy.is_enabled and not self.policy.unmatched_allowed:
             raise AuthError.no_route()
         return Admitted(identity, target, binding, claims, reported, dpop_nonce)
+
+    def _trace_policy(self, trace: Trace, route: Route | None) -> None:
+        """The policy step is next (recorded by _authorize's callers, so that the connection's
+        memo path passes no trace to it)."""
+        trace.check("policy", route=route, is_enabled=self.policy.is_enabled)
 
     def _identity(self, request: Request, from_tls: ClientIdentity | None) -> ClientIdentity | None:
         """From the TLS session, or from a header a trusted ingress set (client_cert.source)."""
@@ -477,9 +589,15 @@ class Pipeline:
     def refused(self, request: Request, refusal: AuthError, seen: Seen) -> None:
         """Count and audit a refusal, by the checks or by the framing step."""
         issuer = refusal.issuer or (seen.claims.issuer_name if seen.claims else "")
+        self.offer_schemes(refusal, seen)
         metrics.count(Outcome.REJECTED, refusal.reason, issuer)
         self._watch_replay(refusal, seen)
         self._audit(request, Outcome.REJECTED, refusal, seen)
+
+    def offer_schemes(self, refusal: AuthError, seen: Seen) -> None:
+        """The schemes the refusal's challenge offers: those the matched route takes (RFC 9449
+        §7.1). Part of refused(), and on its own for explain (no metric, no audit line)."""
+        offer_dpop(refusal, accepted_binding(self.policy, seen.route), self._dpop_algs)
 
     def upstream_failed(self, request: Request, fault: AuthError, seen: Seen) -> None:
         metrics.count(Outcome.UPSTREAM_ERROR, fault.reason, _issuer_of(seen))

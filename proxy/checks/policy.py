@@ -120,6 +120,15 @@ class Policy:
         return bool(self.routes)
 
 
+def accepted_binding(policy: Policy, route: Route | None) -> str:
+    """Which kinds of bound token a request may use (any | mtls | dpop), for its challenge:
+    its route's `binding`; every kind without a policy or on a path no rule matches that
+    policy.unmatched allows; "" (none to offer) on a path that is refused anyway."""
+    if route is not None:
+        return route.binding
+    return "any" if not policy.is_enabled or policy.unmatched_allowed else ""
+
+
 def compile_policy(settings: PolicySettings, default_binding_mode: str) -> Policy:
     return Policy(
         routes=tuple(_route(r, default_binding_mode) for r in settings.routes),

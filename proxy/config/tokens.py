@@ -49,8 +49,11 @@ def validate_tokens(t: TokenSettings) -> list[str]:
         problems.append(
             f"tokens.jwks_refresh_seconds: must be greater than 0, got {t.jwks_refresh_seconds}"
         )
-    if t.jwks_min_refetch_seconds < 0:
-        problems.append("tokens.jwks_min_refetch_seconds: must be 0 or more")
+    if not 0 <= t.jwks_min_refetch_seconds <= 60:
+        # A request with an unknown kid may wait this long for the refetch that judges it.
+        problems.append(
+            f"tokens.jwks_min_refetch_seconds: must be 0 to 60, got {t.jwks_min_refetch_seconds}"
+        )
     if t.cache_size < 0:
         problems.append("tokens.cache_size: must be 0 (off) or more")
     introspecting = [e for e in trusted_issuers(t) if e.introspection.enabled]

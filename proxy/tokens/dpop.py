@@ -22,7 +22,8 @@ from jwt.types import Options
 
 from proxy.cache import ExpiringCache
 from proxy.errors import AuthError, Reason
-from proxy.tokens import unverified
+from proxy.tokens import signature, unverified
+from proxy.trace import Trace
 
 # Asymmetric JWS algorithms only: a proof shows possession of a private key (RFC 9449 §4.2).
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -47,6 +48,7 @@ PROOF_DECODE_OPTIONS: Options = {
     "verify_aud": False,
     "verify_iss": False,
 }
+_PROOF_OPTIONS: dict[str, Any] = dict(PROOF_DECODE_OPTIONS)
 
 
 # Public keys imported from proofs' jwk, by RFC 7638 thumbprint and alg: a client signs every
@@ -93,26 +95,43 @@ def verify_proof(
     max_age: float,
     leeway: float,
     now: float | None = None,
+    trace: Trace | None = None,
 ) -> Proof:
     """Every check of RFC 9449 §4.3 that needs only the proof and the request; raises
-    AuthError with the reason of the first that fails."""
+    AuthError with the reason of the first that fails. `trace`: where to record each check
+    (proxy/trace.py), for explain; None on the request path."""
+    if trace is not None:
+        trace.check("length", length=len(proof), limit=MAX_PROOF_LENGTH)
     if len(proof) > MAX_PROOF_LENGTH:
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof too long")
+    if trace is not None:
+        trace.check("JWS form")
     try:
-        header = unverified.read(proof, payload=False)[0]
+        header, payload = unverified.read(proof)
     except unverified.Unreadable:
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof is not a JWS") from None
+    if trace is not None:
+        trace.check("typ", typ=header.get("typ"))
     if header.get("typ") != "dpop+jwt":
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof typ is not dpop+jwt")
     alg = header.get("alg")
+    if trace is not None:
+        trace.check("alg", alg=alg, algorithms=sorted(algorithms))
     if not isinstance(alg, str) or alg not in algorithms or alg not in ASYMMETRIC_ALGORITHMS:
         raise _refuse(Reason.DPOP_DISALLOWED_ALGORITHM, "DPoP proof alg is not allowed")
     jwk = header.get("jwk")
+    if trace is not None:  # the members' names only: a private one's value is never kept
+        trace.check("jwk", members=sorted(jwk) if isinstance(jwk, dict) else None)
     if not isinstance(jwk, dict):
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no jwk header")
     if PRIVATE_MEMBERS & jwk.keys():
         raise _refuse(Reason.DPOP_PRIVATE_KEY, "DPoP proof jwk holds private key material")
+    if trace is not None:
+        trace.check("thumbprint", kty=jwk.get("kty"), crv=jwk.get("crv"))
     thumbprint = jwk_thumbprint(jwk)
+    if trace is not None:
+        trace.note(thumbprint=thumbprint)
+        trace.check("key", alg=alg, kty=jwk.get("kty"), crv=jwk.get("crv"))
     name = f"{thumbprint} {alg}".encode()
     key = _KEYS.get(name, 0.0)
     if key is None:
@@ -123,13 +142,18 @@ def verify_proof(
                 Reason.INVALID_DPOP_PROOF, "the proof's jwk does not fit its alg"
             ) from None
         _KEYS.put(name, key, math.inf)
+    if trace is not None:
+        trace.check("signature")
     try:
-        claims = jwt.decode(proof, key, algorithms=[alg], options=PROOF_DECODE_OPTIONS)
+        # PyJWT's judges on the proof as read above (tokens/signature.py).
+        claims = signature.decode(proof, header, payload, key, alg, options=_PROOF_OPTIONS)
     except jwt.InvalidSignatureError:
         raise _refuse(Reason.DPOP_INVALID_SIGNATURE, "DPoP proof signature is invalid") from None
-    except jwt.PyJWTError:
+    except jwt.PyJWTError as exc:
+        if trace is not None:
+            trace.note(error=str(exc))
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof cannot be decoded") from None
-    return _check_claims(claims, thumbprint, method, url, access_token, max_age, leeway, now)
+    return _check_claims(claims, thumbprint, method, url, access_token, max_age, leeway, now, trace)
 
 
 def _check_claims(
@@ -141,18 +165,29 @@ def _check_claims(
     max_age: float,
     leeway: float,
     now: float | None,
+    trace: Trace | None,
 ) -> Proof:
     jti, iat = claims.get("jti"), claims.get("iat")
+    if trace is not None:
+        trace.check("jti", jti=jti)
     if not isinstance(jti, str) or not jti or len(jti) > 256:
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no usable jti")
+    if trace is not None:
+        trace.check("iat", iat=iat)
     if not isinstance(iat, int | float) or isinstance(iat, bool):
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no numeric iat")
+    if trace is not None:
+        trace.check("htm", htm=claims.get("htm"), method=method)
     if claims.get("htm") != method:
         raise _refuse(Reason.DPOP_WRONG_METHOD, "DPoP proof htm is not the request method")
     htu = claims.get("htu")
+    if trace is not None:
+        trace.check("htu", htu=htu, url=url)
     if not isinstance(htu, str) or normalize_url(htu) != normalize_url(url):
         raise _refuse(Reason.DPOP_WRONG_URL, "DPoP proof htu is not the request URL")
     current = time.time() if now is None else now
+    if trace is not None:
+        trace.check("iat age", iat=iat, now=current, max_age=max_age, leeway=leeway)
     if iat < current - max_age - leeway:
         raise _refuse(Reason.DPOP_PROOF_EXPIRED, "DPoP proof iat is too old")
     if iat > current + leeway:
@@ -160,6 +195,8 @@ def _check_claims(
     ath = claims.get("ath")
     # RFC 9449 §4.3 step 12: ath is the hash of the very token sent with the proof.
     expected = b64url_sha256(access_token.encode("ascii"))
+    if trace is not None:  # both are hashes: neither lets a reader use the token
+        trace.check("ath", ath=ath, expected=expected)
     if not isinstance(ath, str) or not hmac.compare_digest(ath.encode(), expected.encode()):
         raise _refuse(Reason.DPOP_WRONG_ATH, "DPoP proof ath is not the access token's hash")
     nonce = claims.get("nonce")

@@ -1,5 +1,7 @@
 """The issuer's key set: fetched (or read from a file), cached, refreshed on a timer and on an
-unknown `kid` at most once per interval, so random kids cannot make us hammer the issuer.
+unknown `kid`. Requests with unknown kids share one refetch and wait for it, so a rotation
+costs no request; refetches draw on a small budget (tokens/refetch.py), so random kids cannot
+make us hammer the issuer.
 
 Header parameters that point at keys (`jku`, `x5u`, `jwk`, `x5c`) are never used: keys come
 only from the configured source.
@@ -24,6 +26,10 @@ from proxy import metrics
 from proxy.fetch import FetchError
 from proxy.settings import IssuerSettings, TokenSettings
 from proxy.tokens.metadata import discover, get_json
+from proxy.tokens.refetch import RefetchBudget
+
+# Every fetch of the metadata or the key set gives up after this long.
+FETCH_TIME_LIMIT = 10.0
 
 log = logging.getLogger("certbound.jwks")
 
@@ -99,8 +105,12 @@ class KeySet:
         self._series: _KeySetSeries | None = (
             _KeySetSeries.of(issuer.name) if settings.accept_jwt else None
         )
-        self._last_kid_refetch = float("-inf")
-        self._lock = asyncio.Lock()
+        self._budget = RefetchBudget(settings.jwks_min_refetch_seconds, time.monotonic())
+        self._refetch: asyncio.Task[None] | None = None
+        # Monotonic start of the latest fetch that has answered (keys or failure), and of the
+        # one whose keys are held: a request is answered only by a fetch it did not precede.
+        self._answered_since = float("-inf")
+        self._applied_since = float("-inf")
         self._loaded = asyncio.Event()
 
     @property
@@ -116,38 +126,63 @@ class KeySet:
         return self._keys.get(kid)
 
     async def key_for(self, kid: str | None) -> jwt.PyJWK | None:
-        """The key for `kid`, refetching once per jwks_min_refetch_seconds if it is unknown."""
+        """The key for `kid`; an unknown one waits for a fetch that began after it arrived.
+
+        Waiting, not refusing, is what makes a rotation free: the tokens with the new kid that
+        arrive while its refetch is on the wire are judged by its answer. None when that answer
+        has no such key, or when the issuer does not answer within the wait limit."""
         key = self.get(kid)
         if key is not None:
             return key
-        interval = self._settings.jwks_min_refetch_seconds
-        if time.monotonic() - self._last_kid_refetch < interval:
-            return None
-        async with self._lock:
-            # Another request may have refetched while we waited for the lock.
-            if time.monotonic() - self._last_kid_refetch >= interval:
-                self._last_kid_refetch = time.monotonic()
-                try:
-                    await self.refresh()
-                except KeySetError as exc:
-                    log.warning(
-                        "key set refresh of issuer %s for unknown kid failed: %s",
-                        self.issuer.name,
-                        exc,
-                    )
+        arrived = time.monotonic()
+        # An in-flight fetch, then the budget's pause, then our own fetch.
+        limit = 2 * FETCH_TIME_LIMIT + self._budget.interval
+        try:
+            async with asyncio.timeout(limit):
+                while self._answered_since < arrived:
+                    if self._refetch is None or self._refetch.done():
+                        self._refetch = asyncio.create_task(self._refetch_when_allowed())
+                    # Shielded: a waiter that goes away must not cancel the others' fetch.
+                    await asyncio.shield(self._refetch)
+                    key = self.get(kid)
+                    if key is not None:
+                        return key
+        except TimeoutError:
+            log.warning(
+                "key set of issuer %s did not answer for an unknown kid within %.0fs",
+                self.issuer.name,
+                limit,
+            )
         return self.get(kid)
+
+    async def _refetch_when_allowed(self) -> None:
+        """One refetch for every request now waiting, once the budget allows it."""
+        await asyncio.sleep(self._budget.wait(time.monotonic()))
+        self._budget.take(time.monotonic())
+        try:
+            await self.refresh()
+        except KeySetError as exc:
+            log.warning(
+                "key set refresh of issuer %s for unknown kid failed: %s", self.issuer.name, exc
+            )
 
     async def refresh(self) -> None:
         if self._series is None:
             self._series = _KeySetSeries.of(self.issuer.name)
         series = self._series
+        started = time.monotonic()
         try:
             document = await self._load()
             keys = parse_jwks(document, self.issuer.algorithms)
         except KeySetError:
             series.failed.inc()
+            self._answered_since = max(self._answered_since, started)
             raise
+        self._answered_since = max(self._answered_since, started)
         series.refreshed.inc()
+        if started < self._applied_since:
+            return  # a fetch that began later has answered already: its keys are newer
+        self._applied_since = started
         series.last_success.set(time.time())
         series.key_count.set(len(keys))
         fingerprint = json.dumps(document, sort_keys=True)
@@ -195,11 +230,13 @@ class KeySet:
             except (OSError, ValueError) as exc:
                 raise KeySetError(f"cannot read jwks_file: {exc}") from None
         if not self._jwks_uri:
-            uri = await discover(self._session, self.issuer.issuer, "jwks_uri", time_limit=10)
+            uri = await discover(
+                self._session, self.issuer.issuer, "jwks_uri", time_limit=FETCH_TIME_LIMIT
+            )
             if uri is None:
                 raise KeySetError(f"no jwks_uri in the metadata of issuer {self.issuer.issuer}")
             self._jwks_uri = uri
         try:
-            return await get_json(self._session, self._jwks_uri, time_limit=10)
+            return await get_json(self._session, self._jwks_uri, time_limit=FETCH_TIME_LIMIT)
         except FetchError as exc:
             raise KeySetError(str(exc)) from None

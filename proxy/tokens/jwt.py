@@ -1,7 +1,8 @@
 """Is the JWT genuine and meant for us? Signature, algorithm, iss, aud, exp/nbf/iat, typ.
 
-Verification is PyJWT's; this module decides which key and which rules (those of the issuer
-the token's `iss` picks, tokens/issuers.py), and maps PyJWT's exceptions onto our reasons.
+Verification is PyJWT's (tokens/signature.py runs it on the token as read once); this module
+decides which key and which rules (those of the issuer the token's `iss` picks,
+tokens/issuers.py), and maps PyJWT's exceptions onto our reasons.
 Verified claims are cached by the token's SHA-256 until the token expires; the cache is
 bounded and flushed when a key set changes.
 """
@@ -18,7 +19,7 @@ import jwt
 from proxy.cache import ExpiringCache
 from proxy.errors import AuthError, Reason
 from proxy.settings import IssuerSettings
-from proxy.tokens import unverified
+from proxy.tokens import signature, unverified
 from proxy.tokens.claim_headers import ClaimHeaderSpec, render_claim_headers
 from proxy.tokens.claims import TokenClaims, check_lifetime, claims_from_payload, token_id
 from proxy.tokens.issuers import Issuers, issuer_in
@@ -63,6 +64,10 @@ def check_header(header: dict[str, Any], settings: IssuerSettings) -> str:
     return alg
 
 
+# PyJWT's claim checks for an access token (RFC 9068 §4 requires exp, iss and aud).
+_DECODE_OPTIONS: dict[str, Any] = {"require": ["exp", "iss", "aud"], "verify_iat": True}
+
+
 def verify_with_key(
     token: str,
     alg: str,
@@ -70,20 +75,26 @@ def verify_with_key(
     settings: IssuerSettings,
     now: float,
     claim_headers: ClaimHeaderSpec = (),
+    *,
+    read: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> TokenClaims:
     """Signature, registered claims and lifetime, by the rules of the issuer that `iss`
-    picked; the claims come back with that issuer's name and the claim-header lines."""
+    picked; the claims come back with that issuer's name and the claim-header lines.
+    `read`: the token's (header, payload) from unverified.read, when the caller has them."""
     if _KTY_FOR_ALG_PREFIX.get(alg[:2]) != key.key_type:
         raise AuthError(Reason.UNKNOWN_KEY, "no key of the right type for the token algorithm")
+    header, unverified_payload = read if read is not None else _read(token, payload=True)
     try:
-        payload = jwt.decode(
+        payload = signature.decode(
             token,
-            key=key.key,
-            algorithms=[alg],
+            header,
+            unverified_payload,
+            key.key,
+            alg,
             audience=settings.audience,
             issuer=settings.issuer,
             leeway=settings.leeway_seconds,
-            options={"require": ["exp", "iss", "aud"], "verify_iat": True},
+            options=_DECODE_OPTIONS,
         )
     except jwt.ExpiredSignatureError:
         raise AuthError(Reason.EXPIRED, "token has expired") from None
@@ -166,9 +177,14 @@ class JWTVerifier:
         cached = self.cached(token)
         if cached is not None:
             return cached
+        return self.verify_now(token) or await self._verify_after_fetch(token)
+
+    def verify_now(self, token: str) -> TokenClaims | None:
+        """A token not in the cache, verified without I/O: None when its key must be fetched
+        first (verify() does that). No task and no await on the common miss."""
         now = time.time()
         # One unverified read picks the issuer and the key; PyJWT verifies it all below.
-        header, payload = _read(token, payload=True)
+        read = header, payload = _read(token, payload=True)
         keys = self._issuers.select(issuer_in(payload))
         issuer = keys.issuer
         try:
@@ -178,13 +194,34 @@ class JWTVerifier:
             kid = header.get("kid")
             if kid is not None and not isinstance(kid, str):
                 raise AuthError(Reason.UNKNOWN_KEY, "token kid is not a string")
-            key = await keys.key_for(kid)
+            key = keys.get(kid)
             if key is None:
-                raise AuthError(Reason.UNKNOWN_KEY, "token is signed with an unknown key")
-            claims = verify_with_key(token, alg, key, issuer, now, self._claim_headers)
+                return None
+            claims = verify_with_key(token, alg, key, issuer, now, self._claim_headers, read=read)
         except AuthError as error:
             error.issuer = issuer.name
             raise
-        digest = hashlib.sha256(token.encode("ascii")).digest()
-        self._cache.put(digest, claims, claims.expires_at + issuer.leeway_seconds)
+        self._remember(token, claims, issuer.leeway_seconds)
         return claims
+
+    async def _verify_after_fetch(self, token: str) -> TokenClaims:
+        """The token's kid is not among the keys: wait for the refetch that judges it."""
+        header, payload = read = _read(token, payload=True)
+        keys = self._issuers.select(issuer_in(payload))
+        issuer = keys.issuer
+        try:
+            alg = check_header(header, issuer)
+            key = await keys.key_for(header.get("kid"))
+            if key is None:
+                raise AuthError(Reason.UNKNOWN_KEY, "token is signed with an unknown key")
+            now = time.time()
+            claims = verify_with_key(token, alg, key, issuer, now, self._claim_headers, read=read)
+        except AuthError as error:
+            error.issuer = issuer.name
+            raise
+        self._remember(token, claims, issuer.leeway_seconds)
+        return claims
+
+    def _remember(self, token: str, claims: TokenClaims, leeway: float) -> None:
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        self._cache.put(digest, claims, claims.expires_at + leeway)

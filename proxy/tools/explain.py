@@ -1,53 +1,49 @@
 """`certbound explain`: walk one request (a client certificate, a token, a DPoP proof: whatever
 the operator has of it) through the decision, step by step.
 
-For the day a client swears its token is right. No network traffic except fetching the keys;
-opaque tokens are not introspected (that would spend the token at the authorization server),
-and the DPoP replay cache is not consulted (that would need the proxy's memory or its Redis).
-Nothing is printed that would let a reader use the credentials: no token, no proof, no
-signature, no private key member.
+For the day a client swears its token is right. The decision is the proxy's own: the request is
+put to a Pipeline built from the configuration as `certbound run` builds it, with a Trace
+(proxy/trace.py) that records each check it takes; printer.py prints that record, and fixes.py
+says what to do about the refusal. Nothing here decides.
+
+No network traffic except fetching the keys of the token's issuer; opaque tokens are not
+introspected (that would spend the token at the authorization server), and the DPoP replay
+cache is not consulted (that would need the proxy's memory or its Redis). Nothing is printed
+that would let a reader use the credentials: no token, no proof, no signature, no private key
+member.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
-import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from proxy.checks.binding import THUMBPRINT, check_binding
-from proxy.checks.policy import (
-    PathError,
-    Route,
-    authorize,
-    check_subject,
-    compile_policy,
-    match_route,
-    normalize_path,
-)
+from proxy.checks.pipeline import Admitted, Pipeline, Seen
+from proxy.checks.request import Request as CheckedRequest
 from proxy.config import read_nonce_key
-from proxy.errors import AuthError, Reason, challenge
+from proxy.errors import AuthError, challenge
 from proxy.settings import Settings, trusted_issuers
-from proxy.tokens import dpop, unverified
-from proxy.tokens.dpop import PRIVATE_MEMBERS
+from proxy.tokens import unverified
+from proxy.tokens.dpop import PRIVATE_MEMBERS, verify_proof
 from proxy.tokens.issuers import Issuers, read_issuer
 from proxy.tokens.jwks import KeySetError
-from proxy.tokens.jwt import JWTVerifier, TokenCache, TokenClaims, read_header
+from proxy.tokens.jwt import JWTVerifier, TokenCache
+from proxy.tools.printer import Printer, View, label
+from proxy.tools.proof_steps import PROOF_STEPS, replay_lines
+from proxy.tools.steps import STEPS
+from proxy.trace import Trace
 from proxy.trust.certcheck import check_certificate
 from proxy.trust.identity import ClientIdentity, identity_from_der
 
 Out = Callable[[str], None]
-
-# The pipeline's wording for the same refusal (proxy/pipeline.py _CERTLESS_REFUSAL).
-_CERTLESS_REFUSAL = "no client certificate, and the token is not DPoP-bound"
 
 
 class UsageError(ValueError):
@@ -94,34 +90,60 @@ def _split_url(url: str) -> SplitResult:
     return parts
 
 
-def proxy_url(settings: Settings, url: str, target: str) -> tuple[str, str]:
-    """The URL the proxy compares htu with, as pipeline._request_url computes it, and how."""
-    path = target.partition("?")[0]
-    base = settings.dpop.external_base_url.rstrip("/")
-    if base:
-        return base + path, f"dpop.external_base_url + path {path}; the Host header is not used"
-    host = _split_url(url).netloc.rpartition("@")[2]
-    return f"https://{host}{path}", f"https:// + Host header {host} + path {path}; no query"
-
-
-async def explain(settings: Settings, request: Request, out: Out, now: float | None = None) -> int:
+async def explain(settings: Settings, request: Request, out: Out) -> int:
     """Print each step; return 0 if the request would be forwarded, 1 if refused."""
-    current = time.time() if now is None else now
-    method = request.method.upper()
-    algs = " ".join(settings.dpop.algorithms)
-
-    def refused(step: str, error: AuthError, *, dpop_scheme: bool = False) -> int:
-        if dpop_scheme:  # RFC 9449 §7.1: the proxy answers in the scheme the client used
-            error.dpop_algs = algs
-        refusal = error.refusal
-        code = f' error="{refusal.error}"' if refusal.error else ""
-        out(f"  -> refused at {step}: {error.reason.value}: {error.description}")
-        answer = challenge(error)
-        if answer is not None:
-            out(f"     WWW-Authenticate: {answer}")
-        out(f"outcome: REFUSE {refusal.status}{code} (reason {error.reason.value})")
+    is_accepted, identity = _print_certificate(settings, request, out)
+    if not is_accepted:
         return 1
+    view = View(settings, has_token=bool(request.token))
+    settings, nonce_key = _as_explained(settings, view)
+    _read_for_display(request, view)
+    async with aiohttp.ClientSession() as session:
+        issuers = Issuers(trusted_issuers(settings.tokens), settings.tokens, session)
+        if request.token:
+            await _load_keys(issuers, request.token, view)
+        pipeline = Pipeline(
+            settings,
+            JWTVerifier(issuers, TokenCache(0), settings.forwarding.claim_headers),
+            None,
+            issuer_names=issuers.names,
+            nonce_key=nonce_key,
+        )
+        if not request.token and not request.proof:
+            out("outcome: certificate accepted; no token given, so nothing more to check")
+            await _print_no_token_answer(pipeline, request, identity, out)
+            return 0
+        if not request.token:
+            return _proof_alone(pipeline, settings, request, view, out)
+        trace, refusal, admitted, seen = Trace(), None, None, Seen()
+        try:
+            decision = pipeline.admit(_as_request(request), identity, seen, None, trace)
+            admitted = decision if isinstance(decision, Admitted) else await decision
+        except AuthError as error:
+            refusal = error
+            pipeline.offer_schemes(refusal, seen)  # as the proxy's answer carries them
+    view.is_introspected = refusal is not None and _is_introspected(settings, request.token)
+    _print_steps(trace, refusal, view, out)
+    if view.is_introspected and trace.last is not None and trace.last.check == "token":
+        out("outcome: not known here: the introspection endpoint's answer decides")
+        return 1
+    if refusal is not None:
+        return _refused(refusal, out)
+    assert admitted is not None
+    if admitted.binding == "none":
+        out("outcome: FORWARD (public route: no token checked)")
+    elif admitted.reported is not None:
+        reason = admitted.reported.reason.value
+        out(f"outcome: FORWARD (binding.mode report_only: enforce would refuse it, {reason})")
+    else:
+        out("outcome: FORWARD")
+    return 0
 
+
+def _print_certificate(
+    settings: Settings, request: Request, out: Out
+) -> tuple[bool, ClientIdentity | None]:
+    """Step 1, the listener's: whether the handshake succeeds, and the client's identity."""
     identity = None
     if request.certificate is not None:
         identity = identity_from_der(request.certificate.public_bytes(Encoding.DER))
@@ -133,7 +155,7 @@ async def explain(settings: Settings, request: Request, out: Out, now: float | N
             verdict = check_certificate(request.certificate, settings.tls, out)
             if verdict.refusal is not None:
                 out(f"outcome: REFUSE: the TLS handshake fails (reason {verdict.refusal.value})")
-                return 1
+                return False, identity
         else:
             out("   (client_cert.source is header: the ingress presents it; checked per request)")
     else:
@@ -144,531 +166,200 @@ async def explain(settings: Settings, request: Request, out: Out, now: float | N
             out("   fix: give --cert with the client's certificate, or set tls.client_cert:")
             out("        optional so that DPoP clients without a certificate can connect")
             out("outcome: REFUSE: the TLS handshake fails (reason no_certificate)")
-            return 1
+            return False, None
         if not optional:
             out("   client_cert.source is header and tls.client_cert is required:")
             out("   a request without a forwarded certificate is refused")
-            return refused(
-                "client certificate",
-                AuthError(Reason.NO_CLIENT_CERT, "no verified client certificate"),
-            )
-        out("   tls.client_cert is optional: the request goes on; only a DPoP-bound token or a")
-        out("   public route can pass without a certificate")
-
-    if not request.token:
-        if not request.proof:
-            out("outcome: certificate accepted; no token given, so nothing more to check")
-            return 0
-        out("2. DPoP proof alone (no token given: ath and cnf.jkt cannot be checked)")
-        # Without a token no issuer is known: the most lenient configured leeway.
-        leeway = float(max((e.leeway_seconds for e in trusted_issuers(settings.tokens)), default=0))
-        try:
-            _, proof_claims = _walk_proof(settings, request, method, "", leeway, current, out)
-            _proof_notes(settings, proof_claims, leeway, out)
-        except AuthError as error:
-            return refused("DPoP proof", error, dpop_scheme=True)
-        out(f"   {'cnf.jkt':<12}not checked: no token given")
-        out("outcome: the proof passes every check explain can make without the token;")
-        out("         give --token to check ath and the token's cnf.jkt as well")
-        return 0
-
-    is_dpop = bool(request.proof)
-    out("2. route policy")
-    policy = compile_policy(settings.policy, settings.binding.mode)
-    route = None
-    if not policy.is_enabled:
-        out("   no routes configured: any valid bound token is allowed")
-    else:
-        try:
-            normalised = normalize_path(request.target.partition("?")[0])
-        except PathError as exc:
-            return refused("path normalisation", AuthError.malformed(str(exc)))
-        route = match_route(policy, method, normalised)
-        if route is None:
-            out(f"   {method} {normalised}: no rule matches")
-            out(f"   unmatched requests: {settings.policy.unmatched}")
         else:
-            out(
-                f"   {method} {normalised}: matches rule path={route.path} "
-                f"methods={sorted(route.methods) or 'any'} scopes={sorted(route.scopes)} "
-                f"clients={sorted(route.clients) or 'any'} binding={route.binding} "
-                f"public={route.public}"
-            )
-            try:
-                check_subject(route, identity)
-            except AuthError as error:
-                return refused("certificate subject", error)
-            if route.public:
-                out("outcome: FORWARD (public route: no token checked)")
-                return 0
+            out("   tls.client_cert is optional: the request goes on; only a DPoP-bound token or")
+            out("   a public route can pass without a certificate")
+    return True, identity
 
-    out("3. token")
+
+async def _print_no_token_answer(
+    pipeline: Pipeline, request: Request, identity: ClientIdentity | None, out: Out
+) -> None:
+    """What the proxy answers the same request without a token, challenge included."""
+    seen = Seen()
     try:
-        header = read_header(request.token)
+        decision = pipeline.admit(_as_request(request), identity, seen)
+        if not isinstance(decision, Admitted):
+            await decision
+    except AuthError as refusal:
+        pipeline.offer_schemes(refusal, seen)
+        answer = f"{refusal.refusal.status} (reason {refusal.reason.value})"
+        header = challenge(refusal)
+        out(f"   without a token: {answer}" + (f", WWW-Authenticate: {header}" if header else ""))
+    else:
+        out("   without a token: forwarded (public route)")
+
+
+def _as_explained(settings: Settings, view: View) -> tuple[Settings, bytes]:
+    """The settings of the Pipeline explain runs, and its dpop.nonce key: the certificate
+    given is the client's whatever client_cert.source says (an ingress header is not what is
+    explained), and nonces are checked only when explain can know their key, from
+    dpop.nonce_secret_file as `certbound run` reads it (a per-pod random key it cannot)."""
+    dpop, nonce_key = settings.dpop, b""
+    if dpop.nonce and not dpop.nonce_secret_file:
+        view.nonce_note = "dpop.nonce is true with a random key per pod"
+        view.nonce_note += " (no dpop.nonce_secret_file), which explain cannot know"
+        dpop = dataclasses.replace(dpop, nonce=False)
+    elif dpop.nonce:
+        try:
+            nonce_key = read_nonce_key(dpop.nonce_secret_file)
+        except OSError as exc:
+            view.nonce_note = f"cannot read dpop.nonce_secret_file ({exc.strerror})"
+            dpop = dataclasses.replace(dpop, nonce=False)
+    client_cert = dataclasses.replace(settings.client_cert, source="tls")
+    return dataclasses.replace(settings, dpop=dpop, client_cert=client_cert), nonce_key
+
+
+def _read_for_display(request: Request, view: View) -> None:
+    """The token's and the proof's header and claims as printed: read without verifying
+    (the checks verify them), signatures and private key members never shown."""
+    if request.token:
+        try:
+            header, payload = unverified.read(request.token)
+        except unverified.Unreadable:
+            view.token_lines.append(f"{label('header')}(not a JWT)")
+        else:
+            view.token_lines.append(f"{label('header')}{json.dumps(header, sort_keys=True)}")
+            shown = json.dumps(payload, sort_keys=True)
+            view.token_lines.append(f"{label('claims')}{shown}  (signature not shown)")
+    if request.proof:
+        view.request_line = f"{label('request')}{request.method.upper()} {request.url}"
+        try:
+            header = unverified.read(request.proof, payload=False)[0]
+        except unverified.Unreadable:
+            return
+        view.proof_header = header
+        view.proof_lines.append(
+            f"{label('header')}{json.dumps(_shown_header(header), sort_keys=True)}"
+        )
+        try:
+            claims = unverified.read(request.proof)[1]
+            shown = f"{json.dumps(claims, sort_keys=True)}  (signature not shown)"
+        except unverified.Unreadable:
+            shown = "(unreadable: the payload is not a JSON object)"
+        view.proof_lines.append(f"{label('claims')}{shown}")
+
+
+async def _load_keys(issuers: Issuers, token: str, view: View) -> None:
+    """Fetch the keys of the one issuer the token names (as the verifier picks it), so that
+    no other issuer hears of this token. A token naming none is refused by the checks."""
+    try:
+        key_set = issuers.select(read_issuer(token))
     except AuthError:
-        out("   not a JWT: an opaque token would be introspected (RFC 7662); explain does not")
-        out("   call the introspection endpoint, so it cannot say more")
-        return 1
-    out(f"   header      {json.dumps(header, sort_keys=True)}")
+        return
     try:
-        payload = jwt.decode(request.token, options={"verify_signature": False})
-        out(f"   claims      {json.dumps(payload, sort_keys=True)}  (signature not shown)")
-    except jwt.InvalidTokenError:
-        out("   claims      (unreadable: the payload is not a JSON object)")
+        await key_set.refresh()
+    except KeySetError as exc:
+        view.keys_note = str(exc)
 
-    out("4. issuer (the token's iss picks one configured issuer)")
+
+def _as_request(request: Request) -> CheckedRequest:
+    """The request as the data plane hands it to the checks."""
+    headers = []
+    if request.token:
+        scheme = "DPoP" if request.proof else "Bearer"
+        headers.append((b"Authorization", f"{scheme} {request.token}".encode("latin-1", "replace")))
+    if request.proof:
+        headers.append((b"DPoP", request.proof.encode("latin-1", "replace")))
+    if request.url:
+        host = _split_url(request.url).netloc.rpartition("@")[2]
+        headers.append((b"Host", host.encode("latin-1", "replace")))
+    return CheckedRequest(
+        method=request.method.upper(),
+        target=request.target,
+        headers=tuple(headers),
+        lower_names=tuple(name.lower() for name, _ in headers),
+        remote="127.0.0.1",
+    )
+
+
+def _proof_alone(
+    pipeline: Pipeline, settings: Settings, request: Request, view: View, out: Out
+) -> int:
+    """No token: the proof's own checks (dpop.verify_proof, as the pipeline calls it), but
+    ath and cnf.jkt, which need the token."""
+    out("2. DPoP proof alone (no token given: ath and cnf.jkt cannot be checked)")
+    # Without a token no issuer is known: the most lenient configured leeway.
+    leeway = float(max((e.leeway_seconds for e in trusted_issuers(settings.tokens)), default=0))
+    max_age = float(settings.dpop.max_age_seconds)
+    trace = Trace()
     try:
-        iss = read_issuer(request.token)
-    except AuthError as error:
-        return refused("issuer", error, dpop_scheme=is_dpop)
-    entries = [e for e in trusted_issuers(settings.tokens) if e.issuer == iss]
-    if not entries:
-        known = ", ".join(f"{e.name}={e.issuer}" for e in trusted_issuers(settings.tokens))
-        out(f"   configured issuers: {known}")
-        return refused(
-            "issuer",
-            AuthError(Reason.UNKNOWN_ISSUER, "token issuer is not trusted"),
-            dpop_scheme=is_dpop,
-        )
-    out(f"   issuer {entries[0].name}: {iss}")
-
-    out("5. signature and claims (keys fetched from the configured source)")
-    async with aiohttp.ClientSession() as session:
-        # Only the issuer the token names: its keys are the only ones fetched.
-        keys = Issuers((entries[0],), settings.tokens, session)
-        try:
-            await keys.refresh()
-        except KeySetError as exc:
-            out(f"   cannot load keys: {exc}")
-            out("outcome: REFUSE 503 (reason keys_unavailable)")
-            return 1
-        verifier = JWTVerifier(keys, TokenCache(0), settings.forwarding.claim_headers)
-        try:
-            claims: TokenClaims = await verifier.verify(request.token)
-        except AuthError as error:
-            return refused("token verification", error, dpop_scheme=is_dpop)
-    out(f"   ok: iss={claims.issuer} sub={claims.subject} client_id={claims.client_id or '-'}")
-
-    mode = route.binding_mode if route else settings.binding.mode
-    try:
-        _bind(
-            settings,
-            request,
-            claims,
-            identity,
-            route,
-            method,
-            verifier.leeway_for(claims),
-            current,
-            out,
+        verify_proof(
+            request.proof,
+            method=request.method.upper(),
+            url=pipeline.request_url(_as_request(request), trace),
+            access_token="",
+            algorithms=frozenset(settings.dpop.algorithms),
+            max_age=max_age,
+            leeway=leeway,
+            trace=trace,
         )
     except AuthError as error:
-        if mode != "report_only" or error.reason is Reason.NO_CLIENT_CERT:
-            # No certificate was never a report-only matter (as in the pipeline).
-            step = "DPoP proof" if error.refusal.error == "invalid_dpop_proof" else "binding"
-            return refused(step, error)
-        out(f"   {error.reason.value}: would be refused, but binding.mode is report_only")
-
-    if policy.is_enabled:
-        out("7. permission")
-        try:
-            if route is not None:
-                authorize(route, claims)
-            elif not policy.unmatched_allowed:
-                return refused("policy", AuthError.no_route())
-        except AuthError as error:
-            # As the pipeline: a dpop route asks for DPoP when the token is bound otherwise.
-            asks_dpop = route is not None and route.binding == "dpop"
-            return refused(
-                "policy", error, dpop_scheme=asks_dpop and error.reason is Reason.WRONG_BINDING_KIND
-            )
-        out("   allowed")
-    out("outcome: FORWARD")
+        last = trace.last
+        # ath is verify_proof's last check: with no token to hash, only it may fail.
+        if last is None or last.check != "ath":
+            error.dpop_algs = " ".join(settings.dpop.algorithms)  # RFC 9449 §7.1
+            _print_steps(trace, error, view, out, section=False)
+            return _refused(error, out)
+    nonce = _proof_nonce(request.proof)
+    try:
+        pipeline.check_nonce(nonce if isinstance(nonce, str) else None, trace)
+    except AuthError as error:
+        error.dpop_algs = " ".join(settings.dpop.algorithms)
+        _print_steps(trace, error, view, out, section=False)
+        return _refused(error, out)
+    _print_steps(trace, None, view, out, section=False)
+    for line in replay_lines(settings, max_age + leeway):
+        out(line)
+    out(f"{label('cnf.jkt')}not checked: no token given")
+    out("outcome: the proof passes every check explain can make without the token;")
+    out("         give --token to check ath and the token's cnf.jkt as well")
     return 0
 
 
-def _bind(
-    settings: Settings,
-    request: Request,
-    claims: TokenClaims,
-    identity: ClientIdentity | None,
-    route: Route | None,
-    method: str,
-    leeway: float,
-    now: float,
-    out: Out,
+def _proof_nonce(proof: str) -> object:
+    try:
+        return unverified.read(proof)[1].get("nonce")
+    except unverified.Unreadable:
+        return None
+
+
+def _print_steps(
+    trace: Trace, refusal: AuthError | None, view: View, out: Out, *, section: bool = True
 ) -> None:
-    """pipeline._bind, printed: the DPoP proof when cnf names a key, then the certificate
-    when cnf names one (or names nothing). Raises AuthError as the pipeline would."""
-    cnf = claims.cnf
-    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    """Every step taken; `refusal` belongs to the last one (the checks stopped there)."""
+    printer = Printer(view, out, {**STEPS, **PROOF_STEPS}, sections=section)
+    for index, step in enumerate(trace.steps):
+        printer.step(step, refusal if index == len(trace.steps) - 1 else None)
+
+
+def _is_introspected(settings: Settings, token: str) -> bool:
+    """The proxy would introspect this token, which explain does not do."""
+    if not any(e.introspection.enabled for e in trusted_issuers(settings.tokens)):
+        return False
+    if not settings.tokens.accept_jwt:
+        return True
     try:
-        if jkt is not None:
-            out("6. key binding: DPoP (RFC 9449)")
-            out(f"   token cnf.jkt         {jkt}  (DPoP-bound, RFC 9449)")
-            if not request.proof:
-                out("   it passes only as Authorization: DPoP with a DPoP proof header for this")
-                out("   request; give that proof (--dpop PROOF --url URL) to check it.")
-                out("   Sent as Bearer it is refused:")
-                raise AuthError(Reason.DPOP_TOKEN_AS_BEARER, "DPoP-bound token sent as Bearer")
-            if not isinstance(jkt, str) or THUMBPRINT.fullmatch(jkt) is None:
-                raise AuthError(Reason.INVALID_CNF, "cnf jkt is not a base64url SHA-256 thumbprint")
-            proof, proof_claims = _walk_proof(
-                settings, request, method, request.token, leeway, now, out
-            )
-            key_line = f"   {'cnf.jkt':<12}"
-            try:
-                dpop.check_key(jkt, proof)
-            except AuthError as error:
-                out(f"{key_line}FAIL {error.reason.value}: {error.description}")
-                out(f"   {'':<12}token names {jkt}")
-                out(f"   {'':<12}proof key   {proof.thumbprint}")
-                out("   fix: the client must sign its proofs with the key the token was issued")
-                out("        for (the one it showed the authorization server), or get a new token")
-                raise
-            out(f"{key_line}ok: the token names the proof's key {proof.thumbprint}")
-            _proof_notes(settings, proof_claims, leeway, out)
-            if not (isinstance(cnf, dict) and "x5t#S256" in cnf):
-                out("   bound to this DPoP key")
-                return
-            out("   the token's cnf has x5t#S256 too: the certificate must match as well")
-        elif request.proof:
-            out("6. key binding")
-            out(f"   token cnf   {json.dumps(cnf, sort_keys=True)}: no jkt, so not DPoP-bound")
-            out("   fix: send it as Authorization: Bearer, without a DPoP header")
-            raise AuthError(Reason.BEARER_TOKEN_AS_DPOP, "token is not DPoP-bound; use Bearer")
-    except AuthError as failure:
-        failure.dpop_algs = " ".join(settings.dpop.algorithms)
-        raise
-    if jkt is None:
-        out("6. certificate binding (RFC 8705)")
-    expected = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
-    out(f"   token cnf.x5t#S256    {expected if expected is not None else '(none)'}")
-    if identity is None:
-        out("   presented x5t#S256    (no certificate)")
-        if expected is not None:
-            out("   the token is bound to a certificate: the client must present it; give it to")
-            out("   explain with --cert CLIENT.pem")
-        raise AuthError(Reason.NO_CLIENT_CERT, _CERTLESS_REFUSAL)
-    out(f"   presented x5t#S256    {identity.thumbprint}")
-    bound = check_binding(
-        cnf,
-        identity.thumbprint,
-        # cnf with jkt: x5t#S256 beside it must match too (it cannot be "unbound").
-        allow_unbound=route.allow_unbound_tokens if route and jkt is None else False,
-    )
-    out("   bound to this certificate" if bound else "   unbound (allowed)")
-
-
-def _walk_proof(
-    settings: Settings,
-    request: Request,
-    method: str,
-    token: str,
-    leeway: float,
-    now: float,
-    out: Out,
-) -> tuple[dpop.Proof, dict[str, Any]]:
-    """dpop.verify_proof one check at a time, in its order, a line each; raises AuthError at
-    the first that fails. verify_proof itself is run too and has the last word: the walk
-    explains the proxy's answer, it never overrules it. Without a token ath is not checked."""
-    proof = request.proof
-    algorithms = frozenset(settings.dpop.algorithms)
-    max_age = float(settings.dpop.max_age_seconds)
-    url, how = proxy_url(settings, request.url, request.target)
-    try:
-        dpop.verify_proof(
-            proof,
-            method=method,
-            url=url,
-            access_token=token,
-            algorithms=algorithms,
-            max_age=max_age,
-            leeway=leeway,
-            now=now,
-        )
-        verdict: AuthError | None = None
-    except AuthError as error:
-        # ath is verify_proof's last check: with no token to hash, only it may fail.
-        verdict = None if not token and error.reason is Reason.DPOP_WRONG_ATH else error
-
-    def ok(label: str, text: str) -> None:
-        out(f"   {label:<12}ok: {text}")
-
-    def fail(
-        label: str, reason: Reason, description: str, details: Sequence[str] = (), fix: str = ""
-    ) -> AuthError:
-        out(f"   {label:<12}FAIL {reason.value}: {description}")
-        for detail in details:
-            out(f"   {'':<12}{detail}")
-        if fix:
-            out(f"   fix: {fix}")
-        if verdict is not None and verdict.reason is not reason:
-            out(f"   note: the proxy's own check stops at {verdict.reason.value} instead; its")
-            out("         answer is the one below")
-        return verdict or AuthError(reason, description)
-
-    invalid = Reason.INVALID_DPOP_PROOF
-    out(f"   request     {method} {request.url}")
-    if len(proof) > dpop.MAX_PROOF_LENGTH:
-        raise fail(
-            "length",
-            invalid,
-            "DPoP proof too long",
-            [f"{len(proof)} characters, at most {dpop.MAX_PROOF_LENGTH}"],
-            "the DPoP header must hold the proof alone: one compact JWS",
-        )
-    ok("length", f"{len(proof)} characters (at most {dpop.MAX_PROOF_LENGTH})")
-    try:
-        # Read as the proxy reads it (one spelling of a compact JWS), not by PyJWT's rules.
-        header = unverified.read(proof, payload=False)[0]
+        unverified.read(token, payload=False)
     except unverified.Unreadable:
-        raise fail(
-            "JWS form",
-            invalid,
-            "DPoP proof is not a JWS",
-            fix="the DPoP header must hold one compact JWS: header.payload.signature",
-        ) from None
-    ok("JWS form", "compact JWS")
-    out(f"   header      {json.dumps(_shown_header(header), sort_keys=True)}")
-    try:
-        shown = unverified.read(proof)[1]
-        out(f"   claims      {json.dumps(shown, sort_keys=True)}  (signature not shown)")
-    except unverified.Unreadable:
-        out("   claims      (unreadable: the payload is not a JSON object)")
-
-    typ = header.get("typ")
-    if typ != "dpop+jwt":
-        raise fail(
-            "typ",
-            invalid,
-            "DPoP proof typ is not dpop+jwt",
-            [f"typ is {json.dumps(typ)}"],
-            "the client must set the proof's JWS header typ to dpop+jwt (RFC 9449 §4.2)",
-        )
-    ok("typ", "dpop+jwt")
-
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in algorithms or alg not in dpop.ASYMMETRIC_ALGORITHMS:
-        asymmetric = isinstance(alg, str) and alg in dpop.ASYMMETRIC_ALGORITHMS
-        why = (
-            f"{alg} is not in dpop.algorithms ({' '.join(settings.dpop.algorithms)})"
-            if asymmetric
-            else f"{json.dumps(alg)} is not an asymmetric algorithm: a proof shows possession "
-            "of a private key, so none and HS* never pass"
-        )
-        raise fail(
-            "alg",
-            Reason.DPOP_DISALLOWED_ALGORITHM,
-            "DPoP proof alg is not allowed",
-            [why],
-            f"sign proofs with one of {' '.join(settings.dpop.algorithms)}"
-            + (", or add it to dpop.algorithms" if asymmetric else ""),
-        )
-    ok("alg", f"{alg} (dpop.algorithms: {' '.join(settings.dpop.algorithms)})")
-
-    jwk = header.get("jwk")
-    if not isinstance(jwk, dict):
-        raise fail(
-            "jwk",
-            invalid,
-            "DPoP proof has no jwk header",
-            fix="the proof's JWS header must carry the client's public key as jwk",
-        )
-    private = sorted(PRIVATE_MEMBERS & jwk.keys())
-    if private:
-        raise fail(
-            "jwk",
-            Reason.DPOP_PRIVATE_KEY,
-            "DPoP proof jwk holds private key material",
-            [f"private members present: {', '.join(private)} (values not shown)"],
-            "the client sends its private key with every request: it must send the public "
-            "key only, and treat this key as leaked (new key pair, new token)",
-        )
-    kind = " ".join(str(jwk[m]) for m in ("kty", "crv") if isinstance(jwk.get(m), str))
-    ok("jwk", f"public key ({kind or 'no kty'})")
-    try:
-        thumbprint = dpop.jwk_thumbprint(jwk)
-    except AuthError as error:
-        raise fail(
-            "thumbprint",
-            error.reason,
-            error.description,
-            [f"kty {json.dumps(jwk.get('kty'))}: RFC 7638 needs EC (crv, x, y), RSA (e, n)"],
-            "the jwk must be a complete EC, RSA or OKP public key",
-        ) from None
-    ok("thumbprint", f"{thumbprint} (RFC 7638, SHA-256)")
-    try:
-        key = jwt.PyJWK(jwk, algorithm=alg)
-    except jwt.PyJWTError:
-        raise fail(
-            "key",
-            invalid,
-            "the proof's jwk does not fit its alg",
-            [f"a {kind or 'key'} key cannot verify {alg}"],
-            "sign with an algorithm of the key's type (ES256 for EC P-256, PS256/RS256 for RSA)",
-        ) from None
-    ok("key", f"{kind} fits {alg}")
-    try:
-        claims = jwt.decode(proof, key, algorithms=[alg], options=dpop.PROOF_DECODE_OPTIONS)
-    except jwt.InvalidSignatureError:
-        raise fail(
-            "signature",
-            Reason.DPOP_INVALID_SIGNATURE,
-            "DPoP proof signature is invalid",
-            fix="the proof must be signed by the private key of the jwk in its own header; "
-            "this one was signed by another key, or changed after signing",
-        ) from None
-    except jwt.PyJWTError as exc:
-        raise fail(
-            "signature", invalid, "DPoP proof cannot be decoded", [f"PyJWT: {exc}"]
-        ) from None
-    ok("signature", "by the jwk in the header")
-
-    jti, iat = claims.get("jti"), claims.get("iat")
-    if not isinstance(jti, str) or not jti or len(jti) > 256:
-        raise fail(
-            "jti",
-            invalid,
-            "DPoP proof has no usable jti",
-            [f"jti is {json.dumps(jti)[:80]}"],
-            "every proof needs a unique jti string of 1 to 256 characters",
-        )
-    ok("jti", f"present ({len(jti)} characters)")
-    if not isinstance(iat, int | float) or isinstance(iat, bool):
-        raise fail(
-            "iat",
-            invalid,
-            "DPoP proof has no numeric iat",
-            [f"iat is {json.dumps(iat)[:80]}"],
-            "iat must be the proof's creation time in seconds since the epoch (a number)",
-        )
-    try:
-        when = dt.datetime.fromtimestamp(iat, dt.UTC).isoformat()
-    except (OverflowError, OSError, ValueError):
-        when = "not a representable time"
-    ok("iat", f"{iat} ({when})")
-
-    htm = claims.get("htm")
-    if htm != method:
-        raise fail(
-            "htm",
-            Reason.DPOP_WRONG_METHOD,
-            "DPoP proof htm is not the request method",
-            [f"proof {json.dumps(htm)}, request {method}"],
-            f"the client must make a new proof for each request, with htm {method}",
-        )
-    ok("htm", method)
-
-    htu = claims.get("htu")
-    expected = dpop.normalize_url(url)
-    presented = dpop.normalize_url(htu) if isinstance(htu, str) else None
-    if presented is None or presented != expected:
-        shape = (
-            "https://<Host header><path>"
-            if not settings.dpop.external_base_url
-            else ("dpop.external_base_url + <path>")
-        )
-        raise fail(
-            "htu",
-            Reason.DPOP_WRONG_URL,
-            "DPoP proof htu is not the request URL",
-            [
-                f"proof    {presented or _unusable_htu(htu)}",
-                f"request  {expected or url + ' (unusable)'}  ({how})",
-            ],
-            f"htu must be {expected or shape} ({shape}, without query or fragment); "
-            f"the client used {json.dumps(htu)}",
-        )
-    ok("htu", presented)
-    out(f"   {'':<12}request  {expected}  ({how})")
-
-    age = now - iat
-    window = f"at most {max_age:g} s + {leeway:g} s leeway"
-    if iat < now - max_age - leeway:
-        raise fail(
-            "iat age",
-            Reason.DPOP_PROOF_EXPIRED,
-            "DPoP proof iat is too old",
-            [f"{age:.0f} s old, {window} (measured now: a proof captured earlier ages too)"],
-            "the client must make a fresh proof for each request, and keep its clock right",
-        )
-    if iat > now + leeway:
-        raise fail(
-            "iat age",
-            Reason.DPOP_PROOF_NOT_YET_VALID,
-            "DPoP proof iat is in the future",
-            [f"{-age:.0f} s in the future, at most {leeway:g} s allowed"],
-            "the client's clock is ahead: fix its time synchronisation",
-        )
-    ok("iat age", f"{age:.0f} s old ({window})")
-
-    ath = claims.get("ath")
-    if not token:
-        out(f"   {'ath':<12}not checked: no token given (it must be base64url SHA-256 of it)")
-    else:
-        want = dpop.b64url_sha256(token.encode("ascii"))
-        if ath != want:
-            raise fail(
-                "ath",
-                Reason.DPOP_WRONG_ATH,
-                "DPoP proof ath is not the access token's hash",
-                [f"proof ath     {json.dumps(ath)}", f"token's hash  {want}"],
-                "ath must be base64url (no padding) of SHA-256 of the very token sent with "
-                "Authorization: DPoP, without the scheme"
-                + ("; this proof has none" if ath is None else "; it was made for another token"),
-            )
-        ok("ath", f"SHA-256 of the token ({want})")
-    if verdict is not None:
-        # Only if this walk and verify_proof ever drift apart.
-        out(f"   note: the proxy's own check refuses it: {verdict.reason.value}")
-        raise verdict
-    return dpop.Proof(thumbprint=thumbprint, jti=jti, iat=float(iat)), claims
+        return True
+    return False
 
 
-def _proof_notes(settings: Settings, claims: dict[str, Any], leeway: float, out: Out) -> None:
-    """The nonce (when explain can know the key) and what explain cannot check: replay."""
-    _check_nonce(settings, claims.get("nonce"), out)
-    where = (
-        "in Redis (dpop.replay_cache), shared by the replicas"
-        if settings.dpop.replay_cache
-        else "in each proxy process"
-    )
-    window = settings.dpop.max_age_seconds + leeway
-    out(f"   {'replay':<12}not checked: the proxy remembers each jti for {window:g} s {where};")
-    out(f"   {'':<12}explain does not consult that, so a proof sent before is refused")
-    out(f"   {'':<12}(dpop_replayed) though it passes here")
-
-
-def _check_nonce(settings: Settings, nonce: object, out: Out) -> None:
-    """dpop.nonce (RFC 9449 §9): checked as the proxy does when its key is in a file explain
-    can read too; a per-pod random key is known to that pod alone."""
-    shown = json.dumps(nonce)[:120] if nonce is not None else "none"
-    if not settings.dpop.nonce:
-        if nonce is not None:
-            out(f"   {'nonce':<12}{shown}: not checked (dpop.nonce is false)")
-        return
-    if not settings.dpop.nonce_secret_file:
-        out(f"   {'nonce':<12}{shown}: not checked: dpop.nonce is true with a random key per pod")
-        out(f"   {'':<12}(no dpop.nonce_secret_file), which explain cannot know")
-        return
-    try:
-        key = read_nonce_key(settings.dpop.nonce_secret_file)
-    except OSError as exc:
-        out(f"   {'nonce':<12}not checked: cannot read dpop.nonce_secret_file ({exc.strerror})")
-        return
-    nonces = dpop.Nonces(key, settings.dpop.nonce_rotation_seconds)
-    try:
-        renewed = nonces.check(nonce if isinstance(nonce, str) else None)
-    except AuthError as error:
-        out(f"   {'nonce':<12}FAIL {error.reason.value}: {error.description} ({shown})")
-        out("   fix: the client retries with the nonce of the DPoP-Nonce header of the 401;")
-        out("        a client that keeps failing here does not read that header")
-        raise
-    if renewed is None:
-        out(f"   {'nonce':<12}ok: the current nonce")
-    else:
-        out(f"   {'nonce':<12}ok: last period's nonce; the answer would carry a new DPoP-Nonce")
+def _refused(refusal: AuthError, out: Out) -> int:
+    """The answer the proxy would send, as the data plane sends it (errors.error_parts)."""
+    answer = challenge(refusal)
+    if answer is not None:
+        out(f"     WWW-Authenticate: {answer}")
+    if refusal.dpop_nonce is not None:
+        out(f"     DPoP-Nonce: {refusal.dpop_nonce}")
+    code = f' error="{refusal.refusal.error}"' if refusal.refusal.error else ""
+    out(f"outcome: REFUSE {refusal.refusal.status}{code} (reason {refusal.reason.value})")
+    return 1
 
 
 def _shown_header(header: dict[str, Any]) -> dict[str, Any]:
@@ -678,19 +369,3 @@ def _shown_header(header: dict[str, Any]) -> dict[str, Any]:
         return header
     hidden = {k: ("(private, not shown)" if k in PRIVATE_MEMBERS else v) for k, v in jwk.items()}
     return {**header, "jwk": hidden}
-
-
-def _unusable_htu(htu: object) -> str:
-    """Why dpop.normalize_url refused the proof's htu."""
-    if not isinstance(htu, str):
-        return f"{json.dumps(htu)} (no htu string in the proof)"
-    try:
-        parts = urlsplit(htu)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        return f"{htu} (not a URL)"
-    if parts.query or parts.fragment or "?" in htu or "#" in htu:
-        return f"{htu} (has a query or fragment: htu must not, RFC 9449 §4.2)"
-    if parts.scheme.lower() != "https":
-        return f"{htu} (not https)"
-    return f"{htu} (no host)"

@@ -17,7 +17,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy import server
 from proxy.tools.pki import Issued, issue, make_ca
-from tests.conftest import PKI, Issuer, Running, Upstream, make_settings, serve_app, thumbprint
+from tests.conftest import (
+    NO_CREDENTIALS,
+    PKI,
+    Issuer,
+    Running,
+    Upstream,
+    make_settings,
+    serve_app,
+    thumbprint,
+)
 
 
 @dataclass
@@ -137,10 +146,11 @@ def www(headers: dict[str, str]) -> str | None:
 
 
 def assert_challenge(value: str | None, error: str | None, scheme: str = "Bearer") -> None:
-    """error=None: the bare RFC 6750 challenge; otherwise exactly that error code (in the
-    DPoP scheme of RFC 9449 §7.1 for refusals about DPoP)."""
+    """error=None: the bare RFC 6750 challenge, with RFC 9449 §7.1's DPoP one beside it (no
+    policy: every route takes both); otherwise exactly that error code (in the DPoP scheme for
+    refusals about DPoP)."""
     assert value is not None, "no WWW-Authenticate header"
     if error is None:
-        assert value == "Bearer"
+        assert value == NO_CREDENTIALS
     else:
         assert value.startswith(f'{scheme} error="{error}", error_description="'), value
