@@ -7,13 +7,17 @@ pyOpenSSL handshake runs; each timeout is checked a millisecond before and after
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy import metrics
 from proxy.checks.pipeline import Pipeline
@@ -32,10 +36,13 @@ from proxy.settings import (
 from proxy.tokens.issuers import Issuers
 from proxy.tokens.jwt import JWTVerifier, TokenCache
 from proxy.tools.pki import issue, make_ca
+from proxy.trust.identity import compute_thumbprint
 from proxy.trust.tls import ServerTLS
 
-HANDSHAKE, IDLE, SEND = 10.0, 60.0, 20.0  # seconds of virtual time; none is waited for
+# Seconds of virtual time; none is waited for.
+HANDSHAKE, IDLE, SEND, BODY, UPGRADE_IDLE = 10.0, 60.0, 20.0, 30.0, 300.0
 JUST = 0.001
+ISSUER, AUDIENCE = "https://issuer.test", "https://orders.test"
 
 
 class VirtualClockLoop(asyncio.SelectorEventLoop):
@@ -98,9 +105,13 @@ class RecordingTransport(asyncio.Transport):
 
 @dataclass
 class Certificates:
+    """The TLS files, and a JWKS file with the key that signs `token` (bound to the client)."""
+
     server: tuple[str, str]
     client: tuple[str, str]
     ca_file: str
+    jwks_file: str
+    token: str
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +120,29 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     ca = make_ca("clock test CA")
     (d / "ca.pem").write_bytes(ca.cert_pem)
     issue(ca, "localhost", server=True, client=False, dns_names=("localhost",)).write(d, "server")
-    issue(ca, "alice", uris=("spiffe://test/alice",)).write(d, "alice")
+    alice = issue(ca, "alice", uris=("spiffe://test/alice",))
+    alice.write(d, "alice")
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    (d / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig"}]}))
+    now = int(time.time())  # the token's times are wall-clock times, not the loop's
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "alice",
+        "client_id": "orders-app",
+        "iat": now,
+        "exp": now + 600,
+        "cnf": {"x5t#S256": compute_thumbprint(alice.cert_der)},
+    }
+    token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1", "typ": "at+jwt"})
 
     def pair(name: str) -> tuple[str, str]:
         return str(d / f"{name}.pem"), str(d / f"{name}.key")
 
-    return Certificates(pair("server"), pair("alice"), str(d / "ca.pem"))
+    return Certificates(
+        pair("server"), pair("alice"), str(d / "ca.pem"), str(d / "jwks.json"), token
+    )
 
 
 @dataclass
@@ -159,6 +187,20 @@ class Client:
         self.tls.write(data)
         self.pump()
 
+    def answer(self) -> bytes:
+        """What the connection has sent the client, decrypted, up to its close_notify."""
+        self.pump()
+        pieces = []
+        while True:
+            try:
+                piece = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            if not piece:
+                break
+            pieces.append(piece)
+        return b"".join(pieces)
+
     async def advance(self, seconds: float) -> None:
         """Move the loop's clock, then let the loop run what is due (timers, connection_lost)."""
         self.loop.now += seconds
@@ -185,7 +227,6 @@ async def _connected(
     loop: VirtualClockLoop,
 ) -> None:
     cert, key = certificates.server
-    # Nothing here is contacted: the scenarios end before a request reaches the checks.
     settings = Settings(
         listen=ListenSettings(
             host="127.0.0.1",
@@ -193,18 +234,19 @@ async def _connected(
             handshake_timeout_seconds=HANDSHAKE,
             idle_timeout_seconds=IDLE,
             send_timeout_seconds=SEND,
+            body_timeout_seconds=BODY,
             **listen,
         ),
         tls=TLSSettings(cert_file=cert, key_file=key, client_ca_file=certificates.ca_file),
-        upstream=UpstreamSettings(url="http://127.0.0.1:9"),
-        tokens=TokenSettings(
-            issuer="https://issuer.test",
-            audience="https://orders.test",
-            jwks_uri="https://issuer.test/jwks.json",
+        # Never connected to: no scenario takes an upstream connection.
+        upstream=UpstreamSettings(
+            url="http://127.0.0.1:9", upgrade_idle_timeout_seconds=UPGRADE_IDLE
         ),
+        tokens=TokenSettings(issuer=ISSUER, audience=AUDIENCE, jwks_file=certificates.jwks_file),
     )
     async with aiohttp.ClientSession() as session:
         issuers = Issuers(trusted_issuers(settings.tokens), settings.tokens, session)
+        await issuers.refresh()  # from the file: the checks run as in production
         pipeline = Pipeline(settings, JWTVerifier(issuers, TokenCache(16)), None)
         plane = Plane(settings, ServerTLS(settings.tls), pipeline, UpstreamPool(settings.upstream))
         plane.clock = loop.time
@@ -338,5 +380,82 @@ def test_a_send_buffer_that_shrinks_moves_the_send_deadline(certificates: Certif
         assert not client.transport.is_closing()
         await client.advance(2 * JUST)
         assert client.transport.aborted
+
+    run(certificates, scenario)
+
+
+def upload_head(token: str, length: int) -> bytes:
+    return (
+        f"POST /orders HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_a_stalled_request_body_is_answered_408_at_the_body_timeout(
+    certificates: Certificates,
+) -> None:
+    async def scenario(client: Client) -> None:
+        client.handshake()
+        client.send(upload_head(certificates.token, 100) + b"x" * 10)
+        await client.advance(0)  # the checks admit it; the body is buffered, no upstream yet
+        assert client.transport.reading and client.answer() == b""
+        await client.advance(BODY - JUST)
+        assert not client.transport.is_closing()
+        await client.advance(2 * JUST)
+        assert client.answer().startswith(b"HTTP/1.1 408 ")
+        assert client.transport.closed
+
+    run(certificates, scenario)
+
+
+def test_each_body_byte_moves_the_body_deadline(certificates: Certificates) -> None:
+    async def scenario(client: Client) -> None:
+        client.handshake()
+        client.send(upload_head(certificates.token, 100) + b"x" * 10)
+        await client.advance(0)
+        for _ in range(3):  # a slow upload, never stalled for a whole body timeout
+            await client.advance(BODY - 1.0)
+            client.send(b"x")
+        await client.advance(BODY - JUST)
+        assert not client.transport.is_closing()
+        await client.advance(2 * JUST)
+        assert client.answer().startswith(b"HTTP/1.1 408 ")
+
+    run(certificates, scenario)
+
+
+@dataclass
+class TunnelEnd:
+    """The upstream end of an upgraded connection, as ports.TunnelEnd: records what the
+    client sent through the tunnel."""
+
+    relayed: bytearray = field(default_factory=bytearray)
+    is_closed: bool = False
+
+    def tunnel_write(self, data: bytes) -> None:
+        self.relayed += data
+
+    def tunnel_closed(self) -> None:
+        self.is_closed = True
+
+
+def test_an_upgraded_connection_idle_both_ways_is_closed_at_the_upgrade_idle_timeout(
+    certificates: Certificates,
+) -> None:
+    async def scenario(client: Client) -> None:
+        client.handshake()
+        end = TunnelEnd()
+        # What the exchange does once the workload's 101 is relayed (ports.ClientSide).
+        client.conn.upgraded(end, b"")
+        await client.advance(UPGRADE_IDLE / 2)
+        client.send(b"ping")  # the client speaks: the tunnel is not idle
+        assert end.relayed == b"ping"
+        await client.advance(UPGRADE_IDLE / 2)
+        client.conn.tunnel_write(b"pong")  # the workload speaks
+        assert client.answer() == b"pong"
+        await client.advance(UPGRADE_IDLE - JUST)
+        assert not client.transport.is_closing()
+        await client.advance(2 * JUST)
+        assert client.transport.closed and end.is_closed
 
     run(certificates, scenario)
