@@ -118,6 +118,7 @@ async def test_repeated_refusals_are_counted_each_time_but_logged_once_a_minute(
     assert strict_proc.output().count("reason=unknown_ca") == 1
 
 
+@pytest.mark.slow
 async def test_handshake_timeout_is_counted_and_logged(running: Running) -> None:
     running.proxy.plane.admission.handshake_timeout = 0.3  # listen.handshake_timeout_seconds
     handshake.reset_rate_limit()

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+import pytest
+
 from proxy.settings import Settings
 from tests.conftest import PKI, Issuer, Running, Upstream
 from tests.faults.conftest import proxy_with
@@ -57,6 +59,7 @@ async def timed_requests(running: Running, token: str, n: int) -> list[tuple[int
     return out
 
 
+@pytest.mark.slow
 async def test_slow_header_and_stalled_handshake_clients_do_not_block_others(
     pki: PKI, issuer: Issuer, upstream: Upstream
 ) -> None:
@@ -87,6 +90,7 @@ def listen_with(**changes: object) -> Callable[[Settings], Settings]:
     return adjust
 
 
+@pytest.mark.slow
 async def test_connection_that_never_completes_its_headers_is_closed(
     pki: PKI, issuer: Issuer, upstream: Upstream
 ) -> None:

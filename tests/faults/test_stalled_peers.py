@@ -70,6 +70,7 @@ async def stalled_download(pki: PKI, port: int, token: str) -> asyncio.StreamWri
     return writer
 
 
+@pytest.mark.slow
 async def test_a_client_that_stops_reading_is_aborted_after_the_send_timeout_and_its_upstream_freed(
     pki: PKI, issuer: Issuer, workload: Workload, tmp_path: Path
 ) -> None:
@@ -87,6 +88,7 @@ async def test_a_client_that_stops_reading_is_aborted_after_the_send_timeout_and
         assert "listen.send_timeout_seconds" in proc.output()
 
 
+@pytest.mark.slow
 async def test_100_stalled_downloads_leave_a_good_clients_p99_under_a_second(
     pki: PKI, issuer: Issuer, workload: Workload, tmp_path: Path
 ) -> None:
@@ -107,6 +109,7 @@ async def test_100_stalled_downloads_leave_a_good_clients_p99_under_a_second(
     assert good.p99 < 1.0, sorted(good.latencies)[-5:]
 
 
+@pytest.mark.slow
 async def test_a_stalled_request_body_is_408_and_its_upstream_connection_freed(
     pki: PKI, issuer: Issuer, workload: Workload, tmp_path: Path
 ) -> None:
@@ -133,6 +136,7 @@ async def test_a_stalled_request_body_is_408_and_its_upstream_connection_freed(
         assert refused == 1
 
 
+@pytest.mark.slow
 async def test_a_stalled_small_body_is_408_and_never_reaches_the_workload(
     pki: PKI, issuer: Issuer, workload: Workload, tmp_path: Path
 ) -> None:
@@ -159,6 +163,7 @@ async def slow_upload(pki: PKI, port: int, token: str, size: int) -> None:
         writer.close()
 
 
+@pytest.mark.slow
 async def test_100_slow_uploads_take_no_pool_connection_and_leave_a_good_clients_p99_under_a_second(
     pki: PKI, issuer: Issuer, workload: Workload, tmp_path: Path
 ) -> None:
@@ -180,6 +185,7 @@ async def test_100_slow_uploads_take_no_pool_connection_and_leave_a_good_clients
     assert workload.paths("POST") == []  # still being buffered; no connection taken
 
 
+@pytest.mark.slow
 async def test_slow_uploads_larger_than_the_buffer_hold_at_most_half_the_pool(
     pki: PKI, issuer: Issuer, workload: Workload, tmp_path: Path
 ) -> None:
@@ -200,6 +206,7 @@ async def test_slow_uploads_larger_than_the_buffer_hold_at_most_half_the_pool(
     assert good.p99 < 1.0, sorted(good.latencies)[-5:]
 
 
+@pytest.mark.slow
 async def test_a_client_that_disconnects_mid_upload_frees_its_pool_connection_at_once(
     pki: PKI, issuer: Issuer, workload: Workload, tmp_path: Path
 ) -> None:
