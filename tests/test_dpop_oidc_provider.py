@@ -33,9 +33,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import AUDIENCE, MINTED, PKI, Upstream, serve_app, thumbprint
-from tests.process import ProxyProcess, proxy_process, stop_group
+from tests.support.process import ProxyProcess, proxy_process, stop_group
+from tests.support.stack import AUDIENCE, MINTED, PKI, Upstream, serve_app, thumbprint
 from tests.test_zz_log_secrecy import leaks
+
+pytestmark = pytest.mark.e2e
 
 NODE_DIR = Path(__file__).resolve().parent / "oidc"
 CLIENT_ID = "orders-app"
@@ -229,6 +231,7 @@ def requests_total(outcome: str, reason: str) -> str:
     return f'certbound_requests_total{{issuer="0",outcome="{outcome}",reason="{reason}"}}'
 
 
+@pytest.mark.slow
 def test_the_real_clients_dpop_requests_pass_with_the_servers_token(
     node: Node,
     pki: PKI,
@@ -262,6 +265,7 @@ def test_the_real_clients_dpop_requests_pass_with_the_servers_token(
     assert sample(certbound, requests_total("forwarded", "ok")) == before + 2
 
 
+@pytest.mark.slow
 def test_the_real_client_retries_with_certbounds_nonce_and_keeps_it(
     node: Node,
     pki: PKI,
