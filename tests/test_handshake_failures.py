@@ -14,9 +14,11 @@ import pytest
 from proxy.errors import HandshakeFailure
 from proxy.tools.pki import issue
 from proxy.trust import handshake
-from tests.conftest import LOG, PKI, Issuer, Legacy, Running, Upstream, process_config
-from tests.openssl_ca import Leaf, curl_status
-from tests.process import ProxyProcess, proxy_process
+from tests.support.openssl_ca import Leaf, curl_status
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import LOG, PKI, Issuer, Legacy, Running, Upstream, process_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def failures(text: str) -> dict[str, float]:
@@ -118,7 +120,6 @@ async def test_repeated_refusals_are_counted_each_time_but_logged_once_a_minute(
     assert strict_proc.output().count("reason=unknown_ca") == 1
 
 
-@pytest.mark.slow
 async def test_handshake_timeout_is_counted_and_logged(running: Running) -> None:
     running.proxy.plane.admission.handshake_timeout = 0.3  # listen.handshake_timeout_seconds
     handshake.reset_rate_limit()

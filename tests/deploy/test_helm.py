@@ -53,6 +53,8 @@ def test_helm_lint_strict_passes(helm: str, values: tuple[Path, ...]) -> None:
     assert "0 chart(s) failed" in result.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.slow
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_every_rendered_manifest_matches_its_kubernetes_or_crd_schema(
     render: RenderFn, values: tuple[Path, ...]
@@ -627,6 +629,8 @@ def _notes(helm: str, *sets: str) -> str:
     return result.stdout.split("NOTES:", 1)[1]
 
 
+@pytest.mark.slow
+@pytest.mark.slow
 def test_notes_warn_about_per_process_dpop_replay_caches_only_when_it_matters(
     helm: str,
 ) -> None:

@@ -13,8 +13,10 @@ from dataclasses import replace
 import pytest
 
 from proxy.settings import Settings
-from tests.conftest import PKI, Issuer, Running, Upstream
-from tests.faults.conftest import proxy_with
+from tests.support.faults import proxy_with
+from tests.support.stack import PKI, Issuer, Running, Upstream
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 HEADERS = b"GET /slow HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"a" * 64
 
@@ -59,7 +61,6 @@ async def timed_requests(running: Running, token: str, n: int) -> list[tuple[int
     return out
 
 
-@pytest.mark.slow
 async def test_slow_header_and_stalled_handshake_clients_do_not_block_others(
     pki: PKI, issuer: Issuer, upstream: Upstream
 ) -> None:
@@ -90,7 +91,6 @@ def listen_with(**changes: object) -> Callable[[Settings], Settings]:
     return adjust
 
 
-@pytest.mark.slow
 async def test_connection_that_never_completes_its_headers_is_closed(
     pki: PKI, issuer: Issuer, upstream: Upstream
 ) -> None:
