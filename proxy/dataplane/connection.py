@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from typing import cast
 
 import httptools
@@ -20,6 +19,7 @@ import httptools
 from proxy import metrics
 from proxy.checks.pipeline import Seen
 from proxy.checks.request import Request
+from proxy.dataplane.deadline import STALL_GRACE, Action, Moments, Phase, decide
 from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.facts import ConnectionFacts
 from proxy.dataplane.flow import Flow
@@ -32,10 +32,6 @@ from proxy.trust.channel import HandshakeRefused, TLSBroken, TLSChannel
 
 log = logging.getLogger("certbound.dataplane")
 
-# A client whose send buffer has not shrunk for this long while others wait for a pool
-# connection gives its upstream connection up: a stalled reader must not make good clients
-# wait out the whole send timeout (nginx frees the upstream by buffering the response).
-STALL_GRACE = 0.5
 TLS_HANDSHAKE_RECORD = 0x16
 NOT_TLS_ANSWER = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -105,7 +101,7 @@ class ClientConnection(asyncio.Protocol):
         self._broken: AuthError | None = None  # a framing refusal, answered in turn
         self._stop_reason: AuthError | None = None
         self._tunnel_buffer: list[bytes] = []
-        self._opened = self._last = time.monotonic()
+        self._opened = self._last = self.plane.clock()
         self._timer: asyncio.TimerHandle | None = None
         # The client's send buffer while it is full: its size and when it last shrank.
         self._send_queued = 0
@@ -140,7 +136,7 @@ class ClientConnection(asyncio.Protocol):
         self._arm(self.plane.admission.handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self._last = time.monotonic()
+        self._last = self.plane.clock()
         state = self._state
         if state == _OPEN:
             plaintext = self._decrypt(data)
@@ -202,14 +198,14 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.flow.client_write_paused()
-        self._send_progress = time.monotonic()
+        self._send_progress = self.plane.clock()
         self._send_queued = self._write_buffer_size()
         if self._timer is not None and not self._is_closing:  # closing: its abort timer stays
             self._cancel_timer()
             self._arm(min(self.plane.send_timeout, STALL_GRACE))
 
     def resume_writing(self) -> None:
-        self._last = time.monotonic()
+        self._last = self.plane.clock()
         self.flow.client_write_resumed()
 
     # -- TLS -----------------------------------------------------------------------------
@@ -317,7 +313,7 @@ class ClientConnection(asyncio.Protocol):
             self.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
     def tunnel_write(self, data: bytes) -> None:
-        self._last = time.monotonic()
+        self._last = self.plane.clock()
         self.write(data)
 
     def tunnel_closed(self) -> None:
@@ -390,7 +386,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = self._head_fed = 0
-        self._head_started = time.monotonic()
+        self._head_started = self.plane.clock()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -427,7 +423,7 @@ class ClientConnection(asyncio.Protocol):
             raise _Stop from None
         self._headers = []  # read_head kept what it needs
         if head.has_body:
-            self._body_progress = time.monotonic()
+            self._body_progress = self.plane.clock()
             if self.plane.body_timeout < self.plane.idle_timeout:
                 self._cancel_timer()  # the shorter deadline is checked in time
                 self._arm(self.plane.body_timeout)
@@ -441,7 +437,7 @@ class ClientConnection(asyncio.Protocol):
             self.flow.pause_reading("pipeline")
 
     def on_body(self, body: bytes) -> None:
-        self._body_progress = time.monotonic()
+        self._body_progress = self.plane.clock()
         if self._receiving is not None:
             self._receiving.request_body(body)
 
@@ -470,7 +466,7 @@ class ClientConnection(asyncio.Protocol):
         elif self._peer_done:
             self.close()
         else:
-            self._last = time.monotonic()
+            self._last = self.plane.clock()
             self.plane.admission.idles(self)
 
     def _start_next(self) -> None:
@@ -584,31 +580,30 @@ class ClientConnection(asyncio.Protocol):
         self._timer = None
         if self._is_closing:
             return
-        now = time.monotonic()
-        idle = self.plane.idle_timeout
+        now = self.plane.clock()
+        phase = self._phase()
+        if phase is Phase.SENDING:
+            queued = self._write_buffer_size()
+            if queued < self._send_queued:
+                self._send_queued, self._send_progress = queued, now
+        elif phase is Phase.BODY and self.flow.is_reading_paused:
+            self._body_progress = now  # we hold its reading back: the client is not late
         active = self._active
-        if self._state == _HANDSHAKE:
-            deadline = self._opened + self.plane.admission.handshake_timeout
-        elif self.flow.is_write_paused:
-            self._check_send_progress(now)
-            return
-        elif self._state == _TUNNEL:
-            deadline = self._last + self.plane.upgrade_idle_timeout
-        elif self._in_head:
-            # From the head's first byte, not the last: a slowloris client dribbling one
-            # byte a second never looks idle.
-            deadline = self._head_started + idle
-        elif self._is_receiving_body():
-            self._check_body_progress(now)
-            return
-        elif self._state == _UPGRADING or (active is not None and active.is_request_done):
-            deadline = now + idle  # waiting on the workload: the upstream timeout governs
-        else:
-            deadline = self._last + idle
-        if now < deadline:
-            self._arm(deadline - now)
-            return
-        if self._state == _HANDSHAKE:
+        moments = Moments(
+            opened=self._opened,
+            last=self._last,
+            head_started=self._head_started,
+            body_progress=self._body_progress,
+            send_progress=self._send_progress,
+            is_upstream_wanted=(
+                active is not None and active.upstream is not None and self.plane.pool.is_contended
+            ),
+        )
+        verdict = decide(phase, moments, self.plane.timeouts, now)
+        action = verdict.action
+        if action is Action.WAIT:
+            self._arm(verdict.delay)
+        elif action is Action.ABORT_HANDSHAKE:
             handshake.refused(
                 HandshakeFailure.TIMEOUT,
                 self._remote,
@@ -616,47 +611,41 @@ class ClientConnection(asyncio.Protocol):
             )
             self._got_bytes = False
             self.abort()
+        elif action is Action.ABORT_SEND:
+            log.info(
+                "client %s read nothing for %.1f s (listen.send_timeout_seconds %g%s): aborted",
+                self._remote,
+                verdict.stalled,
+                self.plane.send_timeout,
+                "; its upstream connection was wanted" if verdict.was_upstream_wanted else "",
+            )
+            if active is not None:
+                metrics.UPSTREAM_ERRORS.labels(kind="send_timeout").inc()
+            self.abort()
+        elif action is Action.BODY_TIMED_OUT:
+            receiving = self._receiving
+            assert receiving is not None
+            if receiving is active:
+                receiving.body_timed_out()
+            else:
+                self.abort()
         else:
             self.close()
 
-    def _check_send_progress(self, now: float) -> None:
-        """The client's send buffer is full: abort (not close, which would wait on it) when
-        it has not shrunk for listen.send_timeout_seconds, or for STALL_GRACE while its
-        upstream connection is wanted by requests waiting for the pool."""
-        queued = self._write_buffer_size()
-        if queued < self._send_queued:
-            self._send_queued, self._send_progress = queued, now
-        stalled = now - self._send_progress
-        deadline = self._send_progress + self.plane.send_timeout
-        holds_upstream = self._active is not None and self._active.upstream is not None
-        if now < deadline and not (
-            stalled >= STALL_GRACE and holds_upstream and self.plane.pool.is_contended
-        ):
-            self._arm(min(deadline - now, STALL_GRACE))
-            return
-        log.info(
-            "client %s read nothing for %.1f s (listen.send_timeout_seconds %g%s): aborted",
-            self._remote,
-            stalled,
-            self.plane.send_timeout,
-            "; its upstream connection was wanted" if now < deadline else "",
-        )
-        if self._active is not None:
-            metrics.UPSTREAM_ERRORS.labels(kind="send_timeout").inc()
-        self.abort()
-
-    def _check_body_progress(self, now: float) -> None:
-        """A request body is arriving: 408 when no byte came for listen.body_timeout_seconds.
-        While we hold its reading back (the checks, the workload), the client is not late."""
-        if self.flow.is_reading_paused:
-            self._body_progress = now
-        deadline = self._body_progress + self.plane.body_timeout
-        if now < deadline:
-            self._arm(deadline - now)
-            return
-        receiving = self._receiving
-        assert receiving is not None
-        if receiving is self._active:
-            receiving.body_timed_out()
-        else:
-            self.abort()
+    def _phase(self) -> Phase:
+        """What the connection waits for now; the order is the precedence."""
+        state = self._state
+        active = self._active
+        if state == _HANDSHAKE:
+            return Phase.HANDSHAKE
+        if self.flow.is_write_paused:
+            return Phase.SENDING
+        if state == _TUNNEL:
+            return Phase.TUNNEL
+        if self._in_head:
+            return Phase.HEAD
+        if self._is_receiving_body():
+            return Phase.BODY
+        if state == _UPGRADING or (active is not None and active.is_request_done):
+            return Phase.WORKLOAD
+        return Phase.KEEP_ALIVE

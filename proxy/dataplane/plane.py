@@ -5,12 +5,15 @@ listener is listener.py's job."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from proxy import metrics
 from proxy.capacity import connection_caps
 from proxy.checks.pipeline import Pipeline
 from proxy.dataplane.admission import Admission
+from proxy.dataplane.deadline import Timeouts
 from proxy.dataplane.pool import UpstreamPool
 from proxy.headers import dropped_request_headers
 from proxy.settings import Settings
@@ -36,6 +39,8 @@ class Plane:
         self.admission = Admission(
             connection_caps(settings.listen, 1, 0), settings.listen.handshake_timeout_seconds
         )
+        # What the connections' deadlines count on; a test gives its loop's virtual time.
+        self.clock: Callable[[], float] = time.monotonic
         self.idle_timeout = settings.listen.idle_timeout_seconds
         self.send_timeout = settings.listen.send_timeout_seconds
         self.body_timeout = settings.listen.body_timeout_seconds
@@ -54,6 +59,16 @@ class Plane:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(
+            handshake=self.admission.handshake_timeout,
+            idle=self.idle_timeout,
+            body=self.body_timeout,
+            send=self.send_timeout,
+            upgrade_idle=self.upgrade_idle_timeout,
+        )
 
     def request_started(self) -> None:
         if self.in_flight == 0:
