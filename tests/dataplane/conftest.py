@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dataplane.driver import Certificates, make_certificates
+from tests.support.connection_driver import Certificates, make_certificates
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from proxy.dataplane.deadline import STALL_GRACE
-from tests.dataplane.driver import (
+from tests.support.connection_driver import (
     BODY,
     HANDSHAKE,
     IDLE,
