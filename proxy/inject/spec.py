@@ -52,6 +52,19 @@ DEFAULT_VALUES: dict[str, Any] = {
         },
         "ports": {"mtls": 8443, "admin": 9090},
         "workers": 1,
+        # The chart's proxy.listen: every listen.* key but host, port and workers (owned).
+        "listen": {
+            "max_connections": 10000,
+            "max_handshakes": 1000,
+            "handshake_timeout_seconds": 10,
+            "memory_budget_mib": 0,
+            "idle_timeout_seconds": 30,
+            "send_timeout_seconds": 30,
+            "body_timeout_seconds": 30,
+            "request_buffer_bytes": 65536,
+            "max_header_bytes": 65536,
+            "event_loop": "auto",
+        },
         "config": {},
         "extraConfig": {},
         "env": [],
@@ -225,7 +238,7 @@ def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptio
         if injected.mtls and injected.mtls == injected.admin:
             problems.append("inject.ports.admin: must differ from inject.ports.mtls")
     workers = _typed(p["workers"], int, "proxy.workers", problems)
-    for key in ("config", "extraConfig", "resources", "securityContext"):
+    for key in ("listen", "config", "extraConfig", "resources", "securityContext"):
         _typed(p[key], dict, f"proxy.{key}", problems)
     for key in ("env", "extraVolumes", "extraVolumeMounts"):
         _typed(p[key], list, f"proxy.{key}", problems)
@@ -264,7 +277,8 @@ def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptio
         mtls_port=mtls,
         admin_port=admin,
         workers=workers,
-        config=merge(p["config"], p["extraConfig"]),
+        # As the chart's certbound.config: proxy.listen into listen, extraConfig over all.
+        config=merge(merge(p["config"], {"listen": p["listen"]}), p["extraConfig"]),
         env=p["env"],
         resources=p["resources"],
         security_context=p["securityContext"],
