@@ -20,6 +20,8 @@ from proxy.tools.audit_report import (
     read_lines,
 )
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 
 def line(token: str, cert: str, time: str = "2026-01-01T00:00:00Z", **extra: str) -> bytes:
     entry = {

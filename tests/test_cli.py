@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PKI, thumbprint
+from tests.support.stack import PKI, thumbprint
 
 
 def test_thumbprint_matches_openssl(pki: PKI) -> None:
@@ -53,6 +53,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_demo_prints_curl_lines_that_work_when_pasted(tmp_path: Path) -> None:
     assert shutil.which("curl"), "curl is required (scripts/test.sh installs it)"
     port, admin = _free_port(), _free_port()

@@ -16,8 +16,10 @@ from proxy.errors import AuthError
 from proxy.settings import TLSSettings
 from proxy.trust.forwarded_cert import ForwardedCertVerifier
 from proxy.trust.identity import thumbprint_of_pem
-from tests.conftest import PKI, Issuer, Legacy, Running, StartProxy
-from tests.openssl_ca import Leaf, curl_status
+from tests.support.openssl_ca import Leaf, curl_status
+from tests.support.stack import PKI, Issuer, Legacy, Running, StartProxy
+
+pytestmark = pytest.mark.e2e
 
 
 async def curl(

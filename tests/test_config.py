@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from proxy.config import ConfigError, load_settings
-from tests.conftest import PKI
+from tests.support.stack import PKI
 
 
 def write_config(tmp_path: Path, pki: PKI, **sections: dict[str, object]) -> Path:
@@ -118,6 +118,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_check_config_cli_ok_and_failure(tmp_path: Path, pki: PKI) -> None:
     good = run_cli("check-config", str(write_config(tmp_path, pki)))
     assert good.returncode == 0 and "config OK" in good.stdout
@@ -127,6 +128,7 @@ def test_check_config_cli_ok_and_failure(tmp_path: Path, pki: PKI) -> None:
     assert "upstream.url" in bad.stderr and "tokens.audience: required" in bad.stderr
 
 
+@pytest.mark.slow
 def test_check_config_loads_tls_files(tmp_path: Path, pki: PKI) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")

@@ -21,11 +21,13 @@ from cryptography import x509
 from proxy import metrics
 from proxy.trust.crlfetch import MAX_CRL_BYTES, CRLFetcher, distribution_points
 from proxy.trust.revocation import CRLSet, IssuerCRL, Status
-from tests.conftest import PKI, Issuer, Upstream, process_config
-from tests.openssl_ca import Leaf, OpenSSLCA
-from tests.process import proxy_process
-from tests.revocation_servers import DistributionPoint, distribution_point
+from tests.support.openssl_ca import Leaf, OpenSSLCA
+from tests.support.process import proxy_process
+from tests.support.revocation_servers import DistributionPoint, distribution_point
+from tests.support.stack import PKI, Issuer, Upstream, process_config
 from tests.test_revocation import get
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @dataclass

@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import pytest
 
-from tests.conftest import (
+from tests.support.rawhttp import RawResponse, bearer_request, raw_exchange
+from tests.support.stack import (
     PKI,
     Issuer,
     Running,
@@ -20,14 +21,8 @@ from tests.conftest import (
     make_settings,
     thumbprint,
 )
-from tests.hostile.rawhttp import RawResponse, raw_exchange
 
-
-def request(token: str, method: str = "GET", path: str = "/orders", extra: str = "") -> bytes:
-    return (
-        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n"
-        f"{extra}\r\n"
-    ).encode()
+pytestmark = pytest.mark.e2e
 
 
 async def send(running: Running, payload: bytes | list[bytes], **kw: float) -> RawResponse:
@@ -41,10 +36,10 @@ async def test_head_204_and_304_answers_have_no_body_and_keep_the_connection(
 ) -> None:
     token = running.issuer.mint(running.pki.alice)
     payload = (
-        request(token, "HEAD", "/orders")
-        + request(token, "GET", "/status/204")
-        + request(token, "GET", "/status/304")
-        + request(token, "GET", "/last", "Connection: close\r\n")
+        bearer_request(token, "HEAD", "/orders")
+        + bearer_request(token, "GET", "/status/204")
+        + bearer_request(token, "GET", "/status/304")
+        + bearer_request(token, "GET", "/last", "Connection: close\r\n")
     )
     response = await send(running, payload)
     raw = response.raw
@@ -68,8 +63,8 @@ async def test_head_204_and_304_answers_have_no_body_and_keep_the_connection(
 async def test_pipelined_requests_are_answered_in_order(running: Running) -> None:
     token = running.issuer.mint(running.pki.alice)
     paths = [f"/p{i}" for i in range(8)]
-    payload = b"".join(request(token, path=p) for p in paths[:-1])
-    payload += request(token, path=paths[-1], extra="Connection: close\r\n")
+    payload = b"".join(bearer_request(token, path=p) for p in paths[:-1])
+    payload += bearer_request(token, path=paths[-1], extra="Connection: close\r\n")
     response = await send(running, payload)
     answered = [p for p in paths if f'"path": "{p}"'.encode() in response.raw]
     assert answered == paths
@@ -92,11 +87,12 @@ async def test_refused_request_with_expect_100_continue_is_answered_before_its_b
     assert running.upstream.seen == []
 
 
+@pytest.mark.slow
 async def test_admitted_request_with_expect_100_continue_gets_100_then_the_answer(
     running: Running,
 ) -> None:
     token = running.issuer.mint(running.pki.alice)
-    head = request(
+    head = bearer_request(
         token,
         "POST",
         "/upload",
@@ -125,7 +121,7 @@ async def test_chunked_response_is_relayed_chunked_and_close_delimited_to_http10
 ) -> None:
     token = running.issuer.mint(running.pki.alice)
     chunked = await send(
-        running, request(token, path="/stream?chunks=3", extra="Connection: close\r\n")
+        running, bearer_request(token, path="/stream?chunks=3", extra="Connection: close\r\n")
     )
     assert chunked.header("Transfer-Encoding") == "chunked"
     assert chunked.body.endswith(b"0\r\n\r\n")
@@ -151,7 +147,7 @@ async def test_client_gone_mid_response_frees_the_exchange(running: Running) -> 
         ssl=running.client_ssl("alice"),
         server_hostname="localhost",
     )
-    writer.write(request(token, path="/stream?chunks=200&pause=0.01"))
+    writer.write(bearer_request(token, path="/stream?chunks=200&pause=0.01"))
     await reader.read(100)
     writer.transport.abort()
     await asyncio.sleep(0.3)
@@ -186,7 +182,7 @@ def _two_connections(port: int, ctx: ssl.SSLContext, token: str) -> tuple[bool, 
     for _ in range(2):
         with socket.create_connection(("127.0.0.1", port)) as raw:
             with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-                tls.sendall(request(token, extra="Connection: close\r\n"))
+                tls.sendall(bearer_request(token, extra="Connection: close\r\n"))
                 answer = b""
                 while chunk := tls.recv(65536):
                     answer += chunk
@@ -222,7 +218,7 @@ async def test_a_flood_of_pipelined_refusals_is_answered_in_order_without_recurs
     from the loop, not from inside the previous answer), and the connection stays usable."""
     token = running.issuer.mint(running.pki.alice)
     flood = b"GET /no-token HTTP/1.1\r\nHost: localhost\r\n\r\n" * 500
-    response = await send(running, flood + request(token, extra="Connection: close\r\n"))
+    response = await send(running, flood + bearer_request(token, extra="Connection: close\r\n"))
     assert response.raw.count(b"HTTP/1.1 401 ") == 500
     assert response.raw.rindex(b"HTTP/1.1 200 ") > response.raw.rindex(b"HTTP/1.1 401 ")
     assert [s.path for s in running.upstream.seen] == ["/orders"]
@@ -237,7 +233,7 @@ async def test_malformed_chunked_body_is_400_and_the_upstream_request_is_cut(
     running: Running, body: bytes
 ) -> None:
     token = running.issuer.mint(running.pki.alice)
-    head = request(token, "POST", "/upload", "Transfer-Encoding: chunked\r\n")
+    head = bearer_request(token, "POST", "/upload", "Transfer-Encoding: chunked\r\n")
     response = await send(running, head + body)
     # The head had passed the checks and gone upstream; the body breaks the framing: 400 to
     # the client, and the upstream request is cut (the workload never sees a whole request).

@@ -11,7 +11,9 @@ import pytest
 
 from proxy.settings import DPoPSettings, PolicySettings, RouteSettings
 from proxy.tools.explain import Request, explain
-from tests.conftest import PKI, Issuer, Running, StartProxy, Upstream, make_settings
+from tests.support.stack import PKI, Issuer, Running, StartProxy, Upstream, make_settings
+
+pytestmark = pytest.mark.e2e
 
 ALGS = 'algs="ES256 EdDSA"'
 ROUTES = PolicySettings(

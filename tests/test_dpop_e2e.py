@@ -13,8 +13,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.conftest import PKI, Issuer, Running, StartProxy, Upstream, make_settings
-from tests.dpop_proofs import make_proof, public_jwk, thumbprint
+from tests.support.dpop_proofs import make_proof, public_jwk, thumbprint
+from tests.support.stack import PKI, Issuer, Running, StartProxy, Upstream, make_settings
+
+pytestmark = pytest.mark.e2e
 
 
 class Client:
@@ -229,7 +231,7 @@ async def test_token_bound_to_both_needs_the_certificate_too(dpop: Running) -> N
 
 
 def _x5t(running: Running) -> str:
-    from tests.conftest import thumbprint as cert_thumbprint
+    from tests.support.stack import thumbprint as cert_thumbprint
 
     return cert_thumbprint(running.pki.alice)
 

@@ -12,7 +12,8 @@ import pytest
 
 from proxy.settings import DPoPSettings
 from proxy.tokens.dpop import Nonces
-from tests.conftest import (
+from tests.support.process import proxy_process
+from tests.support.stack import (
     PKI,
     Issuer,
     Running,
@@ -21,9 +22,10 @@ from tests.conftest import (
     make_settings,
     process_config,
 )
-from tests.process import proxy_process
 from tests.test_dpop_e2e import Client
 from tests.test_dpop_redis import BASE, Holder
+
+pytestmark = pytest.mark.e2e
 
 ROTATION = 600
 KEY = b"a shared nonce key of the replicas, from a Secret"
@@ -120,6 +122,7 @@ async def test_bearer_and_mtls_requests_need_no_nonce(dpop: Running) -> None:
     assert "DPoP-Nonce" not in headers
 
 
+@pytest.mark.slow
 async def test_workers_of_one_process_accept_each_others_nonces(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
 ) -> None:

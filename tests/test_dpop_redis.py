@@ -17,11 +17,21 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.settings import DPoPSettings
-from tests.conftest import PKI, Issuer, Running, StartProxy, Upstream, make_settings, process_config
-from tests.dpop_proofs import make_proof, public_jwk, thumbprint
-from tests.process import ProxyProcess, proxy_process
-from tests.redis_server import PASSWORD, RedisServer
+from tests.support.dpop_proofs import make_proof, public_jwk, thumbprint
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.redis_server import PASSWORD, RedisServer
+from tests.support.stack import (
+    PKI,
+    Issuer,
+    Running,
+    StartProxy,
+    Upstream,
+    make_settings,
+    process_config,
+)
 from tests.test_dpop_e2e import Client
+
+pytestmark = pytest.mark.e2e
 
 BASE = "https://orders.example"  # both replicas sit behind one name, as in a Service
 
@@ -85,6 +95,7 @@ async def replicas(
         await asyncio.to_thread(first.__exit__, None, None, None)
 
 
+@pytest.mark.slow
 async def test_a_proof_accepted_by_one_replica_is_refused_by_the_other(
     replicas: tuple[ProxyProcess, ProxyProcess],
     pki: PKI,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import AUDIENCE, PKI, Issuer, Legacy, thumbprint
-from tests.openssl_ca import OpenSSLCA
+from tests.support.openssl_ca import OpenSSLCA
+from tests.support.stack import AUDIENCE, PKI, Issuer, Legacy, thumbprint
 
 
 def explain(
@@ -100,6 +100,7 @@ def test_policy_step_names_the_rule_and_missing_scope(tmp_path: Path, pki: PKI) 
     assert "(reason insufficient_scope)" in result.stdout
 
 
+@pytest.mark.slow
 def test_expired_token_and_garbage(tmp_path: Path, pki: PKI) -> None:
     issuer = Issuer(url="https://issuer.invalid")
     issuer.add_key("k1")
@@ -110,6 +111,7 @@ def test_expired_token_and_garbage(tmp_path: Path, pki: PKI) -> None:
     assert "Traceback" not in garbage.stderr + expired.stderr
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_certificate_is_a_clear_error(tmp_path: Path, pki: PKI) -> None:
     issuer = Issuer(url="https://issuer.invalid")
     issuer.add_key("k1")
@@ -173,6 +175,7 @@ def test_certificate_the_listener_refuses_is_explained_with_the_fix(
     assert f"outcome: REFUSE: the TLS handshake fails (reason {reason})" in result.stdout
 
 
+@pytest.mark.slow
 def test_legacy_certificate_is_accepted_and_strictness_named(
     tmp_path: Path, pki: PKI, legacy: Legacy
 ) -> None:
@@ -187,6 +190,7 @@ def test_legacy_certificate_is_accepted_and_strictness_named(
     assert "leave tls.x509_strict off" in strict.stdout
 
 
+@pytest.mark.slow
 def test_revoked_certificate_is_explained_from_the_crl_files(tmp_path: Path, pki: PKI) -> None:
     ca = OpenSSLCA(tmp_path / "ca", "revoking CA")
     good, revoked = ca.issue("good client"), ca.issue("revoked client")

@@ -23,9 +23,9 @@ from proxy.config import load_settings
 from proxy.settings import Settings
 from proxy.tokens.dpop import Nonces, verify_proof
 from proxy.tools.explain import Request, explain, request_target
-from tests.conftest import AUDIENCE, PKI, Issuer, thumbprint
-from tests.dpop_proofs import ath_of, make_proof, public_jwk
-from tests.dpop_proofs import thumbprint as jwk_thumbprint
+from tests.support.dpop_proofs import ath_of, make_proof, public_jwk
+from tests.support.dpop_proofs import thumbprint as jwk_thumbprint
+from tests.support.stack import AUDIENCE, PKI, Issuer, thumbprint
 
 URL = "https://orders.example/orders"
 CHECKS = (
@@ -212,6 +212,7 @@ def test_wrong_url_fails_from_the_command_line_with_the_answer_and_the_fix(
     assert_no_credentials(out, token, proof)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -231,6 +232,7 @@ def test_usage_errors_exit_2(
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_dpop_bound_token_without_a_proof_asks_for_one(
     tmp_path: Path, pki: PKI, dpop_issuer: Issuer
 ) -> None:

@@ -20,7 +20,9 @@ from proxy.tools.explain import Request, explain
 from proxy.tools.fixes import FIXES, fix_for
 from proxy.tools.printer import Printer, View
 from proxy.trace import Trace
-from tests.conftest import AUDIENCE, PKI, Issuer, StartProxy
+from tests.support.stack import AUDIENCE, PKI, Issuer, StartProxy
+
+pytestmark = pytest.mark.e2e
 
 REFUSAL_REASONS = [reason for reason in Reason if reason is not Reason.OK]
 

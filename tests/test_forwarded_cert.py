@@ -9,7 +9,9 @@ import pytest
 
 from proxy.settings import ClientCertSettings, ForwardingSettings
 from proxy.tools.pki import Issued, issue
-from tests.conftest import PKI, Running, StartProxy, thumbprint
+from tests.support.stack import PKI, Running, StartProxy, thumbprint
+
+pytestmark = pytest.mark.e2e
 
 
 def client_cert(cert: Issued) -> str:

@@ -14,9 +14,11 @@ import pytest
 from proxy.errors import HandshakeFailure
 from proxy.tools.pki import issue
 from proxy.trust import handshake
-from tests.conftest import LOG, PKI, Issuer, Legacy, Running, Upstream, process_config
-from tests.openssl_ca import Leaf, curl_status
-from tests.process import ProxyProcess, proxy_process
+from tests.support.openssl_ca import Leaf, curl_status
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import LOG, PKI, Issuer, Legacy, Running, Upstream, process_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def failures(text: str) -> dict[str, float]:

@@ -13,8 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import NO_CREDENTIALS, PKI, Issuer, Upstream, process_config
-from tests.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import NO_CREDENTIALS, PKI, Issuer, Upstream, process_config
+
+pytestmark = pytest.mark.e2e
 
 
 async def curl(pki: PKI, *args: str, who: str | None = "alice") -> str:
@@ -67,6 +69,7 @@ def proc(
 # --- WebSocket -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_websocket_upgrade_passes_the_checks_and_relays_both_ways(
     pki: PKI, issuer: Issuer, upstream: Upstream, proc: ProxyProcess
 ) -> None:

@@ -16,7 +16,9 @@ from aiohttp import web
 
 from proxy.settings import ForwardingSettings, IntrospectionSettings, TokenSettings
 from proxy.tools.pki import issue
-from tests.conftest import AUDIENCE, PKI, Running, StartProxy, serve_app, thumbprint
+from tests.support.stack import AUDIENCE, PKI, Running, StartProxy, serve_app, thumbprint
+
+pytestmark = pytest.mark.e2e
 
 CLIENT_ID, SECRET = "certbound-rs", "s3cr:et/ü"
 

@@ -8,8 +8,12 @@ import os
 import shutil
 from pathlib import Path
 
-from tests.conftest import PKI, Issuer, Upstream, process_config
-from tests.process import ProxyProcess, proxy_process
+import pytest
+
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import PKI, Issuer, Upstream, process_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 GIB = 1 << 30
 MAX_PEAK_RSS_MB = 150  # the proxy starts at ~50 MB; a buffered body would add hundreds

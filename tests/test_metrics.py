@@ -14,8 +14,10 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
 from proxy.tools.pki import make_ca
-from tests.conftest import PKI, Issuer, Running, Upstream, process_config
-from tests.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import PKI, Issuer, Running, Upstream, process_config
+
+pytestmark = pytest.mark.e2e
 
 
 async def scrape(running: Running) -> str:
@@ -66,6 +68,7 @@ async def test_overhead_and_upstream_histograms_observe_each_forwarded_request(
     )
 
 
+@pytest.mark.slow
 async def test_upstream_errors_are_counted_by_kind(running: Running) -> None:
     before = await scrape(running)
     token = running.issuer.mint(running.pki.alice)
@@ -86,6 +89,7 @@ async def test_upstream_errors_are_counted_by_kind(running: Running) -> None:
     assert value(after, sample) - value(before, sample) == 1
 
 
+@pytest.mark.slow
 async def test_in_flight_and_open_connections_follow_live_traffic(running: Running) -> None:
     running.upstream.delay = 1.0
     token = running.issuer.mint(running.pki.alice)
@@ -163,6 +167,7 @@ async def test_live_metrics_pass_promtool_check_metrics(running: Running) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 async def test_counts_add_up_across_worker_processes(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -210,6 +215,7 @@ def request_sample(outcome: str, reason: str, issuer: str) -> str:
     return f'certbound_requests_total{{issuer="{issuer}",outcome="{outcome}",reason="{reason}"}}'
 
 
+@pytest.mark.slow
 async def test_every_outcome_and_reason_series_exists_at_zero_before_its_first_event(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -264,6 +270,7 @@ def scrape_all_workers(proc: ProxyProcess, times: int = 8) -> list[str]:
     return [proc.metrics() for _ in range(times)]
 
 
+@pytest.mark.slow
 async def test_a_client_ca_removed_on_reload_leaves_the_scrape_with_two_workers(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -291,6 +298,7 @@ async def test_a_client_ca_removed_on_reload_leaves_the_scrape_with_two_workers(
         assert value(text, kept) == pki.ca.cert.not_valid_after_utc.timestamp()
 
 
+@pytest.mark.slow
 async def test_process_memory_and_cpu_are_exported_per_process_with_two_workers(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
 ) -> None:

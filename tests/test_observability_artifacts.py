@@ -200,6 +200,7 @@ def test_promtool_check_rules() -> None:
     assert "SUCCESS" in proc.stdout
 
 
+@pytest.mark.slow
 def test_promtool_unit_tests() -> None:
     proc = run_promtool("test", "rules", str(ALERTS_TEST_FILE.relative_to(ROOT)))
     assert proc.returncode == 0, f"promtool test rules failed:\n{proc.stdout}\n{proc.stderr}"

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 from proxy.errors import Reason
-from tests.conftest import PKI, Issuer, Upstream, process_config
-from tests.openssl_ca import Leaf, OpenSSLCA, curl_status
-from tests.process import ProxyProcess, proxy_process
-from tests.revocation_servers import free_port, ocsp_responder
+from tests.support.openssl_ca import Leaf, OpenSSLCA, curl_status
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.revocation_servers import free_port, ocsp_responder
+from tests.support.stack import PKI, Issuer, Upstream, process_config
 from tests.test_revocation import token_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @dataclass

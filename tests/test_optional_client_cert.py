@@ -9,7 +9,9 @@ import aiohttp
 import pytest
 
 from proxy.settings import PolicySettings, RouteSettings
-from tests.conftest import PKI, Issuer, Running, StartProxy, Upstream, make_settings
+from tests.support.stack import PKI, Issuer, Running, StartProxy, Upstream, make_settings
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ import aiohttp
 import pytest
 
 from proxy.settings import BindingSettings, PolicySettings, RouteSettings
-from tests.conftest import Running, StartProxy
+from tests.support.stack import Running, StartProxy
+
+pytestmark = pytest.mark.e2e
 
 
 def policy(*routes: RouteSettings, unmatched: str = "deny") -> PolicySettings:

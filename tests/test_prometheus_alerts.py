@@ -36,16 +36,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from proxy.tools.pki import Issued, issue, make_ca
-from tests.conftest import AUDIENCE, PKI, Issuer, thumbprint
-from tests.dpop_proofs import make_proof, public_jwk
-from tests.dpop_proofs import thumbprint as jwk_thumbprint
-from tests.openssl_ca import OpenSSLCA
-from tests.process import free_port, stop_group
-from tests.prometheus_server import Prometheus, with_short_for
+from tests.support.dpop_proofs import make_proof, public_jwk
+from tests.support.dpop_proofs import thumbprint as jwk_thumbprint
+from tests.support.openssl_ca import OpenSSLCA
+from tests.support.process import free_port, stop_group
+from tests.support.prometheus_server import Prometheus, with_short_for
+from tests.support.stack import AUDIENCE, PKI, Issuer, thumbprint
 
 # The first test also waits for the module's fleet (eleven pods of three processes) to start: on a
 # busy two-core machine that alone can take a minute.
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_FILE = ROOT / "helm" / "certbound" / "files" / "certbound-alerts.yaml"
 NAMESPACE = "ci"

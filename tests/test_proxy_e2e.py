@@ -14,7 +14,7 @@ from cryptography import x509
 from proxy.tokens.refetch import REFETCH_BURST
 from proxy.tools.pki import issue
 from proxy.trust import identity as identity_module
-from tests.conftest import (
+from tests.support.stack import (
     NO_CREDENTIALS,
     PKI,
     Issuer,
@@ -24,6 +24,8 @@ from tests.conftest import (
     make_settings,
     thumbprint,
 )
+
+pytestmark = pytest.mark.e2e
 
 
 def www(headers: dict[str, str]) -> str:
@@ -334,6 +336,7 @@ async def test_upstream_down_is_502_and_proxy_keeps_serving(running: Running) ->
     assert await running.metric('certbound_upstream_errors_total{kind="connect"}') >= 1
 
 
+@pytest.mark.slow
 async def test_slow_upstream_is_504(running: Running) -> None:
     running.upstream.delay = 3.0  # the test settings give the upstream 2 s
     token = running.issuer.mint(running.pki.alice)
@@ -408,6 +411,7 @@ async def test_key_set_change_refuses_the_token_again_on_the_same_connection(
     assert len(running.upstream.seen) == 2
 
 
+@pytest.mark.slow
 async def test_token_expiring_mid_connection_is_refused_on_that_connection(
     start_proxy: StartProxy, pki: PKI, issuer: Issuer, upstream: Upstream
 ) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from proxy.tokens.resp import RedisAddress, RedisClient, RespError, command
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 
 def client(url: str, timeout: float = 1.0) -> RedisClient:

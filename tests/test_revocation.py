@@ -18,9 +18,11 @@ from proxy.settings import TLSSettings
 from proxy.trust.identity import thumbprint_of_pem
 from proxy.trust.revocation import RevocationConfigError, Status, load_crls, parse_crl
 from proxy.trust.tls import TLSConfigError, load_revocation
-from tests.conftest import PKI, Issuer, Upstream, process_config
-from tests.openssl_ca import Leaf, OpenSSLCA, curl_status
-from tests.process import ProxyProcess, proxy_process
+from tests.support.openssl_ca import Leaf, OpenSSLCA, curl_status
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import PKI, Issuer, Upstream, process_config
+
+pytestmark = pytest.mark.e2e
 
 
 @dataclass
@@ -138,6 +140,7 @@ def test_parse_crl_refuses_two_crls_in_one_file(revoking: RevokingCA) -> None:
 # ------------------------------------------------------------------------- real processes
 
 
+@pytest.mark.slow
 async def test_revoked_certificate_is_refused_and_a_good_one_served(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path, revoking: RevokingCA
 ) -> None:
@@ -162,6 +165,7 @@ async def test_revoked_certificate_is_refused_and_a_good_one_served(
         assert "x5t#S256=" + thumbprint_of_pem(revoking.revoked.cert.read_bytes()) in line
 
 
+@pytest.mark.slow
 async def test_crl_replaced_on_disk_while_traffic_runs_applies_to_new_connections(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path, revoking: RevokingCA
 ) -> None:
@@ -182,6 +186,7 @@ async def test_crl_replaced_on_disk_while_traffic_runs_applies_to_new_connection
         assert await get(proc, pki, issuer, revoking.revoked) == "000"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["refuse", "allow"])
 async def test_stale_crl_follows_revocation_unavailable(
     pki: PKI,
@@ -220,6 +225,7 @@ async def test_stale_crl_follows_revocation_unavailable(
         assert 'certbound_revocation_checks_total{result="unknown"} 1.0' in text
 
 
+@pytest.mark.slow
 async def test_certificate_of_a_ca_without_a_crl_is_unknown_and_refused(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path, revoking: RevokingCA
 ) -> None:

@@ -174,6 +174,7 @@ def by_fast_path(token: str, alg: str, key: Any) -> tuple[str, Any]:
     return "accepted", decoded
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=tokens(), as_jwk=st.booleans())
 def test_the_fast_path_judges_every_token_as_jwt_decode_does(

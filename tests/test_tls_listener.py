@@ -20,15 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from proxy.tools.pki import Issued, issue, make_ca
 from proxy.trust.identity import compute_thumbprint, thumbprint_of_pem
-from tests.conftest import PKI, Issuer, Upstream, process_config
-from tests.malformed_certs import duplicated_extension, five_byte_ip_san, write
-from tests.openssl_ca import Leaf, OpenSSLCA, curl_status
-from tests.process import ProxyProcess, proxy_process
+from tests.support.malformed_certs import duplicated_extension, five_byte_ip_san, write
+from tests.support.openssl_ca import Leaf, OpenSSLCA, curl_status
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import PKI, Issuer, Upstream, process_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[1]
 # sslyze lives in its own environment (scripts/test.sh): it pins cryptography below the

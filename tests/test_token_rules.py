@@ -32,6 +32,8 @@ from proxy.tokens.claims import check_lifetime, token_id
 from proxy.tokens.issuers import read_issuer
 from proxy.tokens.jwt import check_header, read_header, verify_with_key
 
+pytestmark = pytest.mark.e2e
+
 KEY = ec.generate_private_key(ec.SECP256R1())
 PUBLIC = jwt.PyJWK(json.loads(jwt.algorithms.ECAlgorithm.to_jwk(KEY.public_key())))
 

@@ -22,9 +22,19 @@ import pytest
 from proxy import server
 from proxy.settings import IssuerSettings, TokenSettings
 from proxy.tools.pki import issue
-from tests.conftest import AUDIENCE, PKI, Issuer, Upstream, make_settings, serve_app, thumbprint
-from tests.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import (
+    AUDIENCE,
+    PKI,
+    Issuer,
+    Upstream,
+    make_settings,
+    serve_app,
+    thumbprint,
+)
 from tests.test_http_gaps import curl, metric, status_and_headers
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 CLAIM_HEADERS = {
     "X-User-Email": "email",

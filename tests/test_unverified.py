@@ -31,6 +31,7 @@ REGISTERED = {"iss", "sub", "aud", "exp", "nbf", "iat", "jti"}
 claim_names = st.text(max_size=12).filter(lambda name: name not in REGISTERED)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(
     claims=st.dictionaries(claim_names, json_values, max_size=6),

@@ -7,9 +7,12 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.conftest import LOG, MINTED, PKI, Issuer, Upstream, process_config
-from tests.process import proxy_process
+from tests.support.process import proxy_process
+from tests.support.stack import LOG, MINTED, PKI, Issuer, Upstream, process_config
+
+pytestmark = pytest.mark.e2e
 
 JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
 FORBIDDEN = ("PRIVATE KEY", "BEGIN CERTIFICATE")
@@ -37,6 +40,7 @@ def test_the_run_log_is_being_collected() -> None:
     assert MINTED
 
 
+@pytest.mark.slow
 async def test_process_stdout_holds_no_token_under_hostile_traffic(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
 ) -> None:

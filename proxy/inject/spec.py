@@ -40,6 +40,7 @@ MTLS_PORT_NAME = "certbound-mtls"
 ADMIN_PORT_NAME = "certbound-admin"
 INJECTED_PORT_NAMES = (MTLS_PORT_NAME, ADMIN_PORT_NAME)
 CONFIG_ANNOTATION = "certbound.io/config"
+LISTEN_CAPS = ("max_connections", "max_handshakes", "memory_budget_mib")
 
 # The chart's values.yaml defaults for the keys that shape the sidecar (a test compares them).
 DEFAULT_VALUES: dict[str, Any] = {
@@ -53,11 +54,10 @@ DEFAULT_VALUES: dict[str, Any] = {
         "ports": {"mtls": 8443, "admin": 9090},
         "workers": 1,
         # The chart's proxy.listen: every listen.* key but host, port and workers (owned).
+        # The caps (LISTEN_CAPS) are unset there too: certbound fits its own to the memory
+        # limit. Values that give them are passed on.
         "listen": {
-            "max_connections": 10000,
-            "max_handshakes": 1000,
             "handshake_timeout_seconds": 10,
-            "memory_budget_mib": 0,
             "idle_timeout_seconds": 30,
             "send_timeout_seconds": 30,
             "body_timeout_seconds": 30,
@@ -212,7 +212,8 @@ _OWNED_KEYS = (
 def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptions:
     """Chart-style values (`proxy.*`, `tls.*`, `inject.*`) over the defaults; ValuesError."""
     values = values or {}
-    problems = _check_known(values, DEFAULT_VALUES, "")
+    known = merge(DEFAULT_VALUES, {"proxy": {"listen": dict.fromkeys(LISTEN_CAPS, 0)}})
+    problems = _check_known(values, known, "")
     if problems:
         raise ValuesError(problems)
     v = merge(DEFAULT_VALUES, values)

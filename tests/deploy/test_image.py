@@ -33,7 +33,7 @@ from .pki import ThrowawayPKI, write_pki
 
 # Building is most of the module's time: a cold build (base image + dependencies) takes a few
 # minutes on a loaded machine; later runs reuse the cached base and layers.
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow, pytest.mark.e2e]
 
 IMAGE_UID = 10001
 PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(REPO / "scripts" / "containers.conf")}

@@ -158,6 +158,7 @@ def _curl(curl: str, pki: ThrowawayPKI, url: str, *headers: str) -> tuple[int, s
     return int(code), head, body
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_request_with_bound_token_flows_through_the_chart_rendered_sidecar(
     render: RenderFn, curl: str, tmp_path: Path

@@ -18,11 +18,12 @@ import pytest
 
 from proxy.capacity import MIB, connection_caps
 from proxy.settings import ListenSettings
-from tests.conftest import PKI, Issuer
 from tests.faults.test_floods import peak_rss
 from tests.faults.test_stalled_peers import config
-from tests.faults.workload import GoodClient, Workload, client_tls, request
-from tests.process import proxy_process
+from tests.support.process import proxy_process
+from tests.support.rawhttp import bearer_request
+from tests.support.stack import PKI, Issuer
+from tests.support.workload import GoodClient, Workload, client_tls
 
 pytestmark = pytest.mark.timeout(120)
 BUDGET_MIB = 256  # the chart's memory limit
@@ -44,7 +45,7 @@ def stopping_upload(pki: PKI, port: int, token: str, stop: threading.Event) -> N
     socket in a thread: sendall returns once the kernel holds every byte."""
     with socket.create_connection(("127.0.0.1", port)) as raw:
         with client_tls(pki).wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(request("POST", "/upload", token, length=BUFFER))
+            tls.sendall(bearer_request(token, "POST", "/upload", length=BUFFER))
             tls.sendall(b"u" * (BUFFER - 1))
             stop.wait(60)
 

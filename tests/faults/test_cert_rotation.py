@@ -13,12 +13,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from proxy.tools.pki import Issued, issue
-from tests.conftest import PKI, Issuer, Upstream, process_config
-from tests.hostile.rawhttp import raw_exchange
-from tests.process import proxy_process
+from tests.support.process import proxy_process
+from tests.support.rawhttp import raw_exchange
+from tests.support.stack import PKI, Issuer, Upstream, process_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def k8s_secret_dir(root: Path, cert: Issued, ca_pem: bytes, version: str) -> None:

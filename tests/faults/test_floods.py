@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 
 from proxy.capacity import connection_caps
 from proxy.settings import ListenSettings
-from tests.conftest import PKI, Issuer, Upstream, process_config
-from tests.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import PKI, Issuer, Upstream, process_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20

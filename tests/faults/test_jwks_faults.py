@@ -9,8 +9,10 @@ import time
 import pytest
 
 from proxy.tokens.jwks import KeySetError
-from tests.conftest import PKI, Issuer, Upstream
-from tests.faults.conftest import admin_get, proxy_with
+from tests.support.faults import admin_get, proxy_with
+from tests.support.stack import PKI, Issuer, Upstream
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 async def test_jwks_down_at_start_not_ready_then_ready_when_it_answers(

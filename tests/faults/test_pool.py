@@ -14,9 +14,11 @@ from proxy.dataplane.faults import UpstreamFault
 from proxy.dataplane.pool import UpstreamPool
 from proxy.dataplane.upstream import UpstreamConnection
 from proxy.settings import UpstreamSettings
-from tests.conftest import PKI, Issuer, Upstream
-from tests.faults.conftest import proxy_with, upstream_at
-from tests.faults.workload import Workload
+from tests.support.faults import proxy_with, upstream_at
+from tests.support.stack import PKI, Issuer, Upstream
+from tests.support.workload import Workload
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture

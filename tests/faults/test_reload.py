@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
-from tests.conftest import PKI, Issuer, Upstream, process_config
 from tests.faults.test_supervisor import metric, serving_workers, workers_of
-from tests.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import PKI, Issuer, Upstream, process_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 # A route that needs a scope the test tokens do not carry: 403 once the reload is in force.
 ADMIN_ONLY = {"routes": [{"path": "/**", "scopes": ["orders:admin"]}]}

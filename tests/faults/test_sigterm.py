@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.conftest import PKI, Issuer, Upstream, process_config
-from tests.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import PKI, Issuer, Upstream, process_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 STREAM = "/stream?chunks=50&pause=0.05"  # 50 KiB over ~2.5 s
 STREAM_BYTES = 50 * 1024

@@ -10,9 +10,13 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+import pytest
+
 from proxy.settings import Settings
-from tests.conftest import PKI, Issuer, Running, Upstream
-from tests.faults.conftest import proxy_with
+from tests.support.faults import proxy_with
+from tests.support.stack import PKI, Issuer, Running, Upstream
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 HEADERS = b"GET /slow HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"a" * 64
 

@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AUDIENCE, PKI, Issuer
-from tests.faults.workload import GoodClient, Workload, open_client, read_status, request
-from tests.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.rawhttp import bearer_request
+from tests.support.stack import AUDIENCE, PKI, Issuer
+from tests.support.workload import GoodClient, Workload, open_client, read_status
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 BIG = 32 * 1024 * 1024  # more than every buffer between the workload and a client holds
 
@@ -65,7 +68,7 @@ async def eventually(check: Any, seconds: float = 10.0) -> None:
 async def stalled_download(pki: PKI, port: int, token: str) -> asyncio.StreamWriter:
     """Ask for a large answer, then read nothing."""
     _, writer = await open_client(pki, port, receive_buffer=4096)
-    writer.write(request("GET", f"/big?bytes={BIG}", token))
+    writer.write(bearer_request(token, "GET", f"/big?bytes={BIG}"))
     await writer.drain()
     return writer
 
@@ -117,7 +120,7 @@ async def test_a_stalled_request_body_is_408_and_its_upstream_connection_freed(
     }
     with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path, **sections)) as proc:
         reader, writer = await open_client(pki, proc.port)
-        writer.write(request("POST", "/upload", token, length=1000) + b"x" * 10)
+        writer.write(bearer_request(token, "POST", "/upload", length=1000) + b"x" * 10)
         await eventually(lambda: workload.paths() == ["/upload"])
         assert await asyncio.wait_for(read_status(reader), 5) == 408
         assert b"listen.body_timeout_seconds" in await asyncio.wait_for(reader.read(), 5)
@@ -140,7 +143,7 @@ async def test_a_stalled_small_body_is_408_and_never_reaches_the_workload(
     listen = {"body_timeout_seconds": 1}
     with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path, listen=listen)) as proc:
         reader, writer = await open_client(pki, proc.port)
-        writer.write(request("POST", "/upload", token, length=1000) + b"x" * 10)
+        writer.write(bearer_request(token, "POST", "/upload", length=1000) + b"x" * 10)
         assert await asyncio.wait_for(read_status(reader), 5) == 408
         writer.close()
     assert workload.requests == []  # buffered: the workload never saw it
@@ -150,7 +153,7 @@ async def slow_upload(pki: PKI, port: int, token: str, size: int) -> None:
     """An upload at 100 bytes a second (10 bytes every 0.1 s)."""
     _, writer = await open_client(pki, port)
     try:
-        writer.write(request("POST", "/upload", token, length=size))
+        writer.write(bearer_request(token, "POST", "/upload", length=size))
         for _ in range(size // 10):
             writer.write(b"u" * 10)
             await writer.drain()
@@ -207,7 +210,7 @@ async def test_a_client_that_disconnects_mid_upload_frees_its_pool_connection_at
     sections = {"listen": {"request_buffer_bytes": 0}, "upstream": {"max_connections": 1}}
     with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path, **sections)) as proc:
         _, writer = await open_client(pki, proc.port)
-        writer.write(request("POST", "/upload", token, length=100_000) + b"x" * 1000)
+        writer.write(bearer_request(token, "POST", "/upload", length=100_000) + b"x" * 1000)
         await eventually(lambda: workload.uploads_now == 1)
         writer.close()  # close_notify and FIN: the body will never be complete
         await eventually(lambda: workload.uploads_now == 0, 2)  # not the 30 s idle timeout
@@ -221,7 +224,7 @@ async def warm(pki: PKI, port: int, token: str, connections: int) -> None:
 
     async def one() -> None:
         reader, writer = await open_client(pki, port)
-        writer.write(request("GET", "/sleep?s=0.2", token))
+        writer.write(bearer_request(token, "GET", "/sleep?s=0.2"))
         assert await read_status(reader) == 200
         writer.close()
 
@@ -248,7 +251,7 @@ async def test_a_request_the_workload_drops_is_sent_once_unless_idempotent_and_b
     token = issuer.mint(pki.alice)
     with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path)) as proc:
         await warm(pki, proc.port, token, 3)
-        head = request(method, "/drop", token, length=len(body)) + body
+        head = bearer_request(token, method, "/drop", length=len(body)) + body
         assert await answer_to(pki, proc.port, head) == 502
     assert workload.paths(method) == ["/drop"]
 
@@ -260,7 +263,7 @@ async def test_a_get_the_workload_drops_is_retried_once_over_a_fresh_connection(
     with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path)) as proc:
         await warm(pki, proc.port, token, 3)
         assert workload.connections == 3
-        assert await answer_to(pki, proc.port, request("GET", "/drop", token)) == 502
+        assert await answer_to(pki, proc.port, bearer_request(token, "GET", "/drop")) == 502
     drops = [conn for method, path, conn in workload.requests if path == "/drop"]
     assert len(drops) == 2  # the first try on a pooled connection, and one retry
     assert drops[0] <= 3 and drops[1] == 4  # the retry on a new connection, not a pooled one

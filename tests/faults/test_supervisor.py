@@ -14,9 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.conftest import PKI, Issuer, Upstream, process_config
-from tests.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, proxy_process
+from tests.support.stack import PKI, Issuer, Upstream, process_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def workers_of(proc: ProxyProcess) -> set[int]:

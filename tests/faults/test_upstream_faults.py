@@ -10,8 +10,10 @@ import socket
 import aiohttp
 import pytest
 
-from tests.conftest import PKI, Issuer, Running, Upstream
-from tests.faults.conftest import RawUpstream, proxy_with, upstream_at
+from tests.support.faults import RawUpstream, proxy_with, upstream_at
+from tests.support.stack import PKI, Issuer, Running, Upstream
+
+pytestmark = pytest.mark.e2e
 
 
 def closed_port() -> int:
@@ -86,6 +88,7 @@ async def test_upstream_that_accepts_and_closes_is_502_reset(
         assert (await r.request(path="/ok", token=token))[0] == 200
 
 
+@pytest.mark.slow
 async def test_slow_upstream_is_504_timeout_and_proxy_keeps_serving(
     pki: PKI, issuer: Issuer, upstream: Upstream
 ) -> None:
@@ -102,6 +105,7 @@ async def test_slow_upstream_is_504_timeout_and_proxy_keeps_serving(
         assert (await r.request(token=token))[0] == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("path", "kind"),
     [("/reset-cl", "reset"), ("/reset-chunked", "reset"), ("/stall-body", "timeout")],

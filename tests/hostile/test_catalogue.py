@@ -20,8 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy.tools.pki import issue, make_ca
-from tests.conftest import Running, thumbprint
-from tests.hostile.conftest import (
+from tests.support.hostile import (
     Bait,
     ExtraCerts,
     assert_challenge,
@@ -30,6 +29,9 @@ from tests.hostile.conftest import (
     sign_raw,
     www,
 )
+from tests.support.stack import Running, thumbprint
+
+pytestmark = pytest.mark.e2e
 
 INVALID_TOKEN = "invalid_token"
 INVALID_REQUEST = "invalid_request"
@@ -342,6 +344,7 @@ CASES: list[Case] = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 async def test_hostile_request_is_refused_and_never_forwarded(
     hostile: Running, bait: Bait, extra_certs: ExtraCerts, case: Case

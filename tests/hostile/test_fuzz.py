@@ -22,8 +22,10 @@ from proxy.errors import REFUSALS, AuthError, Reason
 from proxy.settings import IssuerSettings
 from proxy.tokens.extract import MAX_TOKEN_LENGTH, extract_bearer
 from proxy.tokens.jwt import check_header, read_header, verify_with_key
-from tests.conftest import Running
-from tests.hostile.rawhttp import raw_exchange
+from tests.support.rawhttp import raw_exchange
+from tests.support.stack import Running
+
+pytestmark = pytest.mark.e2e
 
 FUZZ = settings(
     max_examples=300,
@@ -173,6 +175,7 @@ def test_jwt_path_never_raises_anything_but_auth_error_nor_accepts_a_forgery(tok
     assert claims.subject == "alice"
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     claims=st.dictionaries(

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AUDIENCE, PKI, Issuer, Running, Upstream
-from tests.hostile.conftest import assert_challenge
-from tests.hostile.rawhttp import RawResponse, raw_exchange
-from tests.process import proxy_process
+from tests.support.hostile import assert_challenge
+from tests.support.process import proxy_process
+from tests.support.rawhttp import RawResponse, raw_exchange
+from tests.support.stack import AUDIENCE, PKI, Issuer, Running, Upstream
+
+pytestmark = pytest.mark.e2e
 
 TOKEN = b"@TOKEN@"
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer @TOKEN@\r\n\r\n"
@@ -190,6 +192,7 @@ async def test_raw_harness_control_valid_chunked_pipelined_requests_are_forwarde
 LEAKY = ["oversize-token-70k", "space-before-colon-authorization", "bare-lf-line-endings"]
 
 
+@pytest.mark.slow
 async def test_parser_error_is_rfc6750_and_never_echoes_or_logs_the_token(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
 ) -> None:

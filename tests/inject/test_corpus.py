@@ -119,6 +119,7 @@ def test_no_service_loses_an_endpoint_and_no_bypass_goes_unwarned(name: str, mod
                 assert protected[workload] == reached[workload]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", CORPUS)
 def test_every_corpus_output_is_valid_kubernetes_for_two_versions(name: str, mode: str) -> None:
@@ -219,6 +220,7 @@ def test_a_pod_that_asked_and_cannot_be_injected_is_refused(pod: str, message: s
     assert f"{PREFIX}Pod p: {message}" in result.stderr
 
 
+@pytest.mark.slow
 def test_raw_tcp_and_grpc_ports_get_a_warning() -> None:
     _, lines = run("httpbin-helloworld-tcp-echo.yaml", "--all")
     assert any(

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.deploy.pki import write_pki
 from tests.deploy.test_sidecar_pod import _curl, _jwks_handler, _serve, _wait_ready, _Workload
-from tests.process import free_port
+from tests.support.process import free_port
 
 from .conftest import kube_inject, sidecar
 
@@ -50,6 +50,7 @@ spec:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_request_with_bound_token_flows_through_the_injected_sidecar(
     curl: str, tmp_path: Path

@@ -124,6 +124,7 @@ def test_sidecar_forwards_to_the_chosen_port_and_reads_the_inline_config() -> No
     assert config["policy"]["routes"] == [{"path": "/health", "public": True}]
 
 
+@pytest.mark.slow
 def test_tls_secret_and_config_map_annotations_win_over_values() -> None:
     pod = _by_name(inject_file("workloads.yaml"))[("Pod", "debug-api")]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
@@ -164,6 +165,7 @@ def test_no_services_leaves_them_alone_with_a_warning() -> None:
     assert "warning: Service shop/orders: port 80 still targets the workload" in result.stderr
 
 
+@pytest.mark.slow
 def test_only_annotated_pods_are_injected_unless_all_is_given() -> None:
     default = _by_name(inject_file("workloads.yaml"))
     everything = _by_name(inject_file("workloads.yaml", "--all"))
@@ -298,6 +300,7 @@ def test_bad_values_get_the_key_path_and_exit_2(tmp_path: Any, values: str, mess
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_file_and_missing_config_are_clear_errors() -> None:
     result = kube_inject("-f", "/nonexistent/deploy.yaml")
     assert result.returncode == 2 and "cannot read /nonexistent/deploy.yaml" in result.stderr
@@ -366,6 +369,7 @@ def test_dpop_secrets_reach_the_injected_sidecar_as_in_the_chart(tmp_path: Any, 
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("values", "message"),
     [

@@ -23,7 +23,7 @@ import yaml
 from proxy.inject.spec import options_from_values
 from proxy.inject.webhook import review
 from proxy.tools.pki import issue, make_ca
-from tests.process import free_port
+from tests.support.process import free_port
 
 from .conftest import (
     MANIFESTS,
@@ -36,6 +36,8 @@ from .conftest import (
     pod_template,
     sidecar,
 )
+
+pytestmark = pytest.mark.e2e
 
 
 class Injector:
@@ -135,6 +137,7 @@ def _pods(name: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
 ALL_PODS = [p for name in WORKLOAD_FILES for p in _pods(name)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "pod", "expected"), ALL_PODS, ids=[p[0] for p in ALL_PODS])
 def test_webhook_patch_gives_the_same_pod_as_kube_inject(
     injector: Injector, name: str, pod: dict[str, Any], expected: dict[str, Any]

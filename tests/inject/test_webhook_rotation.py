@@ -12,13 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from cryptography import x509
 
 from proxy.tools.pki import Issued, issue, make_ca
-from tests.process import free_port
+from tests.support.process import free_port
 
 from .conftest import REPO, VALUES
+
+pytestmark = pytest.mark.slow
 
 
 def _secret_volume(directory: Path, version: str, leaf: Issued) -> None:

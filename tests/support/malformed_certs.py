@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.tools.pki import Issued, issue
-from tests.openssl_ca import Leaf
+from tests.support.openssl_ca import Leaf
 
 _ECDSA_SHA256 = b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02"
 _DER_NULL = b"\x05\x00"

@@ -13,7 +13,7 @@ import aiohttp
 
 from proxy import server
 from proxy.settings import Settings
-from tests.conftest import PKI, Issuer, Running, Upstream, make_settings
+from tests.support.stack import PKI, Issuer, Running, Upstream, make_settings
 
 
 @asynccontextmanager

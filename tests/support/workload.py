@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from tests.conftest import PKI
+from tests.support.rawhttp import bearer_request
+from tests.support.stack import PKI
 
 
 @dataclass
@@ -144,13 +145,6 @@ async def open_client(
     )
 
 
-def request(method: str, path: str, token: str, *, length: int | None = None) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n"
-    if length is not None:
-        head += f"Content-Length: {length}\r\n"
-    return (head + "\r\n").encode()
-
-
 async def read_status(reader: asyncio.StreamReader) -> int:
     line = await reader.readline()
     return int(line.split()[1]) if line else 0
@@ -170,7 +164,7 @@ class GoodClient:
             while time.monotonic() < deadline:
                 started = time.monotonic()
                 try:
-                    writer.write(request("GET", "/ok", token))
+                    writer.write(bearer_request(token, "GET", "/ok"))
                     status = await asyncio.wait_for(read_status(reader), 10)
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
                     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])

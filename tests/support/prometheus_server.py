@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.process import free_port, stop_group
+from tests.support.process import free_port, stop_group
 
 INSTALL_HINT = "prometheus is not installed: run the test command, bash scripts/test.sh"
 T = TypeVar("T")

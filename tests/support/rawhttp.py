@@ -24,6 +24,22 @@ class RawResponse:
         return None
 
 
+def bearer_request(
+    token: str,
+    method: str = "GET",
+    path: str = "/orders",
+    extra: str = "",
+    *,
+    length: int | None = None,
+) -> bytes:
+    """One request head with `Authorization: Bearer`, as raw bytes: `extra` header lines (each
+    ending in CRLF) and a Content-Length when `length` is given."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n"
+    if length is not None:
+        head += f"Content-Length: {length}\r\n"
+    return (head + extra + "\r\n").encode()
+
+
 def parse(raw: bytes, peer_der: bytes | None = None) -> RawResponse:
     head, _, body = raw.partition(b"\r\n\r\n")
     status = 0

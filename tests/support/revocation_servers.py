@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
-from tests.openssl_ca import Leaf, OpenSSLCA
+from tests.support.openssl_ca import Leaf, OpenSSLCA
 
 
 def free_port() -> int:

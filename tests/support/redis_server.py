@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.process import free_port
+from tests.support.process import free_port
 
 PASSWORD = "redis-test-password-7f3a"
 

@@ -1,0 +1,1 @@
+"""Helpers the tests share: real servers, PKI, clients. Fixtures stay in conftest.py."""
