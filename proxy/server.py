@@ -22,6 +22,7 @@ from proxy.capacity import Caps, connection_caps, memory_budget
 from proxy.checks.pipeline import Pipeline
 from proxy.config import read_nonce_key
 from proxy.dataplane.admission import Admission
+from proxy.dataplane.bodies import BodyBudget
 from proxy.dataplane.listener import DataPlane
 from proxy.dataplane.pool import UpstreamPool
 from proxy.settings import DPoPSettings, Settings, trusted_issuers
@@ -154,6 +155,7 @@ async def start(
         settings.listen, worker_count(settings.listen.workers), memory_budget(settings.listen)
     )
     plane.admission = Admission(caps, settings.listen.handshake_timeout_seconds)
+    plane.bodies = BodyBudget(caps.body_bytes)
     _announce_caps(caps)
     if settings.tls.ocsp == "leaf":
         checker = OCSPChecker(

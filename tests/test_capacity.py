@@ -19,12 +19,14 @@ from proxy.config import ConfigError, load_settings
 from proxy.settings import ListenSettings
 
 
-def worst_case(workers: int, max_connections: int, max_handshakes: int) -> int:
-    """Every worker at both caps, plus the supervisor with more than one."""
+def worst_case(workers: int, max_connections: int, max_handshakes: int, body_bytes: int) -> int:
+    """Every worker at both caps with its buffered bodies' total, plus the supervisor with
+    more than one."""
     per_worker = (
         WORKER_BASELINE_BYTES
         + max_handshakes * HANDSHAKE_BYTES
         + (max_connections - max_handshakes) * CONNECTION_BYTES
+        + body_bytes
     )
     return workers * per_worker + (SUPERVISOR_BYTES if workers > 1 else 0)
 
@@ -38,7 +40,8 @@ def test_a_flood_at_every_cap_fits_the_planned_share_of_the_budget(
     if caps.is_budget_too_small:
         assert (workers, budget_mib) == (4, 256)  # the only combination here that is
         return
-    assert worst_case(workers, caps.max_connections, caps.max_handshakes) <= (
+    assert caps.body_bytes > 0
+    assert worst_case(workers, caps.max_connections, caps.max_handshakes, caps.body_bytes) <= (
         budget_mib * MIB * BUDGET_SHARE
     )
     assert caps.max_handshakes <= caps.max_connections
@@ -46,7 +49,8 @@ def test_a_flood_at_every_cap_fits_the_planned_share_of_the_budget(
 
 def test_the_chart_default_budget_gives_the_figures_the_docs_state() -> None:
     caps = connection_caps(ListenSettings(), 1, 256 * MIB)
-    assert (caps.max_connections, caps.max_handshakes) == (2397, 1000)
+    assert (caps.max_connections, caps.max_handshakes) == (2056, 1000)
+    assert caps.body_bytes == 16 * MIB
 
 
 def test_configured_caps_below_the_budget_are_kept_and_no_budget_keeps_them_all() -> None:
@@ -55,6 +59,7 @@ def test_configured_caps_below_the_budget_are_kept_and_no_budget_keeps_them_all(
     assert (kept.max_connections, kept.max_handshakes) == (500, 100)
     unbounded = connection_caps(ListenSettings(), 1, 0)
     assert (unbounded.max_connections, unbounded.max_handshakes) == (10000, 1000)
+    assert unbounded.body_bytes == 0  # no total without a budget
 
 
 def test_a_budget_too_small_for_the_workers_is_flagged_and_still_serves() -> None:

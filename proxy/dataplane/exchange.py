@@ -200,6 +200,7 @@ class Exchange:
             self.head.has_body
             and not self.is_request_done
             and self.pending_bytes < self.plane.request_buffer_bytes
+            and not self.plane.bodies.is_full
         ):
             # nginx's proxy_request_buffering: a slow upload costs no pool connection until
             # its body is here (or outgrew the buffer).
@@ -297,6 +298,7 @@ class Exchange:
         if self.pending:
             parts.extend([chunk(p) for p in self.pending] if head.is_chunked else self.pending)
             self.body_sent += self.pending_bytes
+            self.plane.bodies.release(self.pending_bytes)
             self.pending, self.pending_bytes = [], 0
             self.flow.resume_reading("pending")
         if self.is_request_done and head.is_chunked:
@@ -313,10 +315,16 @@ class Exchange:
         if upstream is None:
             self.pending.append(data)
             self.pending_bytes += len(data)
+            bodies = self.plane.bodies
+            bodies.hold(len(data))
             if self._is_buffering:
-                if self.pending_bytes >= self.plane.request_buffer_bytes:
-                    self._take_upstream()
-            elif self.pending_bytes > MAX_PENDING_BODY:
+                if self.pending_bytes < self.plane.request_buffer_bytes and not bodies.is_full:
+                    return
+                # Outgrew its buffer, or the worker's bodies fill their share of the memory
+                # budget: it streams, taking its turn for an upload slot.
+                self._take_upstream()
+            if self.pending_bytes > MAX_PENDING_BODY or bodies.is_full:
+                # Resumed once what it holds went upstream (or it ends).
                 self.flow.pause_reading("pending")
             return
         upstream.write(chunk(data) if self.head.is_chunked else data)
@@ -506,6 +514,9 @@ class Exchange:
         if self.is_finished:
             return
         self.is_finished = True
+        if self.pending_bytes:
+            self.plane.bodies.release(self.pending_bytes)
+            self.pending, self.pending_bytes = [], 0
         if self._task is not None:
             self._task.cancel()  # a connection still being waited for is not needed now
         self._end_upload()

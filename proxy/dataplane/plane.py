@@ -13,6 +13,7 @@ from proxy import metrics
 from proxy.capacity import connection_caps
 from proxy.checks.pipeline import Pipeline
 from proxy.dataplane.admission import Admission
+from proxy.dataplane.bodies import BodyBudget
 from proxy.dataplane.deadline import Timeouts
 from proxy.dataplane.pool import UpstreamPool
 from proxy.headers import dropped_request_headers
@@ -45,6 +46,8 @@ class Plane:
         self.send_timeout = settings.listen.send_timeout_seconds
         self.body_timeout = settings.listen.body_timeout_seconds
         self.request_buffer_bytes = settings.listen.request_buffer_bytes
+        # No total until server.start knows the memory budget (capacity.Caps.body_bytes).
+        self.bodies = BodyBudget(0)
         self.max_header_bytes = settings.listen.max_header_bytes
         self.upgrade_idle_timeout = settings.upstream.upgrade_idle_timeout_seconds
         self.upgrade_protocols = frozenset(p.lower() for p in settings.forwarding.upgrade_protocols)

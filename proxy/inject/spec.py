@@ -40,6 +40,7 @@ MTLS_PORT_NAME = "certbound-mtls"
 ADMIN_PORT_NAME = "certbound-admin"
 INJECTED_PORT_NAMES = (MTLS_PORT_NAME, ADMIN_PORT_NAME)
 CONFIG_ANNOTATION = "certbound.io/config"
+LISTEN_CAPS = ("max_connections", "max_handshakes", "memory_budget_mib")
 
 # The chart's values.yaml defaults for the keys that shape the sidecar (a test compares them).
 DEFAULT_VALUES: dict[str, Any] = {
@@ -52,6 +53,18 @@ DEFAULT_VALUES: dict[str, Any] = {
         },
         "ports": {"mtls": 8443, "admin": 9090},
         "workers": 1,
+        # The chart's proxy.listen: every listen.* key but host, port and workers (owned).
+        # The caps (LISTEN_CAPS) are unset there too: certbound fits its own to the memory
+        # limit. Values that give them are passed on.
+        "listen": {
+            "handshake_timeout_seconds": 10,
+            "idle_timeout_seconds": 30,
+            "send_timeout_seconds": 30,
+            "body_timeout_seconds": 30,
+            "request_buffer_bytes": 65536,
+            "max_header_bytes": 65536,
+            "event_loop": "auto",
+        },
         "config": {},
         "extraConfig": {},
         "env": [],
@@ -199,7 +212,8 @@ _OWNED_KEYS = (
 def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptions:
     """Chart-style values (`proxy.*`, `tls.*`, `inject.*`) over the defaults; ValuesError."""
     values = values or {}
-    problems = _check_known(values, DEFAULT_VALUES, "")
+    known = merge(DEFAULT_VALUES, {"proxy": {"listen": dict.fromkeys(LISTEN_CAPS, 0)}})
+    problems = _check_known(values, known, "")
     if problems:
         raise ValuesError(problems)
     v = merge(DEFAULT_VALUES, values)
@@ -225,7 +239,7 @@ def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptio
         if injected.mtls and injected.mtls == injected.admin:
             problems.append("inject.ports.admin: must differ from inject.ports.mtls")
     workers = _typed(p["workers"], int, "proxy.workers", problems)
-    for key in ("config", "extraConfig", "resources", "securityContext"):
+    for key in ("listen", "config", "extraConfig", "resources", "securityContext"):
         _typed(p[key], dict, f"proxy.{key}", problems)
     for key in ("env", "extraVolumes", "extraVolumeMounts"):
         _typed(p[key], list, f"proxy.{key}", problems)
@@ -264,7 +278,8 @@ def options_from_values(values: Mapping[str, Any] | None = None) -> SidecarOptio
         mtls_port=mtls,
         admin_port=admin,
         workers=workers,
-        config=merge(p["config"], p["extraConfig"]),
+        # As the chart's certbound.config: proxy.listen into listen, extraConfig over all.
+        config=merge(merge(p["config"], {"listen": p["listen"]}), p["extraConfig"]),
         env=p["env"],
         resources=p["resources"],
         security_context=p["securityContext"],

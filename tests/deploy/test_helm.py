@@ -129,10 +129,13 @@ def test_defaults_render_no_optional_crd_objects(default_docs: list[dict[str, An
         ("proxy.dpop.nonceKey.key=a/b", "at '/proxy/dpop/nonceKey/key'"),
         ("proxy.dpop.replayCache.secretName=Bad_Name", "at '/proxy/dpop/replayCache/secretName'"),
         (
-            "proxy.extraConfig.listen.handshake_timeout_seconds=0",
-            "at '/proxy/extraConfig/listen/handshake_timeout_seconds': minimum",
+            "proxy.listen.handshake_timeout_seconds=0",
+            "at '/proxy/listen/handshake_timeout_seconds': minimum",
         ),
-        ("proxy.extraConfig.listen.memory_budget_mib=16", "/extraConfig/listen/memory_budget_mib"),
+        ("proxy.listen.memory_budget_mib=16", "at '/proxy/listen/memory_budget_mib'"),
+        ("proxy.listen.max_header_bytes=10", "at '/proxy/listen/max_header_bytes': minimum"),
+        ("proxy.listen.event_loop=trio", "at '/proxy/listen/event_loop'"),
+        ("proxy.listen.port=9000", "at '/proxy/listen'"),  # the chart's, from proxy.ports
     ],
 )
 def test_values_schema_rejects_bad_value_with_clear_message(
@@ -249,9 +252,9 @@ def test_config_points_at_mounted_secret_and_localhost_workload(
     ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
     assert config["listen"]["port"] == ports["mtls"]
     assert config["admin"]["port"] == ports["admin"]
-    # The stalled-peer bounds reach the config under the names certbound reads.
-    for key in ("send_timeout_seconds", "body_timeout_seconds", "request_buffer_bytes"):
-        assert key in config["listen"], key
+    # Every proxy.listen key reaches the config under the name certbound reads, at its value.
+    chart_listen = yaml.safe_load((CHART / "values.yaml").read_text())["proxy"]["listen"]
+    assert {k: config["listen"][k] for k in chart_listen} == chart_listen
 
 
 def test_config_change_rolls_pods_but_scaling_does_not(render: RenderFn) -> None:
@@ -443,12 +446,12 @@ def test_several_issuers_claim_headers_and_strip_render_to_a_config_certbound_ac
     assert dict(settings.forwarding.claim_headers) == {"X-User-Email": "email", "X-Roles": "roles"}
 
 
-def test_connection_caps_come_from_the_memory_limit_unless_extra_config_sets_them(
+def test_connection_caps_come_from_the_memory_limit_unless_proxy_listen_sets_them(
     render: RenderFn, tmp_path: Path
 ) -> None:
-    """The chart writes no cap: certbound reads its budget from the container's memory limit
-    (proxy/capacity.py). Caps given through proxy.extraConfig.listen render to a config
-    certbound accepts, beside the listen keys the chart owns."""
+    """By default the chart writes memory_budget_mib 0: certbound reads its budget from the
+    container's memory limit (proxy/capacity.py). Caps given in proxy.listen render to a
+    config certbound accepts, beside the listen keys the chart owns, and are applied."""
     from proxy.capacity import connection_caps
     from proxy.config import load_settings
 
@@ -459,7 +462,7 @@ def test_connection_caps_come_from_the_memory_limit_unless_extra_config_sets_the
     assert limits["memory"] == "256Mi"  # what docs/operations.md's figures are for
     values = tmp_path / "caps.yaml"
     listen = {"max_handshakes": 300, "handshake_timeout_seconds": 5, "memory_budget_mib": 200}
-    values.write_text(yaml.safe_dump({"proxy": {"extraConfig": {"listen": listen}}}))
+    values.write_text(yaml.safe_dump({"proxy": {"listen": listen}}))
     config = _config(render([values]))
     for key in ("cert_file", "key_file", "client_ca_file"):
         config["tls"][key] = "/dev/null"
@@ -467,6 +470,7 @@ def test_connection_caps_come_from_the_memory_limit_unless_extra_config_sets_the
     path.write_text(yaml.safe_dump(config))
     settings = load_settings(path, environ={})
     assert (settings.listen.port, settings.listen.handshake_timeout_seconds) == (8443, 5.0)
+    assert settings.listen.memory_budget_mib == 200
     caps = connection_caps(settings.listen, settings.listen.workers, 200 << 20)
     assert caps.max_handshakes == 300
 

@@ -76,3 +76,25 @@ def test_the_chart_injector_gives_pods_the_chart_sidecar(helm: str, values: Path
 def _enable_injector() -> Path:
     path = REPO / "tests" / "inject" / "manifests" / "chart-injector.yaml"
     return path
+
+
+def test_proxy_listen_reaches_the_injected_config_as_the_chart_renders_it(
+    helm: str, tmp_path: Path
+) -> None:
+    """proxy.listen is the one home of listen.*: the chart's injector passes it on, and the
+    config kube-inject writes has the listen keys the chart's own ConfigMap has (host, port
+    and workers aside: the injector sets them from the pod)."""
+    listen = {"max_handshakes": 300, "memory_budget_mib": 200, "request_buffer_bytes": 0}
+    values = tmp_path / "listen.yaml"
+    chart_values = yaml.safe_load(_enable_injector().read_text())
+    chart_values["proxy"]["listen"] = listen
+    values.write_text(yaml.safe_dump(chart_values))
+    docs = _render(helm, values)
+    chart = yaml.safe_load(_find(docs, "ConfigMap", "demo-certbound")["data"]["config.yaml"])
+    injector = yaml.safe_load(
+        _find(docs, "ConfigMap", "demo-certbound-injector")["data"]["config.yaml"]
+    )
+    injected = options_from_values(injector["values"]).config["listen"]
+    owned = {"host", "port", "workers"}
+    assert injected == {k: v for k, v in chart["listen"].items() if k not in owned}
+    assert injected.items() >= listen.items()

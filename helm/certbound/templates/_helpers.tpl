@@ -213,7 +213,7 @@ values (the same proxy.* as this chart's own sidecar, see proxy/inject/spec.py).
 */}}
 {{- define "certbound.injectorConfig" -}}
 {{- $tls := dict "secretName" .Values.injector.tlsSecretName "defaultMode" .Values.tls.defaultMode "clientCA" .Values.tls.clientCA -}}
-{{- $proxy := pick .Values.proxy "image" "ports" "workers" "config" "extraConfig" "env" "resources" "securityContext" "livenessProbe" "readinessProbe" "startupProbe" "extraVolumes" "extraVolumeMounts" "dpop" -}}
+{{- $proxy := pick .Values.proxy "image" "ports" "workers" "listen" "config" "extraConfig" "env" "resources" "securityContext" "livenessProbe" "readinessProbe" "startupProbe" "extraVolumes" "extraVolumeMounts" "dpop" -}}
 {{- $inject := dict "mode" .Values.injector.mode "configMap" .Values.injector.configMap "ports" .Values.injector.ports -}}
 {{- $values := dict "proxy" $proxy "tls" $tls "inject" $inject -}}
 {{- $listen := dict "host" "0.0.0.0" "port" (int .Values.injector.port) -}}
