@@ -212,7 +212,7 @@ def _instructions(directory: Path, port: int, admin_port: int) -> str:
             "# (b) the same token presented with bob's certificate -> 401 invalid_token",
             curl_line(directory, port, "bob", "alice.token", "/hello") + " -i",
             "",
-            "# (c) no token -> 401 with a bare Bearer challenge",
+            "# (c) no token -> 401, a challenge without an error code (Bearer and DPoP are taken)",
             curl_line(directory, port, "alice", None, "/hello") + " -i",
             "",
             "# (d) a token without cnf (not bound to any certificate) -> 401 invalid_token",
