@@ -4,7 +4,6 @@ upstream that misbehaves on purpose, and a small HTTPS client that reports the p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -13,6 +12,7 @@ import aiohttp
 
 from proxy import server
 from proxy.settings import Settings
+from tests.support.rawhttp import RawServer
 from tests.support.stack import PKI, Issuer, Running, Upstream, make_settings
 
 
@@ -47,7 +47,7 @@ def upstream_at(url: str, timeout: float = 2.0) -> Callable[[Settings], Settings
 
 
 @dataclass
-class RawUpstream:
+class RawUpstream(RawServer):
     """An HTTP/1.1 upstream written on raw asyncio streams, so it can break the protocol on
     purpose. Behaviour by path:
       /ok            200, Content-Length: 2, "ok"
@@ -57,14 +57,7 @@ class RawUpstream:
       /stall-body    headers with Content-Length: 100000, 100 bytes, then silence
     """
 
-    port: int = 0
     requests: list[str] = field(default_factory=list)
-    _server: asyncio.Server | None = None
-    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
@@ -95,18 +88,6 @@ class RawUpstream:
         finally:
             self._writers.discard(writer)
             writer.close()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
 async def admin_get(admin_url: str, path: str) -> int:

@@ -13,31 +13,23 @@ bodies are being read at once, and every connection that closed under an unfinis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from tests.support.rawhttp import bearer_request
+from tests.support.rawhttp import RawServer, bearer_request
 from tests.support.stack import PKI
 
 
 @dataclass
-class Workload:
-    port: int = 0
+class Workload(RawServer):
     requests: list[tuple[str, str, int]] = field(default_factory=list)  # method, path, conn
     connections: int = 0  # connections accepted so far; each request names its own
     uploads_now: int = 0  # request bodies being read right now
     uploads_most: int = 0  # the most read at once
     cut: int = 0  # answers whose connection closed before they were written whole
-    _server: asyncio.Server | None = None
-    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def paths(self, method: str | None = None) -> list[str]:
         return [p for m, p, _ in self.requests if method is None or m == method]
@@ -107,18 +99,6 @@ class Workload:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
         await writer.drain()
         return True
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
 def client_tls(pki: PKI) -> ssl.SSLContext:
