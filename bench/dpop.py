@@ -92,7 +92,12 @@ class Client:
         return path
 
 
-def config(m: h.Material, jwks: Path, upstream: int, extra: str) -> tuple[str, int, int]:
+def config(
+    m: h.Material, jwks: Path, upstream: int, extra: str, *, alg: str = "ES256",
+    cache_size: int = 10000,
+) -> tuple[str, int, int]:  # fmt: skip
+    """certbound's config for these benches (client certificates optional, for DPoP clients):
+    its text, data port and admin port. bench/tokens.py uses it too."""
     port, admin = h.free_port(), h.free_port()
     text = f"""\
 listen: {{host: "127.0.0.1", port: {port}}}
@@ -106,7 +111,8 @@ tokens:
   issuer: "{h.ISSUER}"
   audience: "{h.AUDIENCE}"
   jwks_file: "{jwks}"
-  algorithms: ["ES256"]
+  algorithms: ["{alg}"]
+  cache_size: {cache_size}
 admin: {{host: "127.0.0.1", port: {admin}}}
 log: {{level: "warning"}}
 {extra}"""

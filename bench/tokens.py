@@ -106,28 +106,6 @@ def bare_microseconds(alg: str, key: Any, token: str, rounds: int) -> float:
     return best / rounds * 1e6
 
 
-def config(m: h.Material, jwks: Path, upstream: int, alg: str, cache_size: int) -> tuple[str, int]:
-    port, admin = h.free_port(), h.free_port()
-    text = f"""\
-listen: {{host: "127.0.0.1", port: {port}}}
-tls:
-  cert_file: "{m.server_cert}"
-  key_file: "{m.server_key}"
-  client_ca_file: "{m.ca}"
-  client_cert: optional
-upstream: {{url: "http://127.0.0.1:{upstream}"}}
-tokens:
-  issuer: "{h.ISSUER}"
-  audience: "{h.AUDIENCE}"
-  jwks_file: "{jwks}"
-  algorithms: ["{alg}"]
-  cache_size: {cache_size}
-admin: {{host: "127.0.0.1", port: {admin}}}
-log: {{level: "warning"}}
-"""
-    return text, admin
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -185,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                 bare[alg] = bare_microseconds(alg, key, token.read_text().strip(), 2000)
                 os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
                 for case, cache_size in (("hit", 10000), ("miss", 0)):
-                    text, admin = config(m, jwks, upstream, alg, cache_size)
+                    text, _, admin = bench_dpop.config(
+                        m, jwks, upstream, "", alg=alg, cache_size=cache_size
+                    )
                     measure(f"{alg} {case}", text, admin, token)
             # DPoP: its own issuer key (bench/dpop.py's client mints the token and proofs).
             issuer = Issuer(ec.generate_private_key(ec.SECP256R1()), "bench-dpop", h.ISSUER)
@@ -194,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             client = bench_dpop.Client(issuer)
             dpop_token = directory / "dpop-token.txt"
             dpop_token.write_text(client.token + "\n")
-            text, admin = config(m, jwks, upstream, "ES256", 10000)
+            text, _, admin = bench_dpop.config(m, jwks, upstream, "")
             measure("DPoP", text, admin, dpop_token, dpop=client)
         finally:
             procs.close()
