@@ -289,6 +289,55 @@ async def test_tls12_reconnects_with_a_padded_chain_do_not_grow_memory(
     assert grown < 4 * 1024, f"RSS grew {grown} kB over 300 reconnects"
 
 
+def exchange_large_bodies(port: int, ctx: ssl.SSLContext, token: str) -> ssl.SSLSocket:
+    """One connection: a 512 KiB upload, a 512 KiB download, then left open and idle."""
+    tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+    body = b"u" * (512 << 10)
+    head = f"Host: localhost\r\nAuthorization: Bearer {token}\r\n"
+    tls.sendall(f"POST /upload HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode())
+    tls.sendall(body)
+    read_response(tls)
+    tls.sendall(f"GET /big?bytes={512 << 10} HTTP/1.1\r\n{head}\r\n".encode())
+    assert len(read_response(tls)) == 512 << 10
+    return tls
+
+
+def read_response(tls: ssl.SSLSocket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += tls.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = re.search(rb"(?i)content-length: (\d+)", head)
+    assert length, head
+    while len(body) < int(length.group(1)):
+        body += tls.recv(1 << 20)
+    return body
+
+
+async def test_idle_connections_keep_no_buffer_of_the_bodies_they_carried(
+    pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    """OpenSSL's memory BIOs keep the most they ever held: without renewing them, each idle
+    connection here would keep ~700 KB of ciphertext buffer (40 connections: ~28 MB)."""
+    ctx = client_context(pki, Leaf(*map(Path, pki.files("alice"))), version=ssl.TLSVersion.TLSv1_3)
+    ctx.check_hostname = False
+    token = issuer.mint(pki.alice)
+
+    def hold(port: int, count: int) -> list[ssl.SSLSocket]:
+        return [exchange_large_bodies(port, ctx, token) for _ in range(count)]
+
+    with listener(pki, issuer, upstream, tmp_path) as proc:
+        for warm in await asyncio.to_thread(hold, proc.port, 4):
+            warm.close()
+        start = rss_kb(proc)
+        held = await asyncio.to_thread(hold, proc.port, 40)
+        grown = rss_kb(proc) - start
+        for tls in held:
+            tls.close()
+    assert grown < 8 * 1024, f"RSS grew {grown} kB with 40 idle connections"
+
+
 # ------------------------------------------------------------ what the listener asks for
 
 
