@@ -94,7 +94,7 @@ class TLSChannel:
         while True:
             size = _openssl.SSL_read(ssl, _scratch, RECORD_PLAINTEXT)
             if size > 0:
-                pieces.append(_ffi.buffer(_scratch, size)[:])
+                pieces.append(_ffi.unpack(_scratch, size))
                 # Bytes left in the BIO, or in OpenSSL's record: read on; else, done.
                 if _openssl.BIO_get_mem_data(into, _ffi.NULL) or _openssl.SSL_pending(ssl):
                     continue
@@ -138,7 +138,7 @@ class TLSChannel:
             if size <= 0:
                 break
             self._carried_out += size
-            pieces.append(_ffi.buffer(_scratch, size)[:])
+            pieces.append(_ffi.unpack(_scratch, size))
             if size < _SCRATCH_SIZE:
                 break
         if self._carried_out > _BIO_KEEP:
