@@ -16,6 +16,7 @@ from proxy import server
 from proxy.tools.pki import issue, make_ca
 from tests.support.openssl_ca import OpenSSLCA
 from tests.support.redis_server import RedisServer
+from tests.support.secrecy import leaks
 from tests.support.stack import (
     LOG,
     MINTED,
@@ -111,7 +112,6 @@ async def start_proxy(pki: PKI, issuer: Issuer, upstream: Upstream) -> AsyncIter
 def no_secrets_in_the_run_log() -> Iterator[None]:
     """After the last test: no line logged in this run may hold a token the tests minted."""
     yield
-    from tests.test_zz_log_secrecy import leaks
 
     assert leaks("\n".join(LOG.lines), MINTED) == [], "a token reached the log"
 

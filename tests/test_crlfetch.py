@@ -24,8 +24,7 @@ from proxy.trust.revocation import CRLSet, IssuerCRL, Status
 from tests.support.openssl_ca import Leaf, OpenSSLCA
 from tests.support.process import proxy_process
 from tests.support.revocation_servers import DistributionPoint, distribution_point
-from tests.support.stack import PKI, Issuer, Upstream, process_config
-from tests.test_revocation import get
+from tests.support.stack import PKI, Issuer, Upstream, orders_status, process_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -148,8 +147,8 @@ async def test_crl_from_the_distribution_point_refuses_a_revoked_certificate(
 ) -> None:
     made = fetch_config(pki, issuer, upstream, tmp_path, fetched.bundle)
     with proxy_process(tmp_path, made) as proc:
-        assert await get(proc, pki, issuer, fetched.good) == "200"
-        assert await get(proc, pki, issuer, fetched.revoked) == "000"
+        assert await orders_status(proc, pki, issuer, fetched.good) == "200"
+        assert await orders_status(proc, pki, issuer, fetched.revoked) == "000"
         assert len(upstream.seen) == 1
         text = proc.metrics()
         success = re.search(

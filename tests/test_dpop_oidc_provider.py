@@ -34,8 +34,8 @@ import pytest
 from aiohttp import web
 
 from tests.support.process import ProxyProcess, proxy_process, stop_group
+from tests.support.secrecy import leaks
 from tests.support.stack import AUDIENCE, MINTED, PKI, Upstream, serve_app, thumbprint
-from tests.test_zz_log_secrecy import leaks
 
 pytestmark = pytest.mark.e2e
 

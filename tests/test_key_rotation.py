@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 
 from proxy.tokens.refetch import REFETCH_BURST
+from tests.support.clients import client_ssl
 from tests.support.process import ProxyProcess, proxy_process
 from tests.support.stack import AUDIENCE, PKI, Issuer, Upstream, serve_app
-from tests.test_http_gaps import client_ssl
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

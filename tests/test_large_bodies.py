@@ -10,20 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.process import ProxyProcess, proxy_process
+from tests.support.process import peak_rss, proxy_process
 from tests.support.stack import PKI, Issuer, Upstream, process_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 GIB = 1 << 30
 MAX_PEAK_RSS_MB = 150  # the proxy starts at ~50 MB; a buffered body would add hundreds
-
-
-def peak_rss_mb(proc: ProxyProcess) -> float:
-    for line in Path(f"/proc/{proc.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 def curl_args(pki: PKI, token: str) -> list[str]:
@@ -84,6 +77,6 @@ async def test_one_gib_upload_and_512_mib_download_stream_through(
         )
         out, _ = await asyncio.wait_for(download.communicate(), 120)
         assert download.returncode == 0 and int(out) == GIB // 2
-        peak = peak_rss_mb(proc)
+        peak = peak_rss(proc.proc.pid) / 2**20
         print(f"certbound peak RSS after 1 GiB up and 512 MiB down: {peak:.1f} MB")
         assert peak < MAX_PEAK_RSS_MB

@@ -12,11 +12,9 @@ A missing promtool fails these tests; it never skips them.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,11 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import metrics as proxy_metrics
 from proxy.errors import HandshakeFailure, Outcome, Reason
+from tests.support.dashboard import dashboard_exprs, iter_panels, load_dashboard
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_FILE = ROOT / "helm" / "certbound" / "files" / "certbound-alerts.yaml"
 ALERTS_TEST_FILE = ROOT / "tests" / "promtool" / "alerts_test.yaml"
-DASHBOARD_FILE = ROOT / "deploy" / "grafana" / "certbound-dashboard.json"
 INSTALL_HINT = "promtool not found on PATH: run `sudo bash .ci/install-promtool.sh` (as root)"
 
 # The contract is the code: metric names, types and label names come from proxy/metrics.py,
@@ -154,28 +152,6 @@ def load_alert_rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(ALERTS_FILE.read_text())
     assert isinstance(doc, dict) and isinstance(doc.get("groups"), list), "no `groups:` list"
     return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
-
-
-def load_dashboard() -> dict[str, Any]:
-    dash = json.loads(DASHBOARD_FILE.read_text())
-    assert isinstance(dash, dict)
-    return dash
-
-
-def iter_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for panel in panels:
-        yield panel
-        yield from iter_panels(panel.get("panels", []))  # rows (collapsed ones nest panels)
-
-
-def dashboard_exprs() -> list[tuple[str, str]]:
-    """(panel title, PromQL expression) for every target of every panel."""
-    return [
-        (panel.get("title", "?"), target["expr"])
-        for panel in iter_panels(load_dashboard()["panels"])
-        for target in panel.get("targets", [])
-        if "expr" in target
-    ]
 
 
 def as_plain_promql(expr: str) -> str:

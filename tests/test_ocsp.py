@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 
 from proxy.errors import Reason
-from tests.support.openssl_ca import Leaf, OpenSSLCA, curl_status
-from tests.support.process import ProxyProcess, proxy_process
+from tests.support.openssl_ca import Leaf, OpenSSLCA
+from tests.support.process import proxy_process
 from tests.support.revocation_servers import free_port, ocsp_responder
-from tests.support.stack import PKI, Issuer, Upstream, process_config
-from tests.test_revocation import token_for
+from tests.support.stack import PKI, Issuer, Upstream, orders_status, process_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -54,13 +53,6 @@ def config(
     return made
 
 
-async def get(proc: ProxyProcess, pki: PKI, issuer: Issuer, leaf: Leaf) -> str:
-    _, status, _ = await curl_status(
-        proc.url + "/orders", pki.ca_file, leaf, token=token_for(issuer, leaf)
-    )
-    return status
-
-
 def counter(text: str, name: str, labels: str) -> float:
     match = re.search(rf"^{name}\{{{labels}\}} (\S+)$", text, re.M)
     assert match, (name, labels)
@@ -85,10 +77,10 @@ async def test_revoked_by_ocsp_is_refused_and_good_is_served(
         ocsp_responder(ocsp_ca.ca, ocsp_ca.signer, ocsp_ca.port),
         proxy_process(tmp_path, made) as proc,
     ):
-        assert await get(proc, pki, issuer, ocsp_ca.revoked) == "401"
+        assert await orders_status(proc, pki, issuer, ocsp_ca.revoked) == "401"
         assert upstream.seen == []  # the request never reached the workload
-        assert await get(proc, pki, issuer, ocsp_ca.good) == "200", proc.output()[-3000:]
-        assert await get(proc, pki, issuer, ocsp_ca.good) == "200"  # from the cache
+        assert await orders_status(proc, pki, issuer, ocsp_ca.good) == "200", proc.output()[-3000:]
+        assert await orders_status(proc, pki, issuer, ocsp_ca.good) == "200"  # from the cache
         assert len(upstream.seen) == 2
         text = proc.metrics()
         assert answers(text, "revoked") == 1
@@ -110,7 +102,7 @@ async def test_responder_down_follows_revocation_unavailable(
 ) -> None:
     made = config(pki, issuer, upstream, tmp_path, ocsp_ca, unavailable)
     with proxy_process(tmp_path, made) as proc:  # nothing listens on the responder's port
-        status = await get(proc, pki, issuer, ocsp_ca.good)
+        status = await orders_status(proc, pki, issuer, ocsp_ca.good)
         text = proc.metrics()
         assert answers(text, "error") == 1
         if unavailable == "refuse":

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from proxy.tools.pki import Issued, issue, make_ca
+from tests.support.dashboard import dashboard_exprs
 from tests.support.dpop_proofs import make_proof, public_jwk
 from tests.support.dpop_proofs import thumbprint as jwk_thumbprint
 from tests.support.openssl_ca import OpenSSLCA
@@ -647,8 +648,6 @@ def test_process_memory_and_cpu_per_pod_come_from_every_process(fleet: Fleet) ->
 def test_every_dashboard_panel_gets_data_from_the_fleet(fleet: Fleet) -> None:
     """Each panel's queries, run as Grafana would (all namespaces and pods), return data from
     these pods."""
-    from tests.test_observability_artifacts import dashboard_exprs
-
     by_panel: dict[str, list[str]] = {}
     for title, expr in dashboard_exprs():
         by_panel.setdefault(title, []).append(expr)

@@ -20,7 +20,7 @@ from proxy.trust.revocation import RevocationConfigError, Status, load_crls, par
 from proxy.trust.tls import TLSConfigError, load_revocation
 from tests.support.openssl_ca import Leaf, OpenSSLCA, curl_status
 from tests.support.process import ProxyProcess, proxy_process
-from tests.support.stack import PKI, Issuer, Upstream, process_config
+from tests.support.stack import PKI, Issuer, Upstream, orders_status, process_config
 
 pytestmark = pytest.mark.e2e
 
@@ -60,17 +60,6 @@ def failures(proc: ProxyProcess, reason: str) -> float:
     )
     assert match, reason
     return float(match.group(1))
-
-
-def token_for(issuer: Issuer, leaf: Leaf) -> str:
-    return issuer.mint(cnf={"x5t#S256": thumbprint_of_pem(leaf.cert.read_bytes())})
-
-
-async def get(proc: ProxyProcess, pki: PKI, issuer: Issuer, leaf: Leaf) -> str:
-    _, status, _ = await curl_status(
-        proc.url + "/orders", pki.ca_file, leaf, token=token_for(issuer, leaf)
-    )
-    return status
 
 
 def serial_of(leaf: Leaf) -> str:
@@ -145,8 +134,8 @@ async def test_revoked_certificate_is_refused_and_a_good_one_served(
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path, revoking: RevokingCA
 ) -> None:
     with proxy_process(tmp_path, config(pki, issuer, upstream, tmp_path, revoking)) as proc:
-        assert await get(proc, pki, issuer, revoking.good) == "200"
-        assert await get(proc, pki, issuer, revoking.revoked) == "000"
+        assert await orders_status(proc, pki, issuer, revoking.good) == "200"
+        assert await orders_status(proc, pki, issuer, revoking.revoked) == "000"
         assert upstream.seen and len(upstream.seen) == 1
         assert await asyncio.to_thread(failures, proc, "revoked") == 1
         text = await asyncio.to_thread(proc.metrics)
@@ -170,11 +159,11 @@ async def test_crl_replaced_on_disk_while_traffic_runs_applies_to_new_connection
     pki: PKI, issuer: Issuer, upstream: Upstream, tmp_path: Path, revoking: RevokingCA
 ) -> None:
     with proxy_process(tmp_path, config(pki, issuer, upstream, tmp_path, revoking)) as proc:
-        assert await get(proc, pki, issuer, revoking.good) == "200"
+        assert await orders_status(proc, pki, issuer, revoking.good) == "200"
         revoking.ca.revoke(revoking.good)
         revoking.ca.gencrl(revoking.crl)  # an atomic rename, as a Secret update is
         deadline = time.monotonic() + 15
-        while await get(proc, pki, issuer, revoking.good) == "200":
+        while await orders_status(proc, pki, issuer, revoking.good) == "200":
             assert time.monotonic() < deadline, "the new CRL was never picked up"
             await asyncio.sleep(0.3)
         assert "TLS files reloaded" in proc.output()
@@ -182,8 +171,8 @@ async def test_crl_replaced_on_disk_while_traffic_runs_applies_to_new_connection
         revoking.crl.write_bytes(b"garbage")
         await asyncio.sleep(3)
         assert "cannot be used; keeping the old ones" in proc.output()
-        assert await get(proc, pki, issuer, revoking.good) == "000"
-        assert await get(proc, pki, issuer, revoking.revoked) == "000"
+        assert await orders_status(proc, pki, issuer, revoking.good) == "000"
+        assert await orders_status(proc, pki, issuer, revoking.revoked) == "000"
 
 
 @pytest.mark.slow
@@ -204,9 +193,9 @@ async def test_stale_crl_follows_revocation_unavailable(
     )
     made = config(pki, issuer, upstream, tmp_path, revoking, revocation_unavailable=policy)
     with proxy_process(tmp_path, made) as proc:
-        status = await get(proc, pki, issuer, revoking.good)
+        status = await orders_status(proc, pki, issuer, revoking.good)
         # A certificate on the CRL stays refused whatever the policy: the CRL still says so.
-        assert await get(proc, pki, issuer, revoking.revoked) == "000"
+        assert await orders_status(proc, pki, issuer, revoking.revoked) == "000"
         text = await asyncio.to_thread(proc.metrics)
         unknown = await asyncio.to_thread(failures, proc, "revocation_unknown")
         log = proc.output()

@@ -25,11 +25,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from proxy.tools.pki import Issued, issue, make_ca
-from proxy.trust.identity import compute_thumbprint, thumbprint_of_pem
+from proxy.trust.identity import compute_thumbprint
 from tests.support.malformed_certs import duplicated_extension, five_byte_ip_san, write
 from tests.support.openssl_ca import Leaf, OpenSSLCA, curl_status
 from tests.support.process import ProxyProcess, proxy_process
-from tests.support.stack import PKI, Issuer, Upstream, process_config
+from tests.support.stack import PKI, Issuer, Upstream, process_config, token_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -86,10 +86,6 @@ def get(
             except (ssl.SSLError, OSError):
                 answer = b""
             return answer.split(b"\r\n", 1)[0].decode(), tls.session_reused, tls.session
-
-
-def token_for(issuer: Issuer, leaf: Leaf) -> str:
-    return issuer.mint(cnf={"x5t#S256": thumbprint_of_pem(leaf.cert.read_bytes())})
 
 
 # ---------------------------------------------------------------------------- profiles

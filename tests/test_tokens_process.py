@@ -22,7 +22,8 @@ import pytest
 from proxy import server
 from proxy.settings import IssuerSettings, TokenSettings
 from proxy.tools.pki import issue
-from tests.support.process import ProxyProcess, proxy_process
+from tests.support.clients import curl, status_and_headers
+from tests.support.process import ProxyProcess, metric, proxy_process
 from tests.support.stack import (
     AUDIENCE,
     PKI,
@@ -32,7 +33,6 @@ from tests.support.stack import (
     serve_app,
     thumbprint,
 )
-from tests.test_http_gaps import curl, metric, status_and_headers
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -3,28 +3,16 @@ here; the log output of the whole test run is scanned by the session fixture in 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.support.process import proxy_process
+from tests.support.secrecy import leaks
 from tests.support.stack import LOG, MINTED, PKI, Issuer, Upstream, process_config
 
 pytestmark = pytest.mark.e2e
-
-JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
-FORBIDDEN = ("PRIVATE KEY", "BEGIN CERTIFICATE")
-
-
-def leaks(text: str, tokens: set[str]) -> list[str]:
-    found = [t[:20] + "..." for t in tokens if t in text]
-    found += [m.group(0)[:20] + "..." for m in JWT_SHAPE.finditer(text)]
-    # A token's signature alone is as good as a fingerprint of the token.
-    found += [t[:10] + "...sig" for t in tokens if t.rsplit(".", 1)[-1] in text]
-    found += [f for f in FORBIDDEN if f in text]
-    return found
 
 
 def test_the_leak_scanner_finds_tokens_signatures_and_keys(issuer: Issuer) -> None:

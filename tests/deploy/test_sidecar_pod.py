@@ -8,13 +8,9 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +20,9 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .conftest import RenderFn, find
+from .echo_workload import Echo
 from .pki import ThrowawayPKI, write_pki
+from .sidecar import fetch, jwks_handler, serve, wait_ready
 
 ISSUER = "https://issuer.certbound.test"
 AUDIENCE = "payments-api"
@@ -35,52 +33,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-@contextmanager
-def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class _Workload(BaseHTTPRequestHandler):
-    """Echoes the request path and headers as JSON, like a workload would see them."""
-
-    def do_GET(self) -> None:
-        body = json.dumps(
-            {"workload": "hello", "path": self.path, "headers": dict(self.headers.items())}
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def _jwks_handler(jwks: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
-    body = json.dumps(jwks).encode()
-
-    class _JWKS(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    return _JWKS
 
 
 def _rendered_config(
@@ -115,49 +67,6 @@ def _as_test_pod(config: dict[str, Any], pki: ThrowawayPKI) -> dict[str, Any]:
     return config
 
 
-def _wait_ready(admin: int, proc: subprocess.Popen[str], deadline_s: float = 30) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"certbound exited with {proc.returncode}:\n{out}\n{err}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    pytest.fail("certbound did not become ready (/readyz) in time")
-
-
-def _curl(curl: str, pki: ThrowawayPKI, url: str, *headers: str) -> tuple[int, str, str]:
-    args = [
-        curl,
-        "-sS",
-        "--max-time",
-        "10",
-        "--cert",
-        str(pki.client_cert),
-        "--key",
-        str(pki.client_key),
-        "--cacert",
-        str(pki.ca_cert),
-        "-D",
-        "-",
-        "-w",
-        "\n%{http_code}",
-    ]
-    for h in headers:
-        args += ["-H", h]
-    result = subprocess.run([*args, url], capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 0, result.stderr
-    head_and_body, _, code = result.stdout.rpartition("\n")
-    # text=True turns the CRLFs of the header block into plain newlines.
-    head, _, body = head_and_body.partition("\n\n")
-    return int(code), head, body
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_request_with_bound_token_flows_through_the_chart_rendered_sidecar(
@@ -187,7 +96,7 @@ def test_request_with_bound_token_flows_through_the_chart_rendered_sidecar(
     )
     mtls, admin = _free_port(), _free_port()
 
-    with _serve(_Workload) as workload_port, _serve(_jwks_handler({"keys": [jwk]})) as jwks_port:
+    with serve(Echo) as workload_port, serve(jwks_handler({"keys": [jwk]})) as jwks_port:
         config = _rendered_config(
             render, workload=workload_port, mtls=mtls, admin=admin, jwks_port=jwks_port
         )
@@ -203,20 +112,20 @@ def test_request_with_bound_token_flows_through_the_chart_rendered_sidecar(
             text=True,
         )
         try:
-            _wait_ready(admin, proc)
+            wait_ready(admin, proc)
             url = f"https://localhost:{mtls}/orders?id=7"
 
-            code, _, body = _curl(curl, pki, url, f"Authorization: Bearer {token}")
+            code, _, body = fetch(curl, pki, url, f"Authorization: Bearer {token}")
             assert code == 200, body
             seen = json.loads(body)
-            assert seen["workload"] == "hello"
+            assert seen["workload"] == "echo"
             assert seen["path"] == "/orders?id=7"
             headers = {k.lower(): v for k, v in seen["headers"].items()}
             assert headers["x-certbound-thumbprint"] == pki.client_thumbprint
             assert headers["x-certbound-subject"] == "alice"
             assert "authorization" not in headers or headers["authorization"].startswith("Bearer")
 
-            code, head, _ = _curl(curl, pki, url)
+            code, head, _ = fetch(curl, pki, url)
             assert code == 401
             assert "www-authenticate: bearer" in head.lower()
 

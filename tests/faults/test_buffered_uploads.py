@@ -18,12 +18,10 @@ import pytest
 
 from proxy.capacity import MIB, connection_caps
 from proxy.settings import ListenSettings
-from tests.faults.test_floods import peak_rss
-from tests.faults.test_stalled_peers import config
-from tests.support.process import proxy_process
+from tests.support.process import peak_rss, proxy_process
 from tests.support.rawhttp import bearer_request
 from tests.support.stack import PKI, Issuer
-from tests.support.workload import GoodClient, Workload, client_tls
+from tests.support.workload import GoodClient, Workload, client_tls, workload_config
 
 pytestmark = pytest.mark.timeout(120)
 BUDGET_MIB = 256  # the chart's memory limit
@@ -72,7 +70,9 @@ async def test_many_buffered_uploads_stay_within_the_memory_budget(
         "listen": {"memory_budget_mib": BUDGET_MIB, "request_buffer_bytes": BUFFER},
         "upstream": {"max_connections": 10},
     }
-    with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path, **sections)) as proc:
+    with proxy_process(
+        tmp_path, workload_config(pki, issuer, workload, tmp_path, **sections)
+    ) as proc:
         stop = threading.Event()
         uploads = [
             threading.Thread(target=stopping_upload, args=(pki, proc.port, token, stop))

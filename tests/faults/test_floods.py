@@ -23,7 +23,7 @@ import yaml
 
 from proxy.capacity import connection_caps
 from proxy.settings import ListenSettings
-from tests.support.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, peak_rss, proxy_process, sample
 from tests.support.stack import PKI, Issuer, Upstream, process_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -44,21 +44,6 @@ def chart_defaults() -> ChartDefaults:
     limit = str(proxy["resources"]["limits"]["memory"])
     assert limit.endswith("Mi"), limit
     return ChartDefaults(int(limit[:-2]), int(proxy["workers"]))
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM (the peak resident set) of the process and its descendants: never lower than
-    the peak of their sum, so a bound on it is a bound on what the container held."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1]) * 1024
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-    return total
 
 
 @contextlib.asynccontextmanager
@@ -115,13 +100,6 @@ class GoodClient:
     def p99(self) -> float:
         ordered = sorted(self.seconds)
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
-def sample(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not in the scrape")
 
 
 async def run_flood(

@@ -17,8 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.faults.test_supervisor import metric, serving_workers, workers_of
-from tests.support.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, proxy_process, sample, serving_workers, workers_of
 from tests.support.stack import PKI, Issuer, Upstream, process_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -58,11 +57,11 @@ def rewrite(proc: ProxyProcess, change: dict[str, Any]) -> None:
 async def reloaded(proc: ProxyProcess, result: str, count: float) -> str:
     """SIGHUP, then the scrape once config_reloads_total{result} reached `count`."""
     os.kill(proc.proc.pid, signal.SIGHUP)
-    sample = f'certbound_config_reloads_total{{result="{result}"}}'
+    series = f'certbound_config_reloads_total{{result="{result}"}}'
     deadline = time.monotonic() + 15
     while True:
         text = await asyncio.to_thread(proc.metrics)
-        if metric(text, sample) >= count:
+        if sample(text, series) >= count:
             return text
         assert time.monotonic() < deadline, proc.output()[-3000:]
         await asyncio.sleep(0.1)
@@ -106,7 +105,7 @@ async def test_a_bad_file_keeps_the_running_configuration_and_logs_every_problem
             },
         )
         text = await reloaded(proc, "failure", 1)
-        assert metric(text, 'certbound_config_reloads_total{result="success"}') == 0
+        assert sample(text, 'certbound_config_reloads_total{result="success"}') == 0
         assert await statuses(proc, pki, token, 3) == [200] * 3  # the old policy still serves
         assert proc.proc.poll() is None
         output = proc.output()

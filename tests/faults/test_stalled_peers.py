@@ -5,7 +5,6 @@ fault leaves the pool free for a good client beside it, whose failures and p99 a
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,8 +14,8 @@ import pytest
 
 from tests.support.process import ProxyProcess, proxy_process
 from tests.support.rawhttp import bearer_request
-from tests.support.stack import AUDIENCE, PKI, Issuer
-from tests.support.workload import GoodClient, Workload, open_client, read_status
+from tests.support.stack import PKI, Issuer
+from tests.support.workload import GoodClient, Workload, open_client, read_status, workload_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -29,20 +28,6 @@ async def workload() -> AsyncIterator[Workload]:
     await w.start()
     yield w
     await w.stop()
-
-
-def config(
-    pki: PKI, issuer: Issuer, workload: Workload, tmp_path: Path, **sections: dict[str, Any]
-) -> dict[str, Any]:
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps(issuer.jwks()))
-    cert, key = pki.files("server")
-    return {
-        "tls": {"cert_file": cert, "key_file": key, "client_ca_file": pki.ca_file},
-        "tokens": {"issuer": issuer.url, "audience": AUDIENCE, "jwks_file": str(jwks)},
-        **sections,
-        "upstream": {"url": workload.url, **sections.get("upstream", {})},
-    }
 
 
 def metric(proc: ProxyProcess, name: str, **labels: str) -> float:
@@ -78,7 +63,9 @@ async def test_a_client_that_stops_reading_is_aborted_after_the_send_timeout_and
 ) -> None:
     token = issuer.mint(pki.alice)
     listen = {"send_timeout_seconds": 1}
-    with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path, listen=listen)) as proc:
+    with proxy_process(
+        tmp_path, workload_config(pki, issuer, workload, tmp_path, listen=listen)
+    ) as proc:
         writer = await stalled_download(pki, proc.port, token)
         await eventually(lambda: workload.paths() == ["/big"])
         asked = time.monotonic()
@@ -96,7 +83,8 @@ async def test_100_stalled_downloads_leave_a_good_clients_p99_under_a_second(
     """The pool's default 100 connections all serve clients that never read; the send
     timeout stays at its default 30 s. A good client still gets its answers."""
     token = issuer.mint(pki.alice)
-    with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path)) as proc:
+    config = workload_config(pki, issuer, workload, tmp_path)
+    with proxy_process(tmp_path, config) as proc:
         writers = await asyncio.gather(
             *(stalled_download(pki, proc.port, token) for _ in range(100))
         )
@@ -118,7 +106,9 @@ async def test_a_stalled_request_body_is_408_and_its_upstream_connection_freed(
         "listen": {"body_timeout_seconds": 1, "request_buffer_bytes": 0},  # streamed at once
         "upstream": {"max_connections": 1},
     }
-    with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path, **sections)) as proc:
+    with proxy_process(
+        tmp_path, workload_config(pki, issuer, workload, tmp_path, **sections)
+    ) as proc:
         reader, writer = await open_client(pki, proc.port)
         writer.write(bearer_request(token, "POST", "/upload", length=1000) + b"x" * 10)
         await eventually(lambda: workload.paths() == ["/upload"])
@@ -141,7 +131,9 @@ async def test_a_stalled_small_body_is_408_and_never_reaches_the_workload(
 ) -> None:
     token = issuer.mint(pki.alice)
     listen = {"body_timeout_seconds": 1}
-    with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path, listen=listen)) as proc:
+    with proxy_process(
+        tmp_path, workload_config(pki, issuer, workload, tmp_path, listen=listen)
+    ) as proc:
         reader, writer = await open_client(pki, proc.port)
         writer.write(bearer_request(token, "POST", "/upload", length=1000) + b"x" * 10)
         assert await asyncio.wait_for(read_status(reader), 5) == 408
@@ -167,7 +159,9 @@ async def test_100_slow_uploads_take_no_pool_connection_and_leave_a_good_clients
 ) -> None:
     token = issuer.mint(pki.alice)
     sections = {"upstream": {"max_connections": 10}}
-    with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path, **sections)) as proc:
+    with proxy_process(
+        tmp_path, workload_config(pki, issuer, workload, tmp_path, **sections)
+    ) as proc:
         uploads = [
             asyncio.create_task(slow_upload(pki, proc.port, token, 10_000)) for _ in range(100)
         ]
@@ -188,7 +182,9 @@ async def test_slow_uploads_larger_than_the_buffer_hold_at_most_half_the_pool(
 ) -> None:
     token = issuer.mint(pki.alice)
     sections = {"listen": {"request_buffer_bytes": 0}, "upstream": {"max_connections": 10}}
-    with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path, **sections)) as proc:
+    with proxy_process(
+        tmp_path, workload_config(pki, issuer, workload, tmp_path, **sections)
+    ) as proc:
         uploads = [
             asyncio.create_task(slow_upload(pki, proc.port, token, 10_000)) for _ in range(30)
         ]
@@ -208,7 +204,9 @@ async def test_a_client_that_disconnects_mid_upload_frees_its_pool_connection_at
 ) -> None:
     token = issuer.mint(pki.alice)
     sections = {"listen": {"request_buffer_bytes": 0}, "upstream": {"max_connections": 1}}
-    with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path, **sections)) as proc:
+    with proxy_process(
+        tmp_path, workload_config(pki, issuer, workload, tmp_path, **sections)
+    ) as proc:
         _, writer = await open_client(pki, proc.port)
         writer.write(bearer_request(token, "POST", "/upload", length=100_000) + b"x" * 1000)
         await eventually(lambda: workload.uploads_now == 1)
@@ -249,7 +247,8 @@ async def test_a_request_the_workload_drops_is_sent_once_unless_idempotent_and_b
     """RFC 9110 §9.2.2: a POST (even body-less) or a request whose body was sent is never
     sent again when the workload drops the kept-alive connection under it: 502, once."""
     token = issuer.mint(pki.alice)
-    with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path)) as proc:
+    config = workload_config(pki, issuer, workload, tmp_path)
+    with proxy_process(tmp_path, config) as proc:
         await warm(pki, proc.port, token, 3)
         head = bearer_request(token, method, "/drop", length=len(body)) + body
         assert await answer_to(pki, proc.port, head) == 502
@@ -260,7 +259,8 @@ async def test_a_get_the_workload_drops_is_retried_once_over_a_fresh_connection(
     pki: PKI, issuer: Issuer, workload: Workload, tmp_path: Path
 ) -> None:
     token = issuer.mint(pki.alice)
-    with proxy_process(tmp_path, config(pki, issuer, workload, tmp_path)) as proc:
+    config = workload_config(pki, issuer, workload, tmp_path)
+    with proxy_process(tmp_path, config) as proc:
         await warm(pki, proc.port, token, 3)
         assert workload.connections == 3
         assert await answer_to(pki, proc.port, bearer_request(token, "GET", "/drop")) == 502

@@ -16,38 +16,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.process import ProxyProcess, proxy_process
+from tests.support.process import ProxyProcess, proxy_process, sample, serving_workers, workers_of
 from tests.support.stack import PKI, Issuer, Upstream, process_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-
-def workers_of(proc: ProxyProcess) -> set[int]:
-    """The supervisor's live children (a killed one stays a zombie until it is reaped)."""
-    pid = proc.proc.pid
-    live = set()
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        try:
-            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            live.add(int(child))
-    return live
-
-
-async def serving_workers(proc: ProxyProcess, count: int, timeout: float) -> set[int]:
-    """The worker pids, once `count` of them have bound their listeners."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            text = await asyncio.to_thread(proc.metrics)
-        except OSError as exc:  # no worker serves the admin port right now
-            text = repr(exc)
-        if f"certbound_workers_serving {float(count)}" in text:
-            return workers_of(proc)
-        assert time.monotonic() < deadline, text[-3000:] + proc.output()[-3000:]
-        await asyncio.sleep(0.1)
 
 
 def readyz(proc: ProxyProcess) -> int | str:
@@ -58,13 +30,6 @@ def readyz(proc: ProxyProcess) -> int | str:
         return exc.code
     except OSError as exc:
         return type(exc).__name__
-
-
-def metric(text: str, sample: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{sample} not in the scrape")
 
 
 async def good_client(proc: ProxyProcess, pki: PKI, token: str, log: list[int | str]) -> None:
@@ -112,7 +77,7 @@ async def test_a_worker_killed_again_right_after_each_restart_is_restarted_and_t
         finally:
             client.cancel()
         text = await asyncio.to_thread(proc.metrics)
-        assert metric(text, "certbound_worker_restarts_total") == 3
+        assert sample(text, "certbound_worker_restarts_total") == 3
         assert readyz(proc) == 200
     # The other worker answered throughout: the good client was answered, and only requests
     # that a killed worker had accepted can have failed.
@@ -148,7 +113,7 @@ async def test_readyz_fails_while_no_worker_serves_and_recovers_without_a_restar
         await serving_workers(proc, 2, 15)
         assert readyz(proc) == 200
         text = await asyncio.to_thread(proc.metrics)
-        assert metric(text, "certbound_worker_restarts_total") == 4
+        assert sample(text, "certbound_worker_restarts_total") == 4
 
 
 async def test_a_worker_restarted_after_an_unreloaded_edit_runs_what_its_siblings_run(
@@ -168,4 +133,4 @@ async def test_a_worker_restarted_after_an_unreloaded_edit_runs_what_its_sibling
             await asyncio.sleep(0.05)
         await serving_workers(proc, 2, 15)
         text = await asyncio.to_thread(proc.metrics)
-        assert metric(text, "certbound_worker_restarts_total") == 1
+        assert sample(text, "certbound_worker_restarts_total") == 1

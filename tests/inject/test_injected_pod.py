@@ -17,8 +17,9 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.deploy.echo_workload import Echo
 from tests.deploy.pki import write_pki
-from tests.deploy.test_sidecar_pod import _curl, _jwks_handler, _serve, _wait_ready, _Workload
+from tests.deploy.sidecar import fetch, jwks_handler, serve, wait_ready
 from tests.support.process import free_port
 
 from .conftest import kube_inject, sidecar
@@ -68,7 +69,7 @@ def test_request_with_bound_token_flows_through_the_injected_sidecar(
         headers={"kid": "k"},
     )
     mtls, admin = free_port(), free_port()
-    with _serve(_Workload) as workload_port, _serve(_jwks_handler({"keys": [jwk]})) as jwks:
+    with serve(Echo) as workload_port, serve(jwks_handler({"keys": [jwk]})) as jwks:
         # The audience and the admin port come from the pod's annotations, the rest from the
         # values one injector serves the whole cluster with.
         values = {
@@ -108,15 +109,15 @@ def test_request_with_bound_token_flows_through_the_injected_sidecar(
             text=True,
         )
         try:
-            _wait_ready(admin, proc)
+            wait_ready(admin, proc)
             url = f"https://localhost:{mtls}/orders?id=7"
-            code, _, body = _curl(curl, pki, url, f"Authorization: Bearer {token}")
+            code, _, body = fetch(curl, pki, url, f"Authorization: Bearer {token}")
             assert code == 200, body
             seen = json.loads(body)
             assert seen["path"] == "/orders?id=7"
             headers = {k.lower(): v for k, v in seen["headers"].items()}
             assert headers["x-certbound-thumbprint"] == pki.client_thumbprint
-            code, head, _ = _curl(curl, pki, url)
+            code, head, _ = fetch(curl, pki, url)
             assert code == 401 and "www-authenticate: bearer" in head.lower()
         finally:
             proc.terminate()

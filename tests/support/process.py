@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -132,3 +133,63 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def metric(proc: ProxyProcess, sample: str) -> float:
+    """One series' value in the process's scrape, 0 when it has not been counted yet."""
+    for line in proc.metrics().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM (the peak resident set) of the process and its descendants: never lower than
+    the peak of their sum, so a bound on it is a bound on what the container held."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return total
+
+
+def sample(text: str, name: str) -> float:
+    """One series' value in a scrape; a series the scrape lacks fails the test, so a
+    misspelt name cannot read as 0."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in the scrape")
+
+
+def workers_of(proc: ProxyProcess) -> set[int]:
+    """The supervisor's live children (a killed one stays a zombie until it is reaped)."""
+    pid = proc.proc.pid
+    live = set()
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            live.add(int(child))
+    return live
+
+
+async def serving_workers(proc: ProxyProcess, count: int, timeout: float) -> set[int]:
+    """The worker pids, once `count` of them have bound their listeners."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = await asyncio.to_thread(proc.metrics)
+        except OSError as exc:  # no worker serves the admin port right now
+            text = repr(exc)
+        if f"certbound_workers_serving {float(count)}" in text:
+            return workers_of(proc)
+        assert time.monotonic() < deadline, text[-3000:] + proc.output()[-3000:]
+        await asyncio.sleep(0.1)

@@ -33,8 +33,9 @@ from proxy.settings import (
 )
 from proxy.tools.demo import serve_locally
 from proxy.tools.pki import Issued
-from proxy.trust.identity import compute_thumbprint
-from tests.support.openssl_ca import Leaf, OpenSSLCA
+from proxy.trust.identity import compute_thumbprint, thumbprint_of_pem
+from tests.support.openssl_ca import Leaf, OpenSSLCA, curl_status
+from tests.support.process import ProxyProcess
 
 AUDIENCE = "https://orders.example"
 
@@ -329,3 +330,17 @@ class Legacy:
     ca: OpenSSLCA
     leaf: Leaf
     bundle: Path  # the test CA and the legacy CA
+
+
+def token_for(issuer: Issuer, leaf: Leaf) -> str:
+    """A token bound to the certificate in `leaf`'s file."""
+    return issuer.mint(cnf={"x5t#S256": thumbprint_of_pem(leaf.cert.read_bytes())})
+
+
+async def orders_status(proc: ProxyProcess, pki: PKI, issuer: Issuer, leaf: Leaf) -> str:
+    """curl's status for GET /orders with `leaf`'s certificate and a token bound to it
+    ("000": no HTTP answer, the handshake or the connection refused)."""
+    _, status, _ = await curl_status(
+        proc.url + "/orders", pki.ca_file, leaf, token=token_for(issuer, leaf)
+    )
+    return status

@@ -13,14 +13,17 @@ bodies are being read at once, and every connection that closed under an unfinis
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.support.rawhttp import RawServer, bearer_request
-from tests.support.stack import PKI
+from tests.support.stack import AUDIENCE, PKI, Issuer
 
 
 @dataclass
@@ -165,3 +168,18 @@ class GoodClient:
     def p99(self) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def workload_config(
+    pki: PKI, issuer: Issuer, workload: Workload, tmp_path: Path, **sections: dict[str, Any]
+) -> dict[str, Any]:
+    """A `certbound run` configuration in front of `workload`; `sections` add to it."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    cert, key = pki.files("server")
+    return {
+        "tls": {"cert_file": cert, "key_file": key, "client_ca_file": pki.ca_file},
+        "tokens": {"issuer": issuer.url, "audience": AUDIENCE, "jwks_file": str(jwks)},
+        **sections,
+        "upstream": {"url": workload.url, **sections.get("upstream", {})},
+    }
