@@ -444,7 +444,7 @@ class Pipeline:
         if not isinstance(jkt, str) or THUMBPRINT.fullmatch(jkt) is None:
             raise AuthError(Reason.INVALID_CNF, "cnf jkt is not a base64url SHA-256 thumbprint")
         request = presented.request
-        proofs = request.values(b"dpop")
+        proofs, hosts = _proofs_and_hosts(request)
         if trace is not None:
             trace.check("DPoP header", count=len(proofs))
         if not proofs:
@@ -456,7 +456,7 @@ class Pipeline:
         proof = verify_proof(
             proofs[0],
             method=request.method,
-            url=self.request_url(request, trace),
+            url=self.request_url(request, trace, hosts),
             access_token=presented.token,
             algorithms=self._dpop_algorithms,
             max_age=max_age,
@@ -491,18 +491,17 @@ class Pipeline:
             trace.note(is_renewed=fresh is not None)
         return fresh
 
-    def request_url(self, request: Request, trace: Trace | None = None) -> str:
-        """The URL the client used, as htu must name it (RFC 9449 §4.3 step 9)."""
+    def request_url(
+        self, request: Request, trace: Trace | None = None, hosts: list[str] | None = None
+    ) -> str:
+        """The URL the client used, as htu must name it (RFC 9449 §4.3 step 9). `hosts`: the
+        request's Host values, when the caller has them already."""
+        if hosts is None:
+            hosts = request.values(b"host")
         if trace is not None:
-            trace.check(
-                "request URL",
-                base=self._dpop_base,
-                hosts=request.values(b"host"),
-                request_path=request.path,
-            )
+            trace.check("request URL", base=self._dpop_base, hosts=hosts, request_path=request.path)
         if self._dpop_base:
             return self._dpop_base + request.path
-        hosts = request.values(b"host")
         if len(hosts) != 1:
             raise AuthError(Reason.DPOP_WRONG_URL, "the request has no single Host header")
         return f"https://{hosts[0]}{request.path}"
@@ -676,6 +675,19 @@ class CheckedProof(NamedTuple):
 
 
 _CERTLESS_REFUSAL = "no client certificate, and the token is not DPoP-bound"
+
+
+def _proofs_and_hosts(request: Request) -> tuple[list[str], list[str]]:
+    """Request.values of DPoP and of Host, in one pass over the headers (a DPoP request needs
+    both)."""
+    proofs: list[str] = []
+    hosts: list[str] = []
+    for name, (_, value) in zip(request.lower_names, request.headers, strict=True):
+        if name == b"dpop":
+            proofs.append(value.decode("latin-1"))
+        elif name == b"host":
+            hosts.append(value.decode("latin-1"))
+    return proofs, hosts
 
 
 def _issuer_of(seen: Seen) -> str:
