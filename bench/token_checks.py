@@ -177,8 +177,10 @@ async def dpop(
         issuer_names=keys.names,
     )
 
+    memo = TokenMemo()  # one kept-alive connection, as the hit's
+
     def admit() -> None:
-        decided(pipeline.admit(next(requests), None, Seen(), TokenMemo()))
+        decided(pipeline.admit(next(requests), None, Seen(), memo))
 
     admit()  # the token is verified once and cached, as on a kept-alive client's first request
     proof = request().values(b"dpop")[0]

@@ -153,10 +153,13 @@ def verify_proof(
     leeway: float,
     now: float | None = None,
     trace: Trace | None = None,
+    token_hash: str | None = None,
 ) -> Proof:
     """Every check of RFC 9449 §4.3 that needs only the proof and the request; raises
     AuthError with the reason of the first that fails. `trace`: where to record each check
-    (proxy/trace.py), for explain; None on the request path."""
+    (proxy/trace.py), for explain; None on the request path. `token_hash`: access_token's
+    b64url SHA-256, when the caller has it already."""
+    expected_ath = token_hash or b64url_sha256(access_token.encode("ascii"))
     if trace is not None:
         trace.check("length", length=len(proof), limit=MAX_PROOF_LENGTH)
     if len(proof) > MAX_PROOF_LENGTH:
@@ -172,7 +175,7 @@ def verify_proof(
                 raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof is not a JWS") from None
             claims = _verified_claims(proof, len(head), payload, known)
             return _check_claims(
-                claims, known.thumbprint, method, url, access_token, max_age, leeway, now, None
+                claims, known.thumbprint, method, url, expected_ath, max_age, leeway, now, None
             )
     if trace is not None:
         trace.check("JWS form")
@@ -200,7 +203,7 @@ def verify_proof(
         if trace is not None:
             trace.note(error=str(exc))
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof cannot be decoded") from None
-    return _check_claims(claims, thumbprint, method, url, access_token, max_age, leeway, now, trace)
+    return _check_claims(claims, thumbprint, method, url, expected_ath, max_age, leeway, now, trace)
 
 
 def _remember_header(head: str, alg: str, thumbprint: str, key: jwt.PyJWK) -> None:
@@ -278,7 +281,7 @@ def _check_claims(
     thumbprint: str,
     method: str,
     url: str,
-    access_token: str,
+    expected_ath: str,
     max_age: float,
     leeway: float,
     now: float | None,
@@ -312,10 +315,9 @@ def _check_claims(
         raise _refuse(Reason.DPOP_PROOF_NOT_YET_VALID, "DPoP proof iat is in the future")
     ath = claims.get("ath")
     # RFC 9449 §4.3 step 12: ath is the hash of the very token sent with the proof.
-    expected = b64url_sha256(access_token.encode("ascii"))
     if trace is not None:  # both are hashes: neither lets a reader use the token
-        trace.check("ath", ath=ath, expected=expected)
-    if not isinstance(ath, str) or not hmac.compare_digest(ath.encode(), expected.encode()):
+        trace.check("ath", ath=ath, expected=expected_ath)
+    if not isinstance(ath, str) or not hmac.compare_digest(ath.encode(), expected_ath.encode()):
         raise _refuse(Reason.DPOP_WRONG_ATH, "DPoP proof ath is not the access token's hash")
     nonce = claims.get("nonce")
     return Proof(
