@@ -740,7 +740,7 @@ def _proofs_and_hosts(request: Request) -> tuple[list[str], list[str]]:
     both)."""
     proofs: list[str] = []
     hosts: list[str] = []
-    for name, (_, value) in zip(request.lower_names, request.headers, strict=True):
+    for name, (_, value) in zip(request.lower_names, request.headers, strict=False):
         if name == b"dpop":
             proofs.append(value.decode("latin-1"))
         elif name == b"host":

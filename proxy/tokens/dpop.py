@@ -44,6 +44,8 @@ _THUMBPRINT_MEMBERS = {
 }
 MAX_PROOF_LENGTH = 8192
 _URL_SAFE = bytes.maketrans(b"+/", b"-_")
+_STANDARD = bytes.maketrans(b"-_", b"+/")
+_NUMBERS = (int, float)
 # PyJWT's checks for a proof: the signature only. Times are checked with the DPoP window; a
 # proof has no exp or aud, and an extra claim a client adds (RFC 9449 §4.2 allows them) is not
 # ours to judge.
@@ -267,7 +269,8 @@ def _verified_claims(
         signature.is_canonical(signing_input[head_length + 1 :]) and signature.is_canonical(sig)
     ):
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof cannot be decoded")
-    raw = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    # Canonical base64url (read_payload checked the alphabet): binascii decodes it as is.
+    raw = binascii.a2b_base64(sig.encode("ascii").translate(_STANDARD) + b"=" * (-len(sig) % 4))
     if not known.verify(signing_input.encode("ascii"), raw):
         raise _refuse(Reason.DPOP_INVALID_SIGNATURE, "DPoP proof signature is invalid")
     for name in _STRING_CLAIMS:
@@ -294,7 +297,7 @@ def _check_claims(
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no usable jti")
     if trace is not None:
         trace.check("iat", iat=iat)
-    if not isinstance(iat, int | float) or isinstance(iat, bool):
+    if not isinstance(iat, _NUMBERS) or isinstance(iat, bool):
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no numeric iat")
     if trace is not None:
         trace.check("htm", htm=claims.get("htm"), method=method)
@@ -321,10 +324,7 @@ def _check_claims(
         raise _refuse(Reason.DPOP_WRONG_ATH, "DPoP proof ath is not the access token's hash")
     nonce = claims.get("nonce")
     return Proof(
-        thumbprint=thumbprint,
-        jti=jti,
-        iat=float(iat),
-        nonce=nonce if isinstance(nonce, str) and len(nonce) <= 256 else None,
+        thumbprint, jti, float(iat), nonce if isinstance(nonce, str) and len(nonce) <= 256 else None
     )
 
 
