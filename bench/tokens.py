@@ -18,8 +18,9 @@ CPU per request is the SUT's utime+stime over a saturation run divided by its re
   DPoP   a DPoP-bound token with a new ES256 proof on every request, no client certificate,
          the in-process replay cache; beside `hit` for ES256 (an mTLS-bound Bearer token)
 and, first, the checks alone (bench/token_checks.py: Pipeline.admit in one process, CPU time,
-best of many rounds), whose ratios hold steady on a loaded machine where the whole-request
-figures do not. The ratios are of figures from the same run.
+best of many rounds; for DPoP, a never-seen proof per call beside the Bearer hit and the bare
+verification of a proof), whose ratios hold steady on a loaded machine where the
+whole-request figures do not. The ratios are of figures from the same run.
 """
 
 from __future__ import annotations
