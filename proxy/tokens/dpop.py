@@ -104,10 +104,10 @@ def signature_check(key: jwt.PyJWK) -> Callable[[bytes, bytes], bool]:
 
 
 # Checked headers by their base64url segment as sent: a client sends the same header with every
-# proof, and decoding it, hashing its jwk and importing the key again cost a third of a proof's
-# check. An entry is a verdict on exactly those bytes (the allow-list, which is per pipeline,
-# is still checked on each use). Only canonical headers without b64 or crit (signature.decode's
-# own path), and not longer than an RSA-4096 jwk needs, are kept: a bounded number of bounded
+# proof, and decoding it, hashing its jwk and finding its key again cost some 12 µs a proof.
+# An entry is a verdict on exactly those bytes (the allow-list, which is per pipeline, is still
+# checked on each use). Only canonical headers without b64 or crit (signature.decode's own
+# path), and not longer than an RSA-4096 jwk needs, are kept: a bounded number of bounded
 # strings, the oldest first out.
 _HEADERS: dict[str, ProofHeader] = {}
 _HEADERS_SIZE = 4096
