@@ -6,12 +6,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.config import validate
 from proxy.errors import AuthError, Reason
 from proxy.settings import DPoPSettings, Settings
-from proxy.tokens.dpop import Nonces, jwk_thumbprint, normalize_url
+from proxy.tokens.dpop import Nonces, jwk_thumbprint, normalize_url, verify_proof
 from proxy.tokens.replay_cache import ReplayCache
+from tests.support.dpop_proofs import make_proof, public_jwk
 
 # RFC 7638 §3.1: the example RSA key and its thumbprint.
 RFC7638_N = (
@@ -127,3 +129,21 @@ def test_nonces_are_good_for_their_period_and_the_next() -> None:
         nonces.check(None, now=1050.0)
     assert refused.value.reason is Reason.DPOP_NONCE_MISSING
     assert Nonces(b"x" * 32, 100).current(now=1050.0) != issued  # another key, other nonces
+
+
+@pytest.mark.parametrize("host", ["api.example?x", "api.example#x"])
+def test_a_request_url_without_a_normal_form_matches_no_htu(host: str) -> None:
+    """Both sides without a normal form once compared equal: any htu with a query passed."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    proof = make_proof(key, public_jwk(key), htm="GET", htu="https://evil.example/?q", token="t")
+    with pytest.raises(AuthError) as refused:
+        verify_proof(
+            proof,
+            method="GET",
+            url=f"https://{host}/orders",
+            access_token="t",
+            algorithms=frozenset({"ES256"}),
+            max_age=300,
+            leeway=5,
+        )
+    assert refused.value.reason is Reason.DPOP_WRONG_URL

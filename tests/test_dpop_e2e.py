@@ -277,3 +277,52 @@ async def test_expired_token_in_the_dpop_scheme_gets_a_dpop_challenge(dpop: Runn
     assert body.startswith(b"401 expired:")
     assert headers["WWW-Authenticate"].startswith('DPoP error="invalid_token"')
     assert dpop.upstream.seen == []
+
+
+async def _on_one_connection(running: Running, requests: list[tuple[str, list[str]]]) -> list[Any]:
+    """(status, body) of each (token, proofs) request, in order, on one kept-alive connection
+    without a client certificate: the connection's memo and the known proof headers at work."""
+    connector = aiohttp.TCPConnector(ssl=running.client_ssl(None), limit=1)
+    answers = []
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for token, proofs in requests:
+            headers = [("Authorization", f"DPoP {token}")] + [("DPoP", p) for p in proofs]
+            async with session.get(running.url + "/orders", headers=headers) as resp:
+                answers.append((resp.status, await resp.read()))
+    return answers
+
+
+@pytest.mark.parametrize(("name", "make", "reason"), _hostile(), ids=[h[0] for h in _hostile()])
+async def test_hostile_proof_after_a_good_one_on_its_connection_is_refused_and_never_forwarded(
+    dpop: Running, name: str, make: Any, reason: str
+) -> None:
+    """The second request takes the short paths (its token remembered by the connection, its
+    proof header known): every check still applies."""
+    client = Client(dpop)
+    first, second = await _on_one_connection(
+        dpop, [(client.token, [client.proof()]), (client.token, make(client))]
+    )
+    assert first[0] == 200, first
+    assert second[0] == 401, second
+    assert second[1].startswith(f"401 {reason}:".encode()), second
+    assert len(dpop.upstream.seen) == 1
+
+
+async def test_clients_taking_turns_on_one_connection_are_each_held_to_their_key(
+    dpop: Running,
+) -> None:
+    one, two = Client(dpop), Client(dpop)
+    answers = await _on_one_connection(
+        dpop,
+        [
+            (one.token, [one.proof()]),
+            (two.token, [two.proof()]),
+            (one.token, [one.proof()]),
+            (two.token, [one.proof(token=two.token)]),  # one's key, two's token
+            (one.token, [two.proof(token=one.token)]),
+        ],
+    )
+    assert [status for status, _ in answers] == [200, 200, 200, 401, 401]
+    assert answers[3][1].startswith(b"401 dpop_key_mismatch:")
+    assert answers[4][1].startswith(b"401 dpop_key_mismatch:")
+    assert len(dpop.upstream.seen) == 3

@@ -36,7 +36,7 @@ from proxy.checks.replay import ForeignCertificates
 from proxy.checks.request import Request
 from proxy.errors import AuthError, Outcome, Reason, offer_dpop
 from proxy.settings import Settings
-from proxy.tokens.dpop import Nonces, check_key, verify_proof
+from proxy.tokens.dpop import Nonces, b64url_sha256, check_key, verify_proof
 from proxy.tokens.extract import extract_credentials
 from proxy.tokens.introspect import Introspector
 from proxy.tokens.jwt import JWTVerifier, TokenClaims, read_header
@@ -87,15 +87,53 @@ class TokenMemo:
     connection's certificate. Kept-alive clients send the same Authorization value with every
     request; while the token cache's key-set generation is unchanged and the token is within
     its lifetime, neither its digest, nor the cache lookup, nor the binding is repeated. A
-    different value, a key-set change or the clock falls back to the full checks."""
+    different value, a key-set change or the clock falls back to the full checks.
 
-    __slots__ = ("_authorization", "_claims", "_generation", "_valid_from", "_valid_until")
+    A DPoP-bound token is remembered apart (its proof is checked on every request, so only the
+    token's lookup and its hash, ath, are saved), and only once a proof for it passed."""
+
+    __slots__ = (
+        "_authorization",
+        "_claims",
+        "_dpop",
+        "_generation",
+        "_valid_from",
+        "_valid_until",
+    )
 
     def __init__(self) -> None:
         self._authorization: str | None = None
         self._claims: TokenClaims | None = None
         self._generation = -1
         self._valid_from = self._valid_until = 0.0
+        # Authorization value, claims, generation, valid from, valid until, token hash
+        self._dpop: tuple[str, TokenClaims, int, float, float, str] | None = None
+
+    def recall_dpop(
+        self, authorization: str, generation: int
+    ) -> tuple[TokenClaims, str] | tuple[None, None]:
+        """(claims, token hash) of the DPoP-bound token this value carries, as recall()."""
+        d = self._dpop
+        if d is None or authorization != d[0] or generation != d[2]:
+            return None, None
+        return (d[1], d[5]) if d[3] <= time.time() < d[4] else (None, None)
+
+    def remember_dpop(
+        self,
+        authorization: str,
+        claims: TokenClaims,
+        generation: int,
+        leeway: float,
+        token_hash: str,
+    ) -> None:
+        self._dpop = (
+            authorization,
+            claims,
+            generation,
+            claims.not_before - leeway,
+            claims.expires_at + leeway,
+            token_hash,
+        )
 
     def recall(self, authorization: str, generation: int) -> TokenClaims | None:
         if authorization != self._authorization or generation != self._generation:
@@ -205,10 +243,12 @@ class Pipeline:
                     return Admitted(identity, target, binding="none")
         query = request.query
         authorization = request.values(b"authorization")
+        # A DPoP client need not have a certificate: its memo keeps no proof, only the token's.
+        dpop_memo = memo if self._remembers else None
         if not self._remembers or identity is None:
             memo = None
         single = authorization[0] if len(authorization) == 1 and not query else None
-        claims, token, is_dpop = None, "", False
+        claims, token, is_dpop, token_hash = None, "", False, None
         if single is not None:
             if memo is not None:
                 # Only mTLS-bound tokens sent as Bearer are remembered: a DPoP request never
@@ -227,7 +267,10 @@ class Pipeline:
                     token = single[7:]
                 elif single[:5].lower() == "dpop ":
                     token, is_dpop = single[5:], True
-                claims = self._cached(token) if token else None
+                    if dpop_memo is not None:
+                        claims, token_hash = dpop_memo.recall_dpop(single, self.verifier.generation)
+                if claims is None:
+                    claims = self._cached(token) if token else None
         if claims is None:
             looked_up = token
             if trace is not None:
@@ -254,7 +297,8 @@ class Pipeline:
             else:
                 trace.check("token", claims=claims, is_cached=True)
         seen.claims = claims
-        presented = Presented(token, is_dpop, request, single)
+        presented = Presented(token, is_dpop, request, single, token_hash)
+        memo = dpop_memo if is_dpop else memo
         return self._bind_and_authorize(claims, presented, identity, target, route, memo, trace)
 
     def _verified_now(self, presented: Presented) -> TokenClaims | None:
@@ -338,6 +382,11 @@ class Pipeline:
             memo.remember(
                 authorization, claims, self.verifier.generation, self.verifier.leeway_for(claims)
             )
+        elif checked is not None and memo is not None and authorization is not None:
+            if presented.token_hash is None:  # a proof for it passed: its hash is right
+                leeway = self.verifier.leeway_for(claims)
+                generation = self.verifier.generation
+                memo.remember_dpop(authorization, claims, generation, leeway, checked.token_hash)
         if trace is not None:
             self._trace_policy(trace, route)
         return self._authorize(claims, identity, target, route, binding, reported, nonce)
@@ -441,10 +490,15 @@ class Pipeline:
         """RFC 9449 §4.3, §7.1 and §9: one proof, about this request and this token, by the key
         cnf.jkt names, with our nonce when asked for, and never seen before (here, or left to
         the shared replay cache)."""
-        if not isinstance(jkt, str) or THUMBPRINT.fullmatch(jkt) is None:
+        # A remembered token's jkt passed this before (it is remembered only then).
+        if presented.token_hash is None and (
+            not isinstance(jkt, str) or THUMBPRINT.fullmatch(jkt) is None
+        ):
             raise AuthError(Reason.INVALID_CNF, "cnf jkt is not a base64url SHA-256 thumbprint")
+        assert isinstance(jkt, str)
+        token_hash = presented.token_hash or b64url_sha256(presented.token.encode("ascii"))
         request = presented.request
-        proofs = request.values(b"dpop")
+        proofs, hosts = _proofs_and_hosts(request)
         if trace is not None:
             trace.check("DPoP header", count=len(proofs))
         if not proofs:
@@ -456,8 +510,9 @@ class Pipeline:
         proof = verify_proof(
             proofs[0],
             method=request.method,
-            url=self.request_url(request, trace),
+            url=self.request_url(request, trace, hosts),
             access_token=presented.token,
+            token_hash=token_hash,
             algorithms=self._dpop_algorithms,
             max_age=max_age,
             leeway=leeway,
@@ -474,10 +529,10 @@ class Pipeline:
                 "replay", window=max_age + leeway, is_shared=self.shared_replays is not None
             )
         if self.shared_replays is not None:
-            return CheckedProof(nonce, key, expires - time.time())
+            return CheckedProof(token_hash, nonce, key, expires - time.time())
         if not self.replays.first_use(key, expires):
             raise AuthError(Reason.DPOP_REPLAYED, "DPoP proof jti was used before")
-        return CheckedProof(nonce)
+        return CheckedProof(token_hash, nonce)
 
     def check_nonce(self, nonce: str | None, trace: Trace | None = None) -> str | None:
         """dpop.nonce (RFC 9449 §9): the new nonce to send when `nonce` is last period's, or
@@ -491,18 +546,17 @@ class Pipeline:
             trace.note(is_renewed=fresh is not None)
         return fresh
 
-    def request_url(self, request: Request, trace: Trace | None = None) -> str:
-        """The URL the client used, as htu must name it (RFC 9449 §4.3 step 9)."""
+    def request_url(
+        self, request: Request, trace: Trace | None = None, hosts: list[str] | None = None
+    ) -> str:
+        """The URL the client used, as htu must name it (RFC 9449 §4.3 step 9). `hosts`: the
+        request's Host values, when the caller has them already."""
+        if hosts is None:
+            hosts = request.values(b"host")
         if trace is not None:
-            trace.check(
-                "request URL",
-                base=self._dpop_base,
-                hosts=request.values(b"host"),
-                request_path=request.path,
-            )
+            trace.check("request URL", base=self._dpop_base, hosts=hosts, request_path=request.path)
         if self._dpop_base:
             return self._dpop_base + request.path
-        hosts = request.values(b"host")
         if len(hosts) != 1:
             raise AuthError(Reason.DPOP_WRONG_URL, "the request has no single Host header")
         return f"https://{hosts[0]}{request.path}"
@@ -664,18 +718,34 @@ class Presented(NamedTuple):
     is_dpop: bool
     request: Request
     authorization: str | None  # the single Authorization value, for the TokenMemo
+    token_hash: str | None = None  # ath of a DPoP-bound token the TokenMemo remembered
 
 
 class CheckedProof(NamedTuple):
-    """A DPoP proof that passed its checks: the nonce to send back, and, with a shared replay
-    cache, the key still to record there and for how long."""
+    """A DPoP proof that passed its checks: the token's hash (ath) it matched, the nonce to
+    send back, and, with a shared replay cache, the key still to record there and for how
+    long."""
 
+    token_hash: str
     nonce: str | None
     shared_key: str | None = None
     ttl: float = 0.0
 
 
 _CERTLESS_REFUSAL = "no client certificate, and the token is not DPoP-bound"
+
+
+def _proofs_and_hosts(request: Request) -> tuple[list[str], list[str]]:
+    """Request.values of DPoP and of Host, in one pass over the headers (a DPoP request needs
+    both)."""
+    proofs: list[str] = []
+    hosts: list[str] = []
+    for name, (_, value) in zip(request.lower_names, request.headers, strict=False):
+        if name == b"dpop":
+            proofs.append(value.decode("latin-1"))
+        elif name == b"host":
+            hosts.append(value.decode("latin-1"))
+    return proofs, hosts
 
 
 def _issuer_of(seen: Seen) -> str:

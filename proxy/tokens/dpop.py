@@ -8,16 +8,21 @@ token needs a proof is the pipeline's call.
 from __future__ import annotations
 
 import base64
+import binascii
+import functools
 import hashlib
 import hmac
 import json
 import math
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.types import Options
 
 from proxy.cache import ExpiringCache
@@ -38,6 +43,9 @@ _THUMBPRINT_MEMBERS = {
     "OKP": ("crv", "kty", "x"),
 }
 MAX_PROOF_LENGTH = 8192
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
+_STANDARD = bytes.maketrans(b"-_", b"+/")
+_NUMBERS = (int, float)
 # PyJWT's checks for a proof: the signature only. Times are checked with the DPoP window; a
 # proof has no exp or aud, and an extra claim a client adds (RFC 9449 §4.2 allows them) is not
 # ours to judge.
@@ -58,8 +66,58 @@ _PROOF_OPTIONS: dict[str, Any] = dict(PROOF_DECODE_OPTIONS)
 _KEYS: ExpiringCache[jwt.PyJWK] = ExpiringCache(4096)
 
 
-@dataclass(frozen=True, slots=True)
-class Proof:
+class ProofHeader(NamedTuple):
+    """A proof header that passed every check of its own (typ, alg, jwk), and its key ready to
+    verify with: (signing input, raw signature) -> whether the signature is good."""
+
+    alg: str
+    thumbprint: str
+    verify: Callable[[bytes, bytes], bool]
+
+
+def signature_check(key: jwt.PyJWK) -> Callable[[bytes, bytes], bool]:
+    """PyJWT's algorithm.verify for `key`, with the key prepared once. For EC keys, the same
+    steps written out with the per-key values (the curve's size, the ECDSA object) made once:
+    PyJWT makes them on every call, a tenth of the cost around the verification itself.
+    tests/test_proof_differential.py holds PyJWT's as the oracle."""
+    algorithm = key.Algorithm
+    prepared = algorithm.prepare_key(key.key)
+    if not isinstance(prepared, ec.EllipticCurvePublicKey):
+        return lambda message, raw: bool(algorithm.verify(message, prepared, raw))
+    size = (prepared.curve.key_size + 7) // 8
+    ecdsa = ec.ECDSA(algorithm.hash_alg())  # type: ignore[attr-defined]
+
+    def verify(message: bytes, raw: bytes) -> bool:
+        # jwt.utils.raw_to_der_signature: r and s, each of the curve's size, big-endian.
+        if len(raw) != 2 * size:
+            return False
+        der = encode_dss_signature(
+            int.from_bytes(raw[:size], "big"), int.from_bytes(raw[size:], "big")
+        )
+        try:
+            prepared.verify(der, message, ecdsa)
+        except InvalidSignature:
+            return False
+        return True
+
+    return verify
+
+
+# Checked headers by their base64url segment as sent: a client sends the same header with every
+# proof, and decoding it, hashing its jwk and finding its key again cost some 12 µs a proof.
+# An entry is a verdict on exactly those bytes (the allow-list, which is per pipeline, is still
+# checked on each use). Only canonical headers without b64 or crit (signature.decode's own
+# path), and not longer than an RSA-4096 jwk needs, are kept: a bounded number of bounded
+# strings, the oldest first out.
+_HEADERS: dict[str, ProofHeader] = {}
+_HEADERS_SIZE = 4096
+_HEADER_SEGMENT_LIMIT = 1400
+# What PyJWT's claim validation still checks of a proof with the options above (verify_sub,
+# verify_jti): these claims, when present, are strings.
+_STRING_CLAIMS = ("sub", "jti")
+
+
+class Proof(NamedTuple):  # a tuple: one is made for every proof
     """A proof that passed every check of its own: who signed it (thumbprint) and its jti."""
 
     thumbprint: str  # RFC 7638 JWK thumbprint of the proof's key, base64url
@@ -69,7 +127,8 @@ class Proof:
 
 
 def b64url_sha256(data: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
+    encoded = binascii.b2a_base64(hashlib.sha256(data).digest(), newline=False)
+    return encoded.translate(_URL_SAFE)[:-1].decode("ascii")  # 32 bytes: one "=" of padding
 
 
 def jwk_thumbprint(jwk: dict[str, Any]) -> str:
@@ -96,20 +155,74 @@ def verify_proof(
     leeway: float,
     now: float | None = None,
     trace: Trace | None = None,
+    token_hash: str | None = None,
 ) -> Proof:
     """Every check of RFC 9449 §4.3 that needs only the proof and the request; raises
     AuthError with the reason of the first that fails. `trace`: where to record each check
-    (proxy/trace.py), for explain; None on the request path."""
+    (proxy/trace.py), for explain; None on the request path. `token_hash`: access_token's
+    b64url SHA-256, when the caller has it already."""
+    expected_ath = token_hash or b64url_sha256(access_token.encode("ascii"))
     if trace is not None:
         trace.check("length", length=len(proof), limit=MAX_PROOF_LENGTH)
     if len(proof) > MAX_PROOF_LENGTH:
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof too long")
+    if trace is None:
+        known = _HEADERS.get(proof.partition(".")[0])
+        if known is not None:  # every check of the header passed on these very bytes
+            if known.alg not in algorithms:
+                raise _refuse(Reason.DPOP_DISALLOWED_ALGORITHM, "DPoP proof alg is not allowed")
+            try:
+                head, payload = unverified.read_payload(proof)
+            except unverified.Unreadable:
+                raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof is not a JWS") from None
+            claims = _verified_claims(proof, len(head), payload, known)
+            return _check_claims(
+                claims, known.thumbprint, method, url, expected_ath, max_age, leeway, now, None
+            )
     if trace is not None:
         trace.check("JWS form")
     try:
         header, payload = unverified.read(proof)
     except unverified.Unreadable:
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof is not a JWS") from None
+    alg, thumbprint, key = _check_header(header, algorithms, trace)
+    head = proof.partition(".")[0]
+    if (
+        len(head) <= _HEADER_SEGMENT_LIMIT
+        and signature.is_canonical(head)
+        and "b64" not in header
+        and "crit" not in header
+    ):
+        _remember_header(head, alg, thumbprint, key)
+    if trace is not None:
+        trace.check("signature")
+    try:
+        # PyJWT's judges on the proof as read above (tokens/signature.py).
+        claims = signature.decode(proof, header, payload, key, alg, options=_PROOF_OPTIONS)
+    except jwt.InvalidSignatureError:
+        raise _refuse(Reason.DPOP_INVALID_SIGNATURE, "DPoP proof signature is invalid") from None
+    except jwt.PyJWTError as exc:
+        if trace is not None:
+            trace.note(error=str(exc))
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof cannot be decoded") from None
+    return _check_claims(claims, thumbprint, method, url, expected_ath, max_age, leeway, now, trace)
+
+
+def _remember_header(head: str, alg: str, thumbprint: str, key: jwt.PyJWK) -> None:
+    try:
+        check = signature_check(key)
+    except jwt.PyJWTError:  # a key PyJWT will not verify with (an EC key of another curve)
+        return  # every proof with it is refused by signature.decode, as read whole
+    if len(_HEADERS) >= _HEADERS_SIZE:
+        del _HEADERS[next(iter(_HEADERS))]
+    _HEADERS[head] = ProofHeader(alg, thumbprint, check)
+
+
+def _check_header(
+    header: dict[str, Any], algorithms: frozenset[str], trace: Trace | None
+) -> tuple[str, str, jwt.PyJWK]:
+    """RFC 9449 §4.3 steps 4-6 on the header: typ, an allowed asymmetric alg, a public jwk
+    that fits it. (alg, the jwk's thumbprint, its key)."""
     if trace is not None:
         trace.check("typ", typ=header.get("typ"))
     if header.get("typ") != "dpop+jwt":
@@ -142,18 +255,28 @@ def verify_proof(
                 Reason.INVALID_DPOP_PROOF, "the proof's jwk does not fit its alg"
             ) from None
         _KEYS.put(name, key, math.inf)
-    if trace is not None:
-        trace.check("signature")
-    try:
-        # PyJWT's judges on the proof as read above (tokens/signature.py).
-        claims = signature.decode(proof, header, payload, key, alg, options=_PROOF_OPTIONS)
-    except jwt.InvalidSignatureError:
-        raise _refuse(Reason.DPOP_INVALID_SIGNATURE, "DPoP proof signature is invalid") from None
-    except jwt.PyJWTError as exc:
-        if trace is not None:
-            trace.note(error=str(exc))
-        raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof cannot be decoded") from None
-    return _check_claims(claims, thumbprint, method, url, access_token, max_age, leeway, now, trace)
+    return alg, thumbprint, key
+
+
+def _verified_claims(
+    proof: str, head_length: int, payload: dict[str, Any], known: ProofHeader
+) -> dict[str, Any]:
+    """signature.decode's steps for a proof whose header is known: the segments' canonical
+    spelling, the signature, the claim rules PyJWT applies with PROOF_DECODE_OPTIONS.
+    tests/test_proof_differential.py holds jwt.decode as the oracle."""
+    signing_input, _, sig = proof.rpartition(".")
+    if not (
+        signature.is_canonical(signing_input[head_length + 1 :]) and signature.is_canonical(sig)
+    ):
+        raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof cannot be decoded")
+    # Canonical base64url (read_payload checked the alphabet): binascii decodes it as is.
+    raw = binascii.a2b_base64(sig.encode("ascii").translate(_STANDARD) + b"=" * (-len(sig) % 4))
+    if not known.verify(signing_input.encode("ascii"), raw):
+        raise _refuse(Reason.DPOP_INVALID_SIGNATURE, "DPoP proof signature is invalid")
+    for name in _STRING_CLAIMS:
+        if name in payload and not isinstance(payload[name], str):
+            raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof cannot be decoded")
+    return payload
 
 
 def _check_claims(
@@ -161,7 +284,7 @@ def _check_claims(
     thumbprint: str,
     method: str,
     url: str,
-    access_token: str,
+    expected_ath: str,
     max_age: float,
     leeway: float,
     now: float | None,
@@ -174,7 +297,7 @@ def _check_claims(
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no usable jti")
     if trace is not None:
         trace.check("iat", iat=iat)
-    if not isinstance(iat, int | float) or isinstance(iat, bool):
+    if not isinstance(iat, _NUMBERS) or isinstance(iat, bool):
         raise _refuse(Reason.INVALID_DPOP_PROOF, "DPoP proof has no numeric iat")
     if trace is not None:
         trace.check("htm", htm=claims.get("htm"), method=method)
@@ -183,7 +306,8 @@ def _check_claims(
     htu = claims.get("htu")
     if trace is not None:
         trace.check("htu", htu=htu, url=url)
-    if not isinstance(htu, str) or normalize_url(htu) != normalize_url(url):
+    expected_url = _normalized(url)
+    if not isinstance(htu, str) or expected_url is None or _normalized(htu) != expected_url:
         raise _refuse(Reason.DPOP_WRONG_URL, "DPoP proof htu is not the request URL")
     current = time.time() if now is None else now
     if trace is not None:
@@ -194,17 +318,13 @@ def _check_claims(
         raise _refuse(Reason.DPOP_PROOF_NOT_YET_VALID, "DPoP proof iat is in the future")
     ath = claims.get("ath")
     # RFC 9449 §4.3 step 12: ath is the hash of the very token sent with the proof.
-    expected = b64url_sha256(access_token.encode("ascii"))
     if trace is not None:  # both are hashes: neither lets a reader use the token
-        trace.check("ath", ath=ath, expected=expected)
-    if not isinstance(ath, str) or not hmac.compare_digest(ath.encode(), expected.encode()):
+        trace.check("ath", ath=ath, expected=expected_ath)
+    if not isinstance(ath, str) or not hmac.compare_digest(ath.encode(), expected_ath.encode()):
         raise _refuse(Reason.DPOP_WRONG_ATH, "DPoP proof ath is not the access token's hash")
     nonce = claims.get("nonce")
     return Proof(
-        thumbprint=thumbprint,
-        jti=jti,
-        iat=float(iat),
-        nonce=nonce if isinstance(nonce, str) and len(nonce) <= 256 else None,
+        thumbprint, jti, float(iat), nonce if isinstance(nonce, str) and len(nonce) <= 256 else None
     )
 
 
@@ -225,6 +345,11 @@ def normalize_url(url: str) -> str | None:
         host = f"[{host}]"
     authority = host if port in (None, 443) else f"{host}:{port}"
     return f"{scheme}://{authority}{parts.path or '/'}"
+
+
+# A client sends the same htu to the same URL: its normal form, remembered (a pure function
+# of the string; bounded, as the strings are by the proof's length).
+_normalized = functools.lru_cache(maxsize=1024)(normalize_url)
 
 
 def check_key(jkt: str, proof: Proof) -> None:

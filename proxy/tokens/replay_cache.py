@@ -22,7 +22,8 @@ def replay_key(jkt: str, jti: str) -> str:
 
 class ReplayCache:
     """jti values seen within the window, in this process only. Bounded: entries are inserted
-    in time order and live equally long, so the oldest goes first."""
+    in time order and live about equally long, so the oldest goes first. An OrderedDict: a
+    plain dict emptied from the front finds its first entry past every one deleted before."""
 
     def __init__(self, max_entries: int) -> None:
         self._seen: OrderedDict[str, float] = OrderedDict()  # key -> expiry (time.time())
@@ -38,10 +39,11 @@ class ReplayCache:
                 break
             del seen[oldest]
         known = seen.get(key)
-        if known is not None and known > current:
-            return False
+        if known is not None:
+            if known > current:
+                return False
+            del seen[key]  # expired: entered again below, as the newest
         seen[key] = expires
-        seen.move_to_end(key)
         return True
 
     def __len__(self) -> int:
