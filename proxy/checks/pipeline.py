@@ -209,7 +209,7 @@ class Pipeline:
         if not self._remembers or identity is None:
             memo = None
         single = authorization[0] if len(authorization) == 1 and not query else None
-        claims, token, is_dpop = None, "", False
+        claims, token, is_dpop, presented = None, "", False, None
         if single is not None:
             if memo is not None:
                 # Only mTLS-bound tokens sent as Bearer are remembered: a DPoP request never
@@ -258,7 +258,8 @@ class Pipeline:
             else:
                 trace.check("token", claims=claims, is_cached=True)
         seen.claims = claims
-        presented = Presented(token, is_dpop, request, single)
+        if presented is None:  # a cache hit
+            presented = Presented(token, is_dpop, request, single)
         return self._bind_and_authorize(claims, presented, identity, target, route, memo, trace)
 
     def _verified_now(self, presented: Presented) -> TokenClaims | None:

@@ -93,11 +93,11 @@ def verify_with_key(
             unverified_payload,
             key.key,
             alg,
-            audience=settings.audience,
-            issuer=settings.issuer,
-            leeway=settings.leeway_seconds,
-            options=_DECODE_OPTIONS,
-            now=now,
+            settings.audience,
+            settings.issuer,
+            settings.leeway_seconds,
+            _DECODE_OPTIONS,
+            now,
         )
     except jwt.ExpiredSignatureError:
         raise AuthError(Reason.EXPIRED, "token has expired") from None
@@ -124,16 +124,21 @@ def verify_with_key(
     # exp/nbf must be finite; PyJWT takes any integer, float() can give inf for huge ones.
     if not (math.isfinite(expires_at) and math.isfinite(not_before)):
         raise AuthError(Reason.INVALID_TOKEN, "token claims have the wrong types")
-    check_lifetime(
-        expires_at, payload.get("iat"), now, settings.max_lifetime_seconds, settings.leeway_seconds
-    )
+    if settings.max_lifetime_seconds > 0:
+        check_lifetime(
+            expires_at,
+            payload.get("iat"),
+            now,
+            settings.max_lifetime_seconds,
+            settings.leeway_seconds,
+        )
     if digest is None:
         digest = token_digest(token)
     return claims_from_payload(
         payload,
         issuer_name=settings.name,
         token_id=token_id(payload.get("jti"), digest),
-        claim_headers=render_claim_headers(claim_headers, payload),
+        claim_headers=render_claim_headers(claim_headers, payload) if claim_headers else b"",
     )
 
 

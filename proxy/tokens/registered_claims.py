@@ -50,7 +50,6 @@ def rules_of(options: Mapping[str, Any]) -> ClaimRules:
 def validate(
     payload: dict[str, Any],
     rules: ClaimRules,
-    *,
     audience: Iterable[str] | str | None,
     issuer: Container[str] | str | None,
     leeway: float | timedelta,

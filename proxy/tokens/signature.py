@@ -60,6 +60,7 @@ PREPARED_KEYS_LIMIT = 1024
 # defaults as jwt.decode merges them: callers pass module constants, so this is worked out
 # once per caller, not per token.
 _rules = (cast(object, None), registered_claims.rules_of(_JWT.options))
+_NO_OPTIONS: dict[str, Any] = {}  # PyJWT's defaults
 
 
 def decode(
@@ -68,11 +69,10 @@ def decode(
     payload: dict[str, Any],
     key: Any,
     alg: str,
-    *,
     audience: Sequence[str] | None = None,
     issuer: str | None = None,
     leeway: float = 0,
-    options: dict[str, Any],
+    options: dict[str, Any] = _NO_OPTIONS,
     now: float | None = None,
 ) -> dict[str, Any]:
     """jwt.decode(token, key, algorithms=[alg], ...) for a token whose header and payload
@@ -103,12 +103,7 @@ def decode(
     if _rules[0] is not options:
         _rules = (options, registered_claims.rules_of(_JWT._merge_options(cast(Any, options))))
     registered_claims.validate(
-        payload,
-        _rules[1],
-        audience=audience,
-        issuer=issuer,
-        leeway=leeway,
-        now=time.time() if now is None else now,
+        payload, _rules[1], audience, issuer, leeway, time.time() if now is None else now
     )
     return payload
 
