@@ -85,10 +85,22 @@ def validate(
             raise jwt.DecodeError("Expiration Time claim (exp) must be an integer.") from None
         if exp <= now - leeway:
             raise jwt.ExpiredSignatureError("Signature has expired")
+    # The usual token names its issuer and one of our audiences as strings: what the rules
+    # below conclude for it, decided by the first comparison.
     if rules.verify_iss and issuer is not None:
-        _validate_iss(payload, issuer)
+        iss = payload.get("iss")
+        if not (type(iss) is str and type(issuer) is str and iss == issuer):
+            _validate_iss(payload, issuer)
     if rules.verify_aud:
-        _validate_aud(payload, audience, strict=rules.strict_aud)
+        aud = payload.get("aud")
+        if not (
+            type(aud) is str
+            and aud
+            and not rules.strict_aud
+            and type(audience) is tuple
+            and aud in audience
+        ):
+            _validate_aud(payload, audience, strict=rules.strict_aud)
     if rules.verify_sub and "sub" in payload and not isinstance(payload["sub"], str):
         raise InvalidSubjectError("Subject must be a string")
     if rules.verify_jti and "jti" in payload and not isinstance(payload["jti"], str):
