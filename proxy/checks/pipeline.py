@@ -137,6 +137,8 @@ class Pipeline:
             and self.introspector is None
             and self.settings.client_cert.source == "tls"
         )
+        # JWTs are verified here (no introspection): a miss reads the token in verify_now.
+        self._reads_jwts = self.settings.tokens.accept_jwt and self.introspector is None
         # tls.client_cert: optional lets a connection without a certificate reach the checks.
         self._certless = self.settings.tls.client_cert == "optional"
         dpop = self.settings.dpop
@@ -233,9 +235,11 @@ class Pipeline:
             looked_up = token
             if trace is not None:
                 trace.check("credentials", authorization=len(authorization), query=bool(query))
-            # One `Bearer ` or `DPoP ` value, no query, a token of base64url and dots: that is
-            # what extract_credentials returns for it, found for a third of its cost.
-            if not (looked_up and len(looked_up) <= MAX_TOKEN_LENGTH and is_compact(looked_up)):
+            # One `Bearer ` or `DPoP ` value and no query: for a token of base64url and dots,
+            # extract_credentials returns it as sliced above. The verifier reads it first
+            # (unverified.read accepts nothing else), and extraction runs only when that read
+            # refuses it (_verified_now): its refusal comes first, as it would have.
+            if not (looked_up and len(looked_up) <= MAX_TOKEN_LENGTH and self._reads_jwts):
                 token, is_dpop = extract_credentials(
                     authorization,
                     [name for name, _ in parse_qsl(query, keep_blank_values=True)] if query else (),
@@ -265,11 +269,20 @@ class Pipeline:
     def _verified_now(self, presented: Presented) -> TokenClaims | None:
         """A JWT whose key is at hand, verified without a task (most misses); None when the
         token needs I/O first (an unknown kid, introspection)."""
-        if not self.settings.tokens.accept_jwt or self.introspector is not None:
+        if not self._reads_jwts:
             return None
         try:
             return self.verifier.verify_now(presented.token)
         except AuthError as refusal:
+            if (
+                refusal.reason is Reason.INVALID_TOKEN
+                and presented.authorization is not None
+                and not is_compact(presented.token)
+            ):
+                # Not extracted yet (admit): a refusal of its syntax comes before "no JWT".
+                malformed = _malformed(presented.authorization)
+                if malformed is not None:
+                    raise malformed from None
             if presented.is_dpop:  # RFC 9449 §7.1: answer in the scheme the client used
                 refusal.dpop_algs = self._dpop_algs
             raise
@@ -681,6 +694,15 @@ class CheckedProof(NamedTuple):
 
 
 _CERTLESS_REFUSAL = "no client certificate, and the token is not DPoP-bound"
+
+
+def _malformed(authorization: str) -> AuthError | None:
+    """extract_credentials' refusal of one Authorization value and no query, if it has one."""
+    try:
+        extract_credentials([authorization], ())
+    except AuthError as refusal:
+        return refusal
+    return None
 
 
 def _issuer_of(seen: Seen) -> str:

@@ -160,9 +160,10 @@ def test_extract_bearer_returns_a_b64token_or_refuses(values: list[str], query: 
 def test_a_token_the_miss_path_takes_without_extraction_is_what_extraction_returns(
     scheme: str, token: str
 ) -> None:
-    """Pipeline.admit skips extract_credentials for one `Bearer `/`DPoP ` value, no query,
-    whose token is at most MAX_TOKEN_LENGTH characters of base64url and dots: for those,
-    extraction returns that very token and scheme."""
+    """Pipeline.admit lets the verifier's read stand in for extract_credentials on one
+    `Bearer `/`DPoP ` value with no query, and extracts only when the read refuses the token:
+    sound because for a token the read takes (at most MAX_TOKEN_LENGTH characters of base64url
+    and dots), extraction returns that very token and scheme."""
     if not (token and len(token) <= MAX_TOKEN_LENGTH and is_compact(token)):
         return
     assert extract_credentials([scheme + token], ()) == (token, scheme.lower() == "dpop ")
