@@ -583,7 +583,7 @@ class Pipeline:
 
     def _cached(self, token: str) -> TokenClaims | None:
         """Claims of a token verified before, when no I/O can be needed to decide."""
-        if self.settings.tokens.accept_jwt and self.introspector is None:
+        if self._reads_jwts:
             return self.verifier.cached(token)
         return None
 

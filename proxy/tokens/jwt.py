@@ -202,8 +202,11 @@ class JWTVerifier:
         """A token not in the cache, verified without I/O: None when its key must be fetched
         first (verify() does that). No task and no await on the common miss."""
         now = time.time()
-        # One unverified read picks the issuer and the key; PyJWT verifies it all below.
-        read = header, payload = _read(token, payload=True)
+        # One unverified read picks the issuer and the key; PyJWT's rules judge it all below.
+        try:
+            read = header, payload = unverified.read(token)
+        except unverified.Unreadable:
+            raise AuthError(Reason.INVALID_TOKEN, "token is not a well-formed JWT") from None
         keys = self._issuers.select(issuer_in(payload))
         issuer = keys.issuer
         try:
