@@ -160,3 +160,10 @@ def test_the_header_memo_stays_bounded_under_a_flood_of_headers() -> None:
     long_kid = "k" * unverified.HEADER_KEPT_BYTES
     unverified.read(f"{_b64({'alg': 'ES256', 'kid': long_kid})}.{_b64({})}.c2ln")
     assert all(len(head) <= unverified.HEADER_KEPT_BYTES for head in unverified._headers)
+
+
+def test_a_header_holding_a_private_key_is_read_but_never_kept() -> None:
+    jwk = {"kty": "EC", "crv": "P-256", "x": "eA", "y": "eQ", "d": "c2VjcmV0"}
+    head = _b64({"alg": "ES256", "typ": "dpop+jwt", "jwk": jwk})
+    assert unverified.read(f"{head}.{_b64({})}.c2ln")[0]["jwk"] == jwk
+    assert head.encode() not in unverified._headers

@@ -30,6 +30,9 @@ _DECODER = json.JSONDecoder()
 _headers: dict[bytes, dict[str, Any]] = {}
 HEADERS_KEPT = 256
 HEADER_KEPT_BYTES = 1024
+# JWK members that are private key material (RFC 7518 §6): a header whose `jwk` has one is
+# refused by DPoP, and is not kept here either.
+_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 class Unreadable(ValueError):
@@ -61,6 +64,11 @@ def _segment(part: bytes) -> dict[str, Any]:
     return value
 
 
+def _holds_no_private_key(header: dict[str, Any]) -> bool:
+    jwk = header.get("jwk")
+    return not isinstance(jwk, dict) or _PRIVATE_JWK_MEMBERS.isdisjoint(jwk)
+
+
 def is_compact(token: str) -> bool:
     """Whether `token` has only the characters of a compact JWS: base64url and dots."""
     return token.isascii() and not token.encode("ascii").translate(None, _COMPACT_BYTES)
@@ -85,7 +93,7 @@ def read(token: str, *, payload: bool = True) -> tuple[dict[str, Any], dict[str,
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):  # as PyJWT's header rules have it
             raise Unreadable
-        if len(head) <= HEADER_KEPT_BYTES:
+        if len(head) <= HEADER_KEPT_BYTES and _holds_no_private_key(header):
             if len(_headers) >= HEADERS_KEPT:
                 _headers.clear()
             _headers[head] = header
