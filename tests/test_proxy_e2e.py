@@ -160,8 +160,10 @@ async def test_alg_none_is_rejected(running: Running) -> None:
         ([("Authorization", "Bearer")], "/orders"),
         ([("Authorization", "Bearer a b")], "/orders"),
         ([], "/orders?access_token=abc"),
+        ([("Authorization", "Bearer eyJh!.eyJh.c2ln")], "/orders"),
+        ([("Authorization", "DPoP eyJh.eyJh.c2ln~!")], "/orders"),
     ],
-    ids=["two-headers", "basic", "empty", "two-tokens", "query"],
+    ids=["two-headers", "basic", "empty", "two-tokens", "query", "not-b64token", "dpop-not-b64"],
 )
 async def test_malformed_requests_are_400_invalid_request(
     running: Running, headers: list[tuple[str, str]], path: str
@@ -169,6 +171,18 @@ async def test_malformed_requests_are_400_invalid_request(
     status, hdrs, _ = await running.request(path=path, headers=headers)
     assert status == 400
     assert 'error="invalid_request"' in www(hdrs)
+    assert running.upstream.seen == []
+
+
+@pytest.mark.parametrize("token", ["eyJh+.eyJh.c2ln", "eyJh.eyJh.c2ln==", "a.b.c.d"])
+async def test_a_b64token_that_is_not_a_compact_jws_is_401_invalid_token(
+    running: Running, token: str
+) -> None:
+    """RFC 6750 b64token allows `+`, `/`, `=`: such a token passes extraction (the miss path
+    skips extract_credentials only for base64url and dots) and is refused as no JWT."""
+    status, hdrs, _ = await running.request(token=token)
+    assert status == 401
+    assert 'error="invalid_token"' in www(hdrs)
     assert running.upstream.seen == []
 
 

@@ -137,3 +137,33 @@ def test_read_accepts_and_reads_exactly_what_the_regex_and_json_loads_did(
     except unverified.Unreadable:
         got = None
     assert got == expected
+
+
+def test_a_header_read_again_is_read_from_the_memo_as_it_was_the_first_time() -> None:
+    token = f"{_b64({'alg': 'ES256', 'kid': 'memo-1'})}.{_b64({'iss': 'x'})}.c2ln"
+    first, again = unverified.read(token)[0], unverified.read(token)[0]
+    assert first == again == {"alg": "ES256", "kid": "memo-1"}
+
+
+def test_a_header_refused_once_is_refused_every_time() -> None:
+    """Only headers that passed are remembered: a kid that is no string stays unreadable."""
+    token = f"{_b64({'alg': 'ES256', 'kid': 7})}.{_b64({'iss': 'x'})}.c2ln"
+    for _ in range(2):
+        with pytest.raises(unverified.Unreadable):
+            unverified.read(token)
+
+
+def test_the_header_memo_stays_bounded_under_a_flood_of_headers() -> None:
+    for n in range(unverified.HEADERS_KEPT * 3):
+        unverified.read(f"{_b64({'alg': 'ES256', 'kid': f'flood-{n}'})}.{_b64({})}.c2ln")
+    assert len(unverified._headers) <= unverified.HEADERS_KEPT
+    long_kid = "k" * unverified.HEADER_KEPT_BYTES
+    unverified.read(f"{_b64({'alg': 'ES256', 'kid': long_kid})}.{_b64({})}.c2ln")
+    assert all(len(head) <= unverified.HEADER_KEPT_BYTES for head in unverified._headers)
+
+
+def test_a_header_holding_a_private_key_is_read_but_never_kept() -> None:
+    jwk = {"kty": "EC", "crv": "P-256", "x": "eA", "y": "eQ", "d": "c2VjcmV0"}
+    head = _b64({"alg": "ES256", "typ": "dpop+jwt", "jwk": jwk})
+    assert unverified.read(f"{head}.{_b64({})}.c2ln")[0]["jwk"] == jwk
+    assert head.encode() not in unverified._headers

@@ -37,7 +37,7 @@ from proxy.checks.request import Request
 from proxy.errors import AuthError, Outcome, Reason, offer_dpop
 from proxy.settings import Settings
 from proxy.tokens.dpop import Nonces, b64url_sha256, check_key, verify_proof
-from proxy.tokens.extract import extract_credentials
+from proxy.tokens.extract import MAX_TOKEN_LENGTH, extract_credentials
 from proxy.tokens.introspect import Introspector
 from proxy.tokens.jwt import JWTVerifier, TokenClaims, read_header
 from proxy.tokens.replay_cache import (
@@ -46,6 +46,7 @@ from proxy.tokens.replay_cache import (
     SharedReplayCache,
     replay_key,
 )
+from proxy.tokens.unverified import is_compact
 from proxy.trace import Trace
 from proxy.trust.forwarded_cert import (
     ForwardedCertVerifier,
@@ -174,6 +175,8 @@ class Pipeline:
             and self.introspector is None
             and self.settings.client_cert.source == "tls"
         )
+        # JWTs are verified here (no introspection): a miss reads the token in verify_now.
+        self._reads_jwts = self.settings.tokens.accept_jwt and self.introspector is None
         # tls.client_cert: optional lets a connection without a certificate reach the checks.
         self._certless = self.settings.tls.client_cert == "optional"
         dpop = self.settings.dpop
@@ -248,7 +251,7 @@ class Pipeline:
         if not self._remembers or identity is None:
             memo = None
         single = authorization[0] if len(authorization) == 1 and not query else None
-        claims, token, is_dpop, token_hash = None, "", False, None
+        claims, token, is_dpop, token_hash, presented = None, "", False, None, None
         if single is not None:
             if memo is not None:
                 # Only mTLS-bound tokens sent as Bearer are remembered: a DPoP request never
@@ -275,10 +278,15 @@ class Pipeline:
             looked_up = token
             if trace is not None:
                 trace.check("credentials", authorization=len(authorization), query=bool(query))
-            token, is_dpop = extract_credentials(
-                authorization,
-                [name for name, _ in parse_qsl(query, keep_blank_values=True)] if query else (),
-            )
+            # One `Bearer ` or `DPoP ` value and no query: for a token of base64url and dots,
+            # extract_credentials returns it as sliced above. The verifier reads it first
+            # (unverified.read accepts nothing else), and extraction runs only when that read
+            # refuses it (_verified_now): its refusal comes first, as it would have.
+            if not (looked_up and len(looked_up) <= MAX_TOKEN_LENGTH and self._reads_jwts):
+                token, is_dpop = extract_credentials(
+                    authorization,
+                    [name for name, _ in parse_qsl(query, keep_blank_values=True)] if query else (),
+                )
             if trace is not None:
                 trace.note(scheme="DPoP" if is_dpop else "Bearer")
             claims = self._cached(token) if token != looked_up else None
@@ -297,18 +305,28 @@ class Pipeline:
             else:
                 trace.check("token", claims=claims, is_cached=True)
         seen.claims = claims
-        presented = Presented(token, is_dpop, request, single, token_hash)
+        if presented is None:  # a cache hit, or the connection's DPoP memo
+            presented = Presented(token, is_dpop, request, single, token_hash)
         memo = dpop_memo if is_dpop else memo
         return self._bind_and_authorize(claims, presented, identity, target, route, memo, trace)
 
     def _verified_now(self, presented: Presented) -> TokenClaims | None:
         """A JWT whose key is at hand, verified without a task (most misses); None when the
         token needs I/O first (an unknown kid, introspection)."""
-        if not self.settings.tokens.accept_jwt or self.introspector is not None:
+        if not self._reads_jwts:
             return None
         try:
             return self.verifier.verify_now(presented.token)
         except AuthError as refusal:
+            if (
+                refusal.reason is Reason.INVALID_TOKEN
+                and presented.authorization is not None
+                and not is_compact(presented.token)
+            ):
+                # Not extracted yet (admit): a refusal of its syntax comes before "no JWT".
+                malformed = _malformed(presented.authorization)
+                if malformed is not None:
+                    raise malformed from None
             if presented.is_dpop:  # RFC 9449 §7.1: answer in the scheme the client used
                 refusal.dpop_algs = self._dpop_algs
             raise
@@ -619,7 +637,7 @@ class Pipeline:
 
     def _cached(self, token: str) -> TokenClaims | None:
         """Claims of a token verified before, when no I/O can be needed to decide."""
-        if self.settings.tokens.accept_jwt and self.introspector is None:
+        if self._reads_jwts:
             return self.verifier.cached(token)
         return None
 
@@ -746,6 +764,15 @@ def _proofs_and_hosts(request: Request) -> tuple[list[str], list[str]]:
         elif name == b"host":
             hosts.append(value.decode("latin-1"))
     return proofs, hosts
+
+
+def _malformed(authorization: str) -> AuthError | None:
+    """extract_credentials' refusal of one Authorization value and no query, if it has one."""
+    try:
+        extract_credentials([authorization], ())
+    except AuthError as refusal:
+        return refusal
+    return None
 
 
 def _issuer_of(seen: Seen) -> str:

@@ -77,10 +77,12 @@ def verify_with_key(
     claim_headers: ClaimHeaderSpec = (),
     *,
     read: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    digest: bytes | None = None,
 ) -> TokenClaims:
     """Signature, registered claims and lifetime, by the rules of the issuer that `iss`
     picked; the claims come back with that issuer's name and the claim-header lines.
-    `read`: the token's (header, payload) from unverified.read, when the caller has them."""
+    `read`: the token's (header, payload) from unverified.read, when the caller has them;
+    `digest`: its token_digest, likewise."""
     if _KTY_FOR_ALG_PREFIX.get(alg[:2]) != key.key_type:
         raise AuthError(Reason.UNKNOWN_KEY, "no key of the right type for the token algorithm")
     header, unverified_payload = read if read is not None else _read(token, payload=True)
@@ -91,10 +93,11 @@ def verify_with_key(
             unverified_payload,
             key.key,
             alg,
-            audience=settings.audience,
-            issuer=settings.issuer,
-            leeway=settings.leeway_seconds,
-            options=_DECODE_OPTIONS,
+            settings.audience,
+            settings.issuer,
+            settings.leeway_seconds,
+            _DECODE_OPTIONS,
+            now,
         )
     except jwt.ExpiredSignatureError:
         raise AuthError(Reason.EXPIRED, "token has expired") from None
@@ -121,16 +124,27 @@ def verify_with_key(
     # exp/nbf must be finite; PyJWT takes any integer, float() can give inf for huge ones.
     if not (math.isfinite(expires_at) and math.isfinite(not_before)):
         raise AuthError(Reason.INVALID_TOKEN, "token claims have the wrong types")
-    check_lifetime(
-        expires_at, payload.get("iat"), now, settings.max_lifetime_seconds, settings.leeway_seconds
-    )
-    digest = hashlib.sha256(token.encode("ascii")).digest()
+    if settings.max_lifetime_seconds > 0:
+        check_lifetime(
+            expires_at,
+            payload.get("iat"),
+            now,
+            settings.max_lifetime_seconds,
+            settings.leeway_seconds,
+        )
+    if digest is None:
+        digest = token_digest(token)
     return claims_from_payload(
         payload,
         issuer_name=settings.name,
         token_id=token_id(payload.get("jti"), digest),
-        claim_headers=render_claim_headers(claim_headers, payload),
+        claim_headers=render_claim_headers(claim_headers, payload) if claim_headers else b"",
     )
+
+
+def token_digest(token: str) -> bytes:
+    """What the token cache and the logs know a token by: its SHA-256."""
+    return hashlib.sha256(token.encode("ascii")).digest()
 
 
 class TokenCache(ExpiringCache[TokenClaims]):
@@ -148,6 +162,9 @@ class JWTVerifier:
         self._cache = cache
         self._claim_headers = claim_headers
         self._leeway = {ks.issuer.name: ks.issuer.leeway_seconds for ks in issuers.key_sets}
+        # The token cached() last looked up, and its digest: a miss goes on to verify_now()
+        # with the very same string, which then hashes it once, not three times.
+        self._looked_up: tuple[str, bytes] = ("", b"")
 
     def leeway_for(self, claims: TokenClaims) -> float:
         """The clock leeway of the issuer that verified `claims`."""
@@ -161,7 +178,9 @@ class JWTVerifier:
     def cached(self, token: str) -> TokenClaims | None:
         """Claims of a token verified before and not yet expired; no I/O, no signature."""
         now = time.time()
-        cached = self._cache.get(hashlib.sha256(token.encode("ascii")).digest(), now)
+        digest = token_digest(token)
+        self._looked_up = (token, digest)
+        cached = self._cache.get(digest, now)
         # nbf may still lie ahead for a token cached early; recheck it cheaply.
         if (
             cached is not None
@@ -183,8 +202,11 @@ class JWTVerifier:
         """A token not in the cache, verified without I/O: None when its key must be fetched
         first (verify() does that). No task and no await on the common miss."""
         now = time.time()
-        # One unverified read picks the issuer and the key; PyJWT verifies it all below.
-        read = header, payload = _read(token, payload=True)
+        # One unverified read picks the issuer and the key; PyJWT's rules judge it all below.
+        try:
+            read = header, payload = unverified.read(token)
+        except unverified.Unreadable:
+            raise AuthError(Reason.INVALID_TOKEN, "token is not a well-formed JWT") from None
         keys = self._issuers.select(issuer_in(payload))
         issuer = keys.issuer
         try:
@@ -197,11 +219,16 @@ class JWTVerifier:
             key = keys.get(kid)
             if key is None:
                 return None
-            claims = verify_with_key(token, alg, key, issuer, now, self._claim_headers, read=read)
+            looked_up, digest = self._looked_up
+            if looked_up is not token:
+                digest = token_digest(token)
+            claims = verify_with_key(
+                token, alg, key, issuer, now, self._claim_headers, read=read, digest=digest
+            )
         except AuthError as error:
             error.issuer = issuer.name
             raise
-        self._remember(token, claims, issuer.leeway_seconds)
+        self._cache.put(digest, claims, claims.expires_at + issuer.leeway_seconds)
         return claims
 
     async def _verify_after_fetch(self, token: str) -> TokenClaims:
@@ -215,13 +242,12 @@ class JWTVerifier:
             if key is None:
                 raise AuthError(Reason.UNKNOWN_KEY, "token is signed with an unknown key")
             now = time.time()
-            claims = verify_with_key(token, alg, key, issuer, now, self._claim_headers, read=read)
+            digest = token_digest(token)
+            claims = verify_with_key(
+                token, alg, key, issuer, now, self._claim_headers, read=read, digest=digest
+            )
         except AuthError as error:
             error.issuer = issuer.name
             raise
-        self._remember(token, claims, issuer.leeway_seconds)
+        self._cache.put(digest, claims, claims.expires_at + issuer.leeway_seconds)
         return claims
-
-    def _remember(self, token: str, claims: TokenClaims, leeway: float) -> None:
-        digest = hashlib.sha256(token.encode("ascii")).digest()
-        self._cache.put(digest, claims, claims.expires_at + leeway)

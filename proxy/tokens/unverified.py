@@ -23,6 +23,16 @@ from typing import Any
 _COMPACT_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
 _STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
 _DECODER = json.JSONDecoder()
+# Header segments read before, with what they say: an issuer signs every token with one of a
+# few headers (alg, kid, typ), and a DPoP client every proof with one, so a token's header
+# costs a lookup, not a base64 and JSON decode. Short segments only, and a bounded number
+# (cleared when full), so that a flood of invented headers holds at most 256 KB.
+_headers: dict[bytes, dict[str, Any]] = {}
+HEADERS_KEPT = 256
+HEADER_KEPT_BYTES = 1024
+# JWK members that are private key material (RFC 7518 §6): a header whose `jwk` has one is
+# refused by DPoP, and is not kept here either.
+_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 class Unreadable(ValueError):
@@ -54,9 +64,20 @@ def _segment(part: bytes) -> dict[str, Any]:
     return value
 
 
+def _holds_no_private_key(header: dict[str, Any]) -> bool:
+    jwk = header.get("jwk")
+    return not isinstance(jwk, dict) or _PRIVATE_JWK_MEMBERS.isdisjoint(jwk)
+
+
+def is_compact(token: str) -> bool:
+    """Whether `token` has only the characters of a compact JWS: base64url and dots."""
+    return token.isascii() and not token.encode("ascii").translate(None, _COMPACT_BYTES)
+
+
 def read(token: str, *, payload: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """(header, payload) of a compact JWS, unverified; the payload is {} when not asked for.
-    Raises Unreadable."""
+    The header may be the very dictionary an earlier call returned: read it, never change
+    it. Raises Unreadable."""
     if not token.isascii():
         raise Unreadable
     raw = token.encode("ascii")
@@ -66,10 +87,16 @@ def read(token: str, *, payload: bool = True) -> tuple[dict[str, Any], dict[str,
     head, body, _ = parts
     if not head or not body:
         raise Unreadable
-    header = _segment(head)
-    kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):  # as PyJWT's header rules have it
-        raise Unreadable
+    header = _headers.get(head)
+    if header is None:
+        header = _segment(head)
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):  # as PyJWT's header rules have it
+            raise Unreadable
+        if len(head) <= HEADER_KEPT_BYTES and _holds_no_private_key(header):
+            if len(_headers) >= HEADERS_KEPT:
+                _headers.clear()
+            _headers[head] = header
     return header, (_segment(body) if payload else {})
 
 

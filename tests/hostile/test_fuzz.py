@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from proxy.errors import REFUSALS, AuthError, Reason
 from proxy.settings import IssuerSettings
-from proxy.tokens.extract import MAX_TOKEN_LENGTH, extract_bearer
+from proxy.tokens.extract import MAX_TOKEN_LENGTH, extract_bearer, extract_credentials
 from proxy.tokens.jwt import check_header, read_header, verify_with_key
+from proxy.tokens.unverified import is_compact
 from tests.support.rawhttp import raw_exchange
 from tests.support.stack import Running
 
@@ -149,6 +150,23 @@ def test_extract_bearer_returns_a_b64token_or_refuses(values: list[str], query: 
     assert 0 < len(token) <= MAX_TOKEN_LENGTH
     assert set(token) <= B64TOKEN_CHARS
     assert values[0].endswith(token)
+
+
+@FUZZ
+@given(
+    scheme=st.sampled_from(["Bearer ", "bearer ", "DPoP ", "dpop "]),
+    token=st.one_of(header_values, b64ish, mutated_tokens(), st.just("a" * (MAX_TOKEN_LENGTH + 1))),
+)
+def test_a_token_the_miss_path_takes_without_extraction_is_what_extraction_returns(
+    scheme: str, token: str
+) -> None:
+    """Pipeline.admit lets the verifier's read stand in for extract_credentials on one
+    `Bearer `/`DPoP ` value with no query, and extracts only when the read refuses the token:
+    sound because for a token the read takes (at most MAX_TOKEN_LENGTH characters of base64url
+    and dots), extraction returns that very token and scheme."""
+    if not (token and len(token) <= MAX_TOKEN_LENGTH and is_compact(token)):
+        return
+    assert extract_credentials([scheme + token], ()) == (token, scheme.lower() == "dpop ")
 
 
 @FUZZ
