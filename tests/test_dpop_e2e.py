@@ -13,60 +13,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.support.dpop_proofs import make_proof, public_jwk, thumbprint
+from tests.support.dpop_clients import Client
+from tests.support.dpop_proofs import public_jwk, thumbprint
 from tests.support.stack import PKI, Issuer, Running, StartProxy, Upstream, make_settings
 
 pytestmark = pytest.mark.e2e
-
-
-class Client:
-    """A DPoP client: one key pair, a token bound to it, a fresh proof per request."""
-
-    def __init__(self, running: Running, key: Any = None) -> None:
-        self.running = running
-        self.key = key or ec.generate_private_key(ec.SECP256R1())
-        self.jwk = public_jwk(self.key)
-        self.token = running.issuer.mint(cnf={"jkt": thumbprint(self.jwk)})
-
-    def url(self, path: str = "/orders") -> str:
-        return self.running.url + path
-
-    def proof(
-        self,
-        htm: str = "GET",
-        htu: str | None = None,
-        *,
-        token: str | None = None,
-        alg: str = "ES256",
-        signer: Any = None,
-        header: dict[str, Any] | None = None,
-        **claims: Any,
-    ) -> str:
-        return make_proof(
-            self.key,
-            self.jwk,
-            htm=htm,
-            htu=htu or self.url(),
-            token=token or self.token,
-            alg=alg,
-            signer=signer,
-            header=header,
-            **claims,
-        )
-
-    async def send(
-        self,
-        proofs: list[str],
-        *,
-        method: str = "GET",
-        path: str = "/orders",
-        scheme: str = "DPoP",
-        token: str | None = None,
-        who: str | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
-        headers = [("Authorization", f"{scheme} {token or self.token}")]
-        headers += [("DPoP", p) for p in proofs]
-        return await self.running.request(method, path, who=who, headers=headers)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 
 from proxy.settings import DPoPSettings
 from proxy.tokens.dpop import Nonces
+from tests.support.dpop_clients import BASE, Client, Holder
 from tests.support.process import proxy_process
 from tests.support.stack import (
     PKI,
@@ -22,8 +23,6 @@ from tests.support.stack import (
     make_settings,
     process_config,
 )
-from tests.test_dpop_e2e import Client
-from tests.test_dpop_redis import BASE, Holder
 
 pytestmark = pytest.mark.e2e
 

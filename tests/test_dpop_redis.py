@@ -5,19 +5,16 @@ certbound processes refuse each other's replays; Redis down, refusing or never a
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.settings import DPoPSettings
-from tests.support.dpop_proofs import make_proof, public_jwk, thumbprint
+from tests.support.dpop_clients import BASE, Client, Holder
 from tests.support.process import ProxyProcess, proxy_process
 from tests.support.redis_server import PASSWORD, RedisServer
 from tests.support.stack import (
@@ -29,11 +26,8 @@ from tests.support.stack import (
     make_settings,
     process_config,
 )
-from tests.test_dpop_e2e import Client
 
 pytestmark = pytest.mark.e2e
-
-BASE = "https://orders.example"  # both replicas sit behind one name, as in a Service
 
 
 def rejected(reason: str) -> str:
@@ -45,34 +39,6 @@ def failures(outcome: str) -> str:
 
 
 # --- two replicas, one Redis ----------------------------------------------------------------
-
-
-class Holder:
-    """A DPoP client of the replicas: one key, one token bound to it."""
-
-    def __init__(self, issuer: Issuer, pki: PKI) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.jwk = public_jwk(self.key)
-        self.token = issuer.mint(cnf={"jkt": thumbprint(self.jwk)})
-        self.pki = pki
-        self.body = b""
-        self.headers: dict[str, str] = {}
-
-    def proof(self, path: str = "/orders", nonce: str | None = None) -> str:
-        return make_proof(
-            self.key, self.jwk, htm="GET", htu=BASE + path, token=self.token, nonce=nonce
-        )
-
-    async def get(self, replica: ProxyProcess, proof: str) -> int:
-        connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=self.pki.ca_file))
-        headers = {"Authorization": f"DPoP {self.token}", "DPoP": proof}
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            session.get(replica.url + "/orders", headers=headers) as resp,
-        ):
-            self.body = await resp.read()
-            self.headers = dict(resp.headers)
-            return resp.status
 
 
 @pytest.fixture

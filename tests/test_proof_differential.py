@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from proxy.errors import AuthError
 from proxy.tokens import dpop, unverified
-from tests.test_signature_differential import mutations
+from tests.support.jws_mutations import mutations
 
 NOW = int(time.time())
 URL = "https://api.example/orders"

@@ -9,10 +9,10 @@ import pytest
 
 from proxy.config import validate
 from proxy.settings import PolicySettings, RouteSettings, Settings
+from tests.support.dpop_clients import Client
 from tests.support.dpop_proofs import thumbprint
 from tests.support.stack import PKI, Issuer, Running, StartProxy, Upstream, make_settings
 from tests.support.stack import thumbprint as cert_thumbprint
-from tests.test_dpop_e2e import Client
 
 pytestmark = pytest.mark.e2e
 

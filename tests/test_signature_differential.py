@@ -25,6 +25,7 @@ from proxy.errors import AuthError, Reason
 from proxy.settings import IssuerSettings
 from proxy.tokens import signature, unverified
 from proxy.tokens.jwt import verify_with_key
+from tests.support.jws_mutations import mutations
 
 ISS = "https://issuer.example"
 AUD = "https://orders.example"
@@ -147,37 +148,6 @@ def tokens(draw: st.DrawFn) -> tuple[str, str]:
     sig = b64(raw_signature)
     token = f"{head}.{body}.{sig}"
     return draw(mutations(token)), key_alg
-
-
-@st.composite
-def mutations(draw: st.DrawFn, token: str) -> str:
-    parts = token.split(".")
-    kind = draw(
-        st.sampled_from(
-            ["none"] * 6 + ["flip", "tail", "tail", "pad", "space", "newline", "empty", "drop"]
-        )
-    )
-    index = draw(st.integers(0, 2))
-    part = parts[index]
-    if kind == "flip" and part:
-        at = draw(st.integers(0, len(part) - 1))
-        swapped = "A" if part[at] != "A" else "B"
-        parts[index] = part[:at] + swapped + part[at + 1 :]
-    elif kind == "tail" and part:
-        # Another last character with the same leading bits: the same bytes, spelled otherwise.
-        last = signature._VALUE[part[-1]]
-        parts[index] = part[:-1] + signature._ALPHABET[last ^ draw(st.integers(1, 3))]
-    elif kind == "pad":
-        parts[index] = part + "=" * draw(st.integers(1, 2))
-    elif kind == "space":
-        parts[index] = part + " "
-    elif kind == "newline":
-        parts[index] = "\n" + part
-    elif kind == "empty":
-        parts[index] = ""
-    elif kind == "drop":
-        del parts[index]
-    return ".".join(parts)
 
 
 def by_oracle(token: str, alg: str, key: Any) -> tuple[str, Any]:
