@@ -20,9 +20,6 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import jwt
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.types import Options
 
 from proxy.cache import ExpiringCache
@@ -76,31 +73,11 @@ class ProofHeader(NamedTuple):
 
 
 def signature_check(key: jwt.PyJWK) -> Callable[[bytes, bytes], bool]:
-    """PyJWT's algorithm.verify for `key`, with the key prepared once. For EC keys, the same
-    steps written out with the per-key values (the curve's size, the ECDSA object) made once:
-    PyJWT makes them on every call, a tenth of the cost around the verification itself.
-    tests/test_proof_differential.py holds PyJWT's as the oracle."""
+    """PyJWT's algorithm.verify for `key`, with the key prepared once and the check's fixed
+    arguments built once (signature.check_for). tests/test_proof_differential.py holds
+    PyJWT's as the oracle."""
     algorithm = key.Algorithm
-    prepared = algorithm.prepare_key(key.key)
-    if not isinstance(prepared, ec.EllipticCurvePublicKey):
-        return lambda message, raw: bool(algorithm.verify(message, prepared, raw))
-    size = (prepared.curve.key_size + 7) // 8
-    ecdsa = ec.ECDSA(algorithm.hash_alg())  # type: ignore[attr-defined]
-
-    def verify(message: bytes, raw: bytes) -> bool:
-        # jwt.utils.raw_to_der_signature: r and s, each of the curve's size, big-endian.
-        if len(raw) != 2 * size:
-            return False
-        der = encode_dss_signature(
-            int.from_bytes(raw[:size], "big"), int.from_bytes(raw[size:], "big")
-        )
-        try:
-            prepared.verify(der, message, ecdsa)
-        except InvalidSignature:
-            return False
-        return True
-
-    return verify
+    return signature.check_for(algorithm, algorithm.prepare_key(key.key))
 
 
 # Checked headers by their base64url segment as sent: a client sends the same header with every

@@ -123,11 +123,11 @@ def _prepare(key: Any, alg: str) -> tuple[object, Check]:
         prepared = algorithm.prepare_key(key)
     if len(_prepared) >= PREPARED_KEYS_LIMIT:
         _prepared.clear()
-    entry = _prepared[(id(key), alg)] = (key, _check_for(algorithm, prepared))
+    entry = _prepared[(id(key), alg)] = (key, check_for(algorithm, prepared))
     return entry
 
 
-def _check_for(algorithm: Any, key: Any) -> Check:
+def check_for(algorithm: Any, key: Any) -> Check:
     """The signature check of PyJWT's `algorithm` with the prepared `key`. For RSASSA-PKCS1
     v1.5 and ECDSA with a public key: the one `cryptography` call RSAAlgorithm.verify and
     ECAlgorithm.verify make, with the padding, hash and signature algorithm objects built

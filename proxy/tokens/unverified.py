@@ -78,15 +78,7 @@ def read(token: str, *, payload: bool = True) -> tuple[dict[str, Any], dict[str,
     """(header, payload) of a compact JWS, unverified; the payload is {} when not asked for.
     The header may be the very dictionary an earlier call returned: read it, never change
     it. Raises Unreadable."""
-    if not token.isascii():
-        raise Unreadable
-    raw = token.encode("ascii")
-    parts = raw.split(b".")
-    if len(parts) != 3 or raw.translate(None, _COMPACT_BYTES):
-        raise Unreadable
-    head, body, _ = parts
-    if not head or not body:
-        raise Unreadable
+    head, body = _segments(token)
     header = _headers.get(head)
     if header is None:
         header = _segment(head)
@@ -104,6 +96,13 @@ def read_payload(token: str) -> tuple[str, dict[str, Any]]:
     """(header segment as sent, payload) of a compact JWS, unverified, for a caller that knows
     the header by its segment already (DPoP proofs: a client sends the same header every time).
     The same checks as read(), but the header is not decoded. Raises Unreadable."""
+    head, body = _segments(token)
+    return head.decode("ascii"), _segment(body)
+
+
+def _segments(token: str) -> tuple[bytes, bytes]:
+    """The header and payload segments of a compact JWS: three parts of base64url, the first
+    two not empty. Raises Unreadable."""
     if not token.isascii():
         raise Unreadable
     raw = token.encode("ascii")
@@ -113,4 +112,4 @@ def read_payload(token: str) -> tuple[str, dict[str, Any]]:
     head, body, _ = parts
     if not head or not body:
         raise Unreadable
-    return head.decode("ascii"), _segment(body)
+    return head, body
