@@ -203,10 +203,7 @@ class JWTVerifier:
         first (verify() does that). No task and no await on the common miss."""
         now = time.time()
         # One unverified read picks the issuer and the key; PyJWT's rules judge it all below.
-        try:
-            read = header, payload = unverified.read(token)
-        except unverified.Unreadable:
-            raise AuthError(Reason.INVALID_TOKEN, "token is not a well-formed JWT") from None
+        read = header, payload = _read(token, payload=True)
         keys = self._issuers.select(issuer_in(payload))
         issuer = keys.issuer
         try:
