@@ -34,14 +34,8 @@ HERE = "this checkout"
 def per_busy_core(m: h.Material, upstream_port: int, code: str, seconds: float) -> float:
     procs = h.Procs()
     try:
-        port, admin = h.free_port(), h.free_port()
-        cfg = m.dir / "compare.yaml"
-        cfg.write_text(h.certbound_config(m, port, admin, upstream_port, 10000))
         env = None if code == HERE else {"PYTHONPATH": code}
-        proc = procs.start(
-            [h.CERTBOUND, "run", "--config", str(cfg)], h.SUT_CPU, m.dir / "c.log", env
-        )
-        h.wait_http(f"http://127.0.0.1:{admin}/readyz")
+        proc, port = h.start_certbound(procs, m, upstream_port, 10000, "compare", env)
         url = f"https://127.0.0.1:{port}/bench/resource"
         h.loadgen(url, m, duration=2)  # warm: imports, caches, the upstream pool
         cpu = h.cpu_seconds(proc.pid)

@@ -200,12 +200,20 @@ log: {{level: "warning"}}
 
 
 def start_certbound(
-    procs: Procs, m: Material, upstream_port: int, cache_size: int, name: str
+    procs: Procs,
+    m: Material,
+    upstream_port: int,
+    cache_size: int,
+    name: str,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """A ready `certbound run` pinned to the SUT's CPU; `env` adds to its environment (a
+    PYTHONPATH to run another checkout's proxy/)."""
     port, admin = free_port(), free_port()
     cfg = m.dir / f"{name}.yaml"
     cfg.write_text(certbound_config(m, port, admin, upstream_port, cache_size))
-    proc = procs.start([CERTBOUND, "run", "--config", str(cfg)], SUT_CPU, m.dir / f"{name}.log")
+    command = [CERTBOUND, "run", "--config", str(cfg)]
+    proc = procs.start(command, SUT_CPU, m.dir / f"{name}.log", env)
     wait_http(f"http://127.0.0.1:{admin}/readyz")
     return proc, port
 
