@@ -11,7 +11,6 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,6 @@ pytestmark = pytest.mark.timeout(120)
 BUDGET_MIB = 256  # the chart's memory limit
 BUFFER = 2 * MIB  # listen.request_buffer_bytes
 UPLOADS = 200  # each buffering BUFFER - 1 bytes: 400 MiB without a total, past the budget
-
-
-@pytest.fixture
-async def workload() -> AsyncIterator[Workload]:
-    w = Workload()
-    await w.start()
-    yield w
-    await w.stop()
 
 
 def stopping_upload(pki: PKI, port: int, token: str, stop: threading.Event) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,14 +19,6 @@ from tests.support.stack import PKI, Issuer, Upstream
 from tests.support.workload import Workload
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-
-@pytest.fixture
-async def workload() -> AsyncIterator[Workload]:
-    w = Workload()
-    await w.start()
-    yield w
-    await w.stop()
 
 
 async def test_released_connections_go_to_the_waiters_in_the_order_they_came(

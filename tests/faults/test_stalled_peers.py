@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,6 @@ from tests.support.workload import GoodClient, Workload, open_client, read_statu
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 BIG = 32 * 1024 * 1024  # more than every buffer between the workload and a client holds
-
-
-@pytest.fixture
-async def workload() -> AsyncIterator[Workload]:
-    w = Workload()
-    await w.start()
-    yield w
-    await w.stop()
 
 
 def metric(proc: ProxyProcess, name: str, **labels: str) -> float:
