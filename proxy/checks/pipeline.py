@@ -516,7 +516,7 @@ class Pipeline:
         assert isinstance(jkt, str)
         token_hash = presented.token_hash or b64url_sha256(presented.token.encode("ascii"))
         request = presented.request
-        proofs, hosts = _proofs_and_hosts(request)
+        proofs, hosts = request.values_of_both(b"dpop", b"host")  # a proof needs both
         if trace is not None:
             trace.check("DPoP header", count=len(proofs))
         if not proofs:
@@ -751,19 +751,6 @@ class CheckedProof(NamedTuple):
 
 
 _CERTLESS_REFUSAL = "no client certificate, and the token is not DPoP-bound"
-
-
-def _proofs_and_hosts(request: Request) -> tuple[list[str], list[str]]:
-    """Request.values of DPoP and of Host, in one pass over the headers (a DPoP request needs
-    both)."""
-    proofs: list[str] = []
-    hosts: list[str] = []
-    for name, (_, value) in zip(request.lower_names, request.headers, strict=False):
-        if name == b"dpop":
-            proofs.append(value.decode("latin-1"))
-        elif name == b"host":
-            hosts.append(value.decode("latin-1"))
-    return proofs, hosts
 
 
 def _malformed(authorization: str) -> AuthError | None:

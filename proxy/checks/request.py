@@ -24,6 +24,17 @@ class Request(NamedTuple):  # immutable; a tuple because one is built for every 
             if lower == name
         ]
 
+    def values_of_both(self, first: bytes, second: bytes) -> tuple[list[str], list[str]]:
+        """values(first) and values(second) in one pass over the headers."""
+        firsts: list[str] = []
+        seconds: list[str] = []
+        for lower, (_, value) in zip(self.lower_names, self.headers, strict=False):
+            if lower == first:
+                firsts.append(value.decode("latin-1"))
+            elif lower == second:
+                seconds.append(value.decode("latin-1"))
+        return firsts, seconds
+
     @property
     def query(self) -> str:
         return self.target.partition("?")[2]
